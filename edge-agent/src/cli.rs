@@ -1,0 +1,152 @@
+//! The `edge-agent` command line. Kept in the library so that `cloud-hub
+//! demo` can run the very same agent as a child process of its own binary.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::agent::Agent;
+use crate::config::AgentConfig;
+
+/// Exit code for an invalid config or command line (BSD `EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Conveyor edge agent: reads sensors, runs the pipeline, streams records to the hub.
+#[derive(Debug, Parser)]
+#[command(name = "edge-agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent until every source has finished, or SIGINT/SIGTERM.
+    Run {
+        /// Path to agent.toml.
+        #[arg(short, long, env = "CONVEYOR_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file (including replay files) and exit.
+    Check {
+        /// Path to agent.toml.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load(config: &PathBuf) -> Result<Agent, ExitCode> {
+    let built = AgentConfig::load(config).and_then(Agent::build);
+    built.map_err(|e| {
+        eprintln!("edge-agent: invalid config: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Parses `args` (including the program name) and runs the command.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(agent) => {
+                let c = agent.config();
+                println!(
+                    "{}: ok (device {}, {} source(s), {} stage(s), hub {})",
+                    config.display(),
+                    c.device_id,
+                    c.sources.len(),
+                    c.stages.len(),
+                    c.uplink.url
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let agent = match load(&config) {
+                Ok(agent) => agent,
+                Err(code) => return code,
+            };
+            init_tracing();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("edge-agent: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async move {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("signal received; draining and shutting down");
+                    let _ = stop_tx.send(true);
+                });
+                match agent.run(stop_rx).await {
+                    Ok(summary) => {
+                        tracing::info!(
+                            published = summary.records_published,
+                            next_seq = summary.next_seq,
+                            "edge agent stopped"
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        tracing::error!("edge agent failed: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,130 @@
+//! `type = "mqtt"`: subscribes to a local broker (the shop floor's, not the
+//! hub's) and turns each JSON message into a reading.
+//!
+//! The MQTT event loop is polled here; a broken connection is retried every
+//! second without ending the source. A malformed message is rejected with
+//! a counter and a log line and never stops the loop.
+
+use std::time::Duration;
+
+use conveyor_shared::time::now_us;
+use conveyor_shared::BrokerUrl;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::json_reading::JsonReadingSpec;
+use super::{Source, SourceContext, SourceFuture, SourceOutput};
+use crate::config::ConfigError;
+use crate::mqtt_client::mqtt_options;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    pub name: String,
+    /// Stream name of the records; defaults to `name`.
+    pub stream: Option<String>,
+    /// The local broker, e.g. `mqtt://127.0.0.1:1883`.
+    pub url: BrokerUrl,
+    /// Topic filter to subscribe to; wildcards allowed.
+    pub topic: String,
+    /// JSON fields to read, in order.
+    pub fields: Vec<String>,
+    /// JSON field holding the reading's time (ms since the epoch), if any.
+    pub timestamp_field: Option<String>,
+    /// MQTT client id; defaults to `<device_id>-src-<name>`.
+    pub client_id: Option<String>,
+}
+
+impl MqttSourceConfig {
+    fn spec(&self) -> JsonReadingSpec<'_> {
+        JsonReadingSpec {
+            fields: &self.fields,
+            timestamp_field: self.timestamp_field.as_deref(),
+        }
+    }
+
+    pub(super) fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if self.topic.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{field}.topic"),
+                "must not be empty",
+            ));
+        }
+        self.spec().validate(field)
+    }
+
+    pub(super) fn build(
+        &self,
+        _field: &str,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn Source>, ConfigError> {
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-src-{}", ctx.device_id, self.name));
+        Ok(Box::new(MqttSource {
+            config: self.clone(),
+            client_id,
+        }))
+    }
+}
+
+struct MqttSource {
+    config: MqttSourceConfig,
+    client_id: String,
+}
+
+impl Source for MqttSource {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn run(
+        self: Box<Self>,
+        out: SourceOutput,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> SourceFuture {
+        Box::pin(async move {
+            let c = &self.config;
+            let options = mqtt_options(&self.client_id, &c.url, Duration::from_secs(10));
+            let (client, mut eventloop) = AsyncClient::new(options, 64);
+            let spec = c.spec();
+            loop {
+                let event = tokio::select! {
+                    e = eventloop.poll() => e,
+                    _ = shutdown.changed() => break,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        tracing::info!(source = %c.name, url = %c.url, topic = %c.topic, "connected to local broker");
+                        // Subscribing on every ConnAck also restores the
+                        // subscription after a reconnect with a clean session.
+                        if let Err(e) = client.subscribe(c.topic.clone(), QoS::AtLeastOnce).await {
+                            tracing::warn!(source = %c.name, "subscribe failed: {e}");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => match spec.parse_bytes(&p.payload) {
+                        Ok(reading) => {
+                            let ts = reading.ts_us.unwrap_or_else(now_us);
+                            if out.emit(ts, reading.values, String::new()).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => out.reject(&format_args!("topic {}: {e}", p.topic)),
+                    },
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(source = %c.name, url = %c.url, "local broker connection: {e}; retrying in 1 s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.changed() => break,
+                        }
+                    }
+                }
+            }
+            let _ = client.try_disconnect();
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! `type = "replay"`: plays a recorded data file back as live readings.
+//!
+//! Readings are stamped with the time they are replayed, so downstream they
+//! are indistinguishable from a live sensor. Pacing is computed from the
+//! start instant (reading *n* is due at `n / rate`), so it does not drift
+//! however long the replay loops.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conveyor_shared::time::now_us;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::replay_file::Recording;
+use super::{Source, SourceContext, SourceFuture, SourceOutput};
+use crate::config::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    pub name: String,
+    /// Stream name of the records; defaults to `name`.
+    pub stream: Option<String>,
+    /// The recording: `.ts` (UEA/UCR archive) or `.csv`. Relative paths are
+    /// relative to the config file.
+    pub path: PathBuf,
+    /// Readings per second; 0 replays as fast as the pipeline takes them.
+    /// Without it the file's recorded pace is used.
+    pub rate: Option<f64>,
+    /// Sampling rate of a `.ts` file, which carries no timestamps; needed
+    /// for replay at recorded pace.
+    pub sample_rate_hz: Option<f64>,
+    /// Start again from the top at the end of the file.
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+    /// Stop after this many readings.
+    pub limit: Option<u64>,
+}
+
+impl ReplayConfig {
+    pub(super) fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate >= 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.rate"),
+                    format!("must be a number >= 0 (0 = as fast as possible), got {rate}"),
+                ));
+            }
+        }
+        if let Some(hz) = self.sample_rate_hz {
+            if !(hz.is_finite() && hz > 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.sample_rate_hz"),
+                    format!("must be a number > 0, got {hz}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn build(
+        &self,
+        field: &str,
+        _ctx: &SourceContext,
+    ) -> Result<Box<dyn Source>, ConfigError> {
+        let recording = Recording::load(&self.path, self.sample_rate_hz)
+            .map_err(|e| ConfigError::invalid(format!("{field}.path"), e.to_string()))?;
+        let pace =
+            match self.rate {
+                Some(rate) if rate == 0.0 => Pace::Unthrottled,
+                Some(rate) => Pace::Rate(rate),
+                None => match recording.span_us() {
+                    Some(span_us) => Pace::Recorded { span_us },
+                    None => return Err(ConfigError::invalid(
+                        format!("{field}.rate"),
+                        "the file has no timestamps, so it cannot be replayed at recorded pace: \
+                         set `rate` (readings/s), or `sample_rate_hz` for a .ts file",
+                    )),
+                },
+            };
+        Ok(Box::new(ReplaySource {
+            name: self.name.clone(),
+            recording: Arc::new(recording),
+            pace,
+            looping: self.looping,
+            limit: self.limit,
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pace {
+    Unthrottled,
+    Rate(f64),
+    Recorded { span_us: i64 },
+}
+
+struct ReplaySource {
+    name: String,
+    recording: Arc<Recording>,
+    pace: Pace,
+    looping: bool,
+    limit: Option<u64>,
+}
+
+impl ReplaySource {
+    /// When reading number `n` (row `row` of pass `pass`) is due, counted
+    /// from the start of the replay.
+    fn due(&self, n: u64, pass: u64, row: usize) -> Option<Duration> {
+        match self.pace {
+            Pace::Unthrottled => None,
+            Pace::Rate(rate) => Some(Duration::from_secs_f64(n as f64 / rate)),
+            Pace::Recorded { span_us } => {
+                let offset = self.recording.rows[row].offset_us.unwrap_or(0);
+                Some(Duration::from_micros(
+                    (pass as i64 * span_us + offset) as u64,
+                ))
+            }
+        }
+    }
+}
+
+impl Source for ReplaySource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(
+        self: Box<Self>,
+        out: SourceOutput,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> SourceFuture {
+        Box::pin(async move {
+            let start = Instant::now();
+            let rows = self.recording.rows.len();
+            let mut n: u64 = 0;
+            'passes: for pass in 0.. {
+                for row in 0..rows {
+                    if self.limit.is_some_and(|l| n >= l) || *shutdown.borrow() {
+                        break 'passes;
+                    }
+                    if let Some(due) = self.due(n, pass, row) {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(start + due) => {}
+                            _ = shutdown.changed() => break 'passes,
+                        }
+                    }
+                    let r = &self.recording.rows[row];
+                    if out
+                        .emit(now_us(), r.values.clone(), r.label.clone())
+                        .await
+                        .is_err()
+                    {
+                        break 'passes;
+                    }
+                    n += 1;
+                }
+                if !self.looping {
+                    break;
+                }
+            }
+            tracing::info!(source = %self.name, readings = n, "replay finished");
+            Ok(())
+        })
+    }
+}

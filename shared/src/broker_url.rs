@@ -1,0 +1,81 @@
+//! Broker addresses as users write them: `mqtt://host:port`.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// A plain-TCP MQTT broker address. (`mqtts://` is reserved for TLS.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BrokerUrlError {
+    #[error("{0:?} is not a URL: {1}")]
+    Parse(String, String),
+    #[error("scheme {0:?} is not supported; use mqtt://host:port")]
+    Scheme(String),
+    #[error("{0:?} names no host")]
+    NoHost(String),
+}
+
+impl BrokerUrl {
+    pub fn parse(s: &str) -> Result<Self, BrokerUrlError> {
+        let url = url::Url::parse(s).map_err(|e| BrokerUrlError::Parse(s.into(), e.to_string()))?;
+        if url.scheme() != "mqtt" && url.scheme() != "tcp" {
+            return Err(BrokerUrlError::Scheme(url.scheme().into()));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| BrokerUrlError::NoHost(s.into()))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        Ok(BrokerUrl {
+            host,
+            port: url.port().unwrap_or(1883),
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        BrokerUrl::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_users_write() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://127.0.0.1:1884").unwrap(),
+            BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(BrokerUrl::parse("mqtt://localhost").unwrap().port, 1883);
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:9").unwrap().host, "::1");
+        assert!(matches!(
+            BrokerUrl::parse("http://x:1"),
+            Err(BrokerUrlError::Scheme(_))
+        ));
+        assert!(matches!(BrokerUrl::parse("127.0.0.1:1883"), Err(_)));
+    }
+}

@@ -1,0 +1,138 @@
+//! JSON control messages: device status and heartbeats.
+//!
+//! These are small and infrequent, so they are JSON: `mosquitto_sub -v -t
+//! 'conveyor/v1/#'` shows them as they are. Unknown fields are ignored so a
+//! newer agent can add to them without breaking an older hub.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Whether the agent is connected. Published retained on `.../status`;
+/// the `Offline` form is also registered as the agent's MQTT last will, so
+/// the broker announces an agent that vanishes without saying goodbye.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub device_id: String,
+    pub state: DeviceState,
+    /// Agent version, e.g. "0.1.0".
+    #[serde(default)]
+    pub agent_version: String,
+    /// When this status was written (agent clock, µs since epoch). For the
+    /// last will this is the time of connecting, not of going offline.
+    #[serde(default)]
+    pub ts_us: i64,
+    /// True when the agent went offline on purpose (clean shutdown).
+    #[serde(default)]
+    pub clean: bool,
+}
+
+/// Per-source counters inside a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStats {
+    /// Readings accepted and turned into records.
+    pub records: u64,
+    /// Readings refused (malformed, missing fields, ...).
+    pub rejected: u64,
+}
+
+/// The agent's own metrics, published every `heartbeat_secs` on
+/// `.../heartbeat` and once more on clean shutdown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub device_id: String,
+    pub ts_us: i64,
+    pub uptime_s: f64,
+    /// Records given a sequence number (produced by sources and stages).
+    pub records_produced: u64,
+    /// Records handed to the MQTT client in batches.
+    pub records_published: u64,
+    /// Batches handed to the MQTT client.
+    pub batches_published: u64,
+    /// The seq the next record will get; seqs below it have been used.
+    pub next_seq: u64,
+    /// Times the uplink (re)connected.
+    pub connects: u64,
+    /// Resident memory of the agent process, bytes (0 where unknown).
+    #[serde(default)]
+    pub rss_bytes: u64,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceStats>,
+}
+
+#[derive(Debug, Error)]
+#[error("malformed {what} message: {source}")]
+pub struct ControlError {
+    what: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    payload: &[u8],
+) -> Result<T, ControlError> {
+    serde_json::from_slice(payload).map_err(|source| ControlError { what, source })
+}
+
+impl DeviceStatus {
+    pub fn decode(payload: &[u8]) -> Result<Self, ControlError> {
+        decode("status", payload)
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("status serialises")
+    }
+}
+
+impl Heartbeat {
+    pub fn decode(payload: &[u8]) -> Result<Self, ControlError> {
+        decode("heartbeat", payload)
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("heartbeat serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_reads_as_json() {
+        let s = DeviceStatus {
+            device_id: "d1".into(),
+            state: DeviceState::Offline,
+            agent_version: "0.1.0".into(),
+            ts_us: 5,
+            clean: false,
+        };
+        let bytes = s.encode();
+        assert!(std::str::from_utf8(&bytes)
+            .unwrap()
+            .contains("\"state\":\"offline\""));
+        assert_eq!(DeviceStatus::decode(&bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn heartbeat_tolerates_unknown_fields_and_rejects_garbage() {
+        let hb = Heartbeat {
+            device_id: "d1".into(),
+            next_seq: 9,
+            ..Default::default()
+        };
+        let mut v: serde_json::Value = serde_json::from_slice(&hb.encode()).unwrap();
+        v["added_in_v1_1"] = serde_json::json!(true);
+        assert_eq!(Heartbeat::decode(v.to_string().as_bytes()).unwrap(), hb);
+        let err = Heartbeat::decode(b"{\"device_id\": 3}").unwrap_err();
+        assert!(err.to_string().contains("malformed heartbeat"), "{err}");
+        assert!(DeviceStatus::decode(b"\x00\x01").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! Conveyor's wire protocol and the types both ends share.
+//!
+//! Everything that crosses the network between an edge agent and the hub is
+//! defined here and only here: the MQTT topic layout ([`topics`]), the binary
+//! record batches ([`records`], schema in `shared/proto/conveyor.proto`) and
+//! the JSON control messages ([`control`]). Neither binary defines its own
+//! wire types; that keeps the two ends from drifting apart.
+//!
+//! Decoding never panics: every decoder returns a [`WireError`] naming what
+//! was wrong, so a bad payload costs a counter and a log line, not a process.
+
+pub mod broker_url;
+pub mod control;
+pub mod records;
+pub mod time;
+pub mod topics;
+
+pub use broker_url::BrokerUrl;
+pub use records::{Record, RecordBatch, WireError, WIRE_VERSION};
+pub use topics::{DeviceId, Topic};
