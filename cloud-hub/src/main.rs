@@ -1,1 +1,161 @@
-fn main() {}
+//! The `cloud-hub` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cloud_hub::config::HubConfig;
+use cloud_hub::demo::{self, DemoArgs};
+use cloud_hub::hub::Hub;
+
+/// Exit code for an invalid config or command line (BSD `EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+
+/// Conveyor hub: MQTT ingest, storage, HTTP API and the demo.
+#[derive(Debug, Parser)]
+#[command(name = "cloud-hub", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub (embedded broker unless the config names an external one).
+    Serve {
+        /// Path to hub.toml (default: built-in defaults on 127.0.0.1).
+        #[arg(short, long, env = "CONVEYOR_HUB_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a hub config file and exit.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start a hub and several real edge agents replaying public sensor data.
+    Demo(DemoArgs),
+    /// Run the edge agent built into this binary (used by `demo`); takes
+    /// the same arguments as `edge-agent`.
+    #[command(hide = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<HubConfig, ExitCode> {
+    let loaded = match path {
+        Some(p) => HubConfig::load(p),
+        None => Ok(HubConfig::default()),
+    };
+    loaded.map_err(|e| {
+        eprintln!("cloud-hub: invalid config: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { config } => match load_config(Some(&config)) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config } => {
+            let config = match load_config(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing("info,rumqttd=off");
+            runtime().block_on(async move {
+                let hub = match Hub::start(&config).await {
+                    Ok(hub) => hub,
+                    Err(e) => {
+                        tracing::error!("cannot start the hub: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                println!(
+                    "cloud-hub: HTTP API on http://{}, MQTT on {}",
+                    hub.http_addr, hub.state.device_url
+                );
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                hub.shutdown().await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo(args) => {
+            init_tracing("warn,rumqttd=off");
+            let json = args.json;
+            match runtime().block_on(demo::run(args)) {
+                Ok(summary) => {
+                    demo::print_summary(&summary);
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&summary).expect("summary serialises")
+                        );
+                    }
+                    if summary.agents_failed > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("cloud-hub demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Agent { args } => {
+            let argv = std::iter::once(std::ffi::OsString::from("edge-agent")).chain(args);
+            edge_agent::cli::main_with_args(argv)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

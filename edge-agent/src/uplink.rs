@@ -40,6 +40,18 @@ pub struct UplinkCounters {
     pub published: AtomicU64,
     pub batches: AtomicU64,
     pub connects: AtomicU64,
+    /// QoS 1 messages handed to the client, and PUBACKs received: equal
+    /// when the broker has taken everything.
+    pub qos1_queued: AtomicU64,
+    pub qos1_acked: AtomicU64,
+}
+
+impl UplinkCounters {
+    fn unacked(&self) -> u64 {
+        self.qos1_queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.qos1_acked.load(Ordering::Relaxed))
+    }
 }
 
 /// What the uplink did, returned on shutdown.
@@ -160,11 +172,16 @@ impl Uplink {
             }
         }
 
-        // Every source is done: flush, say goodbye, disconnect.
+        // Every source is done: flush, say goodbye, wait until the broker
+        // has acknowledged everything, then disconnect. Closing the socket
+        // with PUBACKs still unread would make the kernel reset the
+        // connection, and a reset makes the broker discard what it has not
+        // read yet: the acks are the proof that it has.
         let goodbye = async {
             self.flush(&client, &records_topic, &mut batch, &counters)
                 .await?;
             let hb = self.heartbeat(&counters, started);
+            counters.qos1_queued.fetch_add(2, Ordering::Relaxed);
             client
                 .publish(&heartbeat_topic, QoS::AtLeastOnce, false, hb.encode())
                 .await?;
@@ -176,6 +193,9 @@ impl Uplink {
                     status(&self.device, DeviceState::Offline, true).encode(),
                 )
                 .await?;
+            while counters.unacked() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             client.disconnect().await?;
             Ok::<_, UplinkError>(hb)
         };
@@ -183,14 +203,23 @@ impl Uplink {
             Ok(result) => Some(result?),
             Err(_) => {
                 tracing::warn!(
-                    unsent = batch.len(),
-                    "hub unreachable at shutdown; records not yet taken by the broker are lost"
+                    unacknowledged = counters.unacked(),
+                    "the broker did not acknowledge everything in time; unacknowledged records are lost"
                 );
                 None
             }
         };
-        let _ = stop_loop_tx.send(true);
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, loop_task).await;
+        // `publish` and `disconnect` only queue requests: the event loop
+        // must keep running until it has written the Disconnect, which ends
+        // it. Stop it by force only if that does not happen in time.
+        let mut loop_task = loop_task;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut loop_task)
+            .await
+            .is_err()
+        {
+            let _ = stop_loop_tx.send(true);
+            let _ = loop_task.await;
+        }
         let heartbeat = hb.unwrap_or_else(|| self.heartbeat(&counters, started));
         let next_seq = self.seq.peek();
         self.seq.close()?;
@@ -214,6 +243,7 @@ impl Uplink {
         let records = std::mem::take(batch);
         let n = records.len() as u64;
         let payload = RecordBatch::new(&self.device, now_us(), records).encode_to_bytes();
+        counters.qos1_queued.fetch_add(1, Ordering::Relaxed);
         client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await?;
@@ -259,11 +289,25 @@ async fn drive_event_loop(
                 let n = counters.connects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(broker = %format!("{}:{}", eventloop.mqtt_options.broker_address().0, eventloop.mqtt_options.broker_address().1), connects = n, "uplink connected");
                 let online = status(&device, DeviceState::Online, false).encode();
-                if let Err(e) = client.try_publish(&status_topic, QoS::AtLeastOnce, true, online) {
-                    tracing::warn!("could not queue the online status: {e}");
+                match client.try_publish(&status_topic, QoS::AtLeastOnce, true, online) {
+                    Ok(()) => {
+                        counters.qos1_queued.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!("could not queue the online status: {e}"),
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                counters.qos1_acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Let the broker close the connection first (it does on
+                // DISCONNECT), reading whatever it still sends meanwhile.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("uplink connection: {e}; reconnecting in 1 s");

@@ -67,6 +67,21 @@ pub enum WireError {
     EmptyStream { seq: u64 },
 }
 
+impl WireError {
+    /// A short, stable name for metrics labels (`reason="..."`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WireError::TooLarge(_) => "too_large",
+            WireError::Decode(_) => "not_protobuf",
+            WireError::UnsupportedVersion(_) => "unsupported_version",
+            WireError::BadDevice(_) | WireError::DeviceMismatch { .. } => "device_mismatch",
+            WireError::Empty => "empty_batch",
+            WireError::SeqNotIncreasing { .. } => "seq_not_increasing",
+            WireError::EmptyStream { .. } => "empty_stream",
+        }
+    }
+}
+
 impl RecordBatch {
     pub fn new(device: &DeviceId, sent_at_us: i64, records: Vec<Record>) -> Self {
         RecordBatch {

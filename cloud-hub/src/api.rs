@@ -1,0 +1,143 @@
+//! The HTTP API (axum).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | liveness: `{"status":"ok", ...}` |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /api/v1/stats` | hub-wide counters and latency quantiles |
+//! | `GET /api/v1/devices` | every device the hub knows |
+//! | `GET /api/v1/devices/{id}` | one device |
+//! | `GET /api/v1/devices/{id}/records?after=SEQ&limit=N` | records in seq order: with `after`, those after it; without, the latest N |
+//!
+//! Errors are JSON `{"error": "..."}` with a 4xx status.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use conveyor_shared::time::now_us;
+use conveyor_shared::DeviceId;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::ingest::HubState;
+use crate::metrics::LatencySummary;
+
+/// Most records one request returns.
+pub const MAX_RECORDS_PER_REQUEST: usize = 10_000;
+
+pub fn router(state: Arc<HubState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/{id}", get(device))
+        .route("/api/v1/devices/{id}/records", get(records))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn healthz(State(s): State<Arc<HubState>>) -> Response {
+    Json(json!({"status": "ok", "broker": s.broker_mode, "mqtt": s.device_url})).into_response()
+}
+
+async fn metrics(State(s): State<Arc<HubState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/stats`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stats {
+    pub records_received: u64,
+    pub records_duplicate: u64,
+    pub batches_received: u64,
+    pub payloads_rejected: u64,
+    pub devices_online: usize,
+    pub devices_known: usize,
+    pub ingest_records_per_sec: f64,
+    pub latency: LatencySummary,
+}
+
+pub fn stats_of(s: &HubState) -> Stats {
+    let now = now_us();
+    let (online, known, rate) = {
+        let r = s.registry();
+        (r.online(), r.known(), r.total_rate(now))
+    };
+    Stats {
+        records_received: s.metrics.records_received.get(),
+        records_duplicate: s.metrics.records_duplicate.get(),
+        batches_received: s.metrics.batches_received.get(),
+        payloads_rejected: s.metrics.rejected_total(),
+        devices_online: online,
+        devices_known: known,
+        ingest_records_per_sec: rate,
+        latency: s.metrics.latency(),
+    }
+}
+
+async fn stats(State(s): State<Arc<HubState>>) -> Json<Stats> {
+    Json(stats_of(&s))
+}
+
+async fn devices(State(s): State<Arc<HubState>>) -> Response {
+    let list = s.registry().list(now_us());
+    Json(json!({ "devices": list })).into_response()
+}
+
+async fn device(State(s): State<Arc<HubState>>, Path(id): Path<String>) -> Response {
+    match s.registry().get(&id, now_us()) {
+        Some(view) => Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no device {id:?}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn records(
+    State(s): State<Arc<HubState>>,
+    Path(id): Path<String>,
+    Query(q): Query<RecordsQuery>,
+) -> Response {
+    if let Err(e) = DeviceId::new(id.clone()) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_RECORDS_PER_REQUEST {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_RECORDS_PER_REQUEST}, got {limit}"),
+        );
+    }
+    let store = s.store.clone();
+    let result = tokio::task::spawn_blocking(move || match q.after {
+        Some(after) => store
+            .records_after(&id, Some(after), limit)
+            .map(|r| (id, r)),
+        None => store.latest(&id, limit).map(|r| (id, r)),
+    })
+    .await;
+    match result {
+        Ok(Ok((id, records))) => Json(json!({"device_id": id, "records": records})).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,123 @@
+//! The embedded rumqttd broker and the hub's in-process link to it.
+//!
+//! rumqttd keeps each topic's messages in an in-memory commit log of
+//! `max_segment_count` segments; a subscriber that falls further behind
+//! than that loses the oldest. Its defaults (100 MB x 10 per topic) are
+//! sized for a standalone broker; the hub reads its link continuously, so
+//! it keeps a few MB per topic instead (see SEGMENT_*), which bounds memory
+//! with thousands of device topics. rumqttd has no disk persistence: the
+//! hub's store is the source of truth.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use tokio::sync::mpsc;
+
+use super::{uplink_filters, BrokerConnection, BrokerError, Inbound, INBOUND_CAPACITY};
+use conveyor_shared::records::MAX_BATCH_BYTES;
+
+/// Size of one commit-log segment per topic.
+const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
+/// Segments kept per topic before the oldest is dropped.
+const SEGMENT_COUNT: usize = 4;
+
+fn broker_config(listen: SocketAddr, max_connections: usize) -> Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: MAX_BATCH_BYTES + 4096,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4-devices".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            // +1 for the hub's own link.
+            max_connections: max_connections + 1,
+            max_outgoing_packet_count: 200,
+            max_segment_size: SEGMENT_SIZE,
+            max_segment_count: SEGMENT_COUNT,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("devices".to_string(), server)])),
+        ..Default::default()
+    }
+}
+
+/// Starts rumqttd on `listen` and subscribes the hub's link to the uplinks.
+pub fn start(listen: SocketAddr, max_connections: usize) -> Result<BrokerConnection, BrokerError> {
+    // rumqttd binds on its own thread and only logs a failure there; probe
+    // the address first so a taken port is a clear error at startup.
+    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+
+    let mut broker = Broker::new(broker_config(listen, max_connections));
+    let (mut link_tx, mut link_rx) = broker
+        .link("conveyor-hub")
+        .map_err(|e| BrokerError::Embedded(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!("embedded broker stopped: {e}");
+            }
+        })
+        .map_err(|e| BrokerError::Embedded(e.to_string()))?;
+    for filter in uplink_filters() {
+        link_tx
+            .subscribe(filter)
+            .map_err(|e| BrokerError::Embedded(e.to_string()))?;
+    }
+
+    let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
+    // The link's receive side is blocking; it gets a thread of its own and
+    // blocks on the bounded channel when ingest is behind.
+    std::thread::Builder::new()
+        .name("hub-link".into())
+        .spawn(move || {
+            let _keep_subscriptions = link_tx;
+            loop {
+                match link_rx.recv() {
+                    Ok(Some(Notification::Forward(f))) => {
+                        let inbound = Inbound {
+                            topic: String::from_utf8_lossy(&f.publish.topic).into_owned(),
+                            payload: f.publish.payload,
+                        };
+                        if tx.blocking_send(inbound).is_err() {
+                            return; // hub shut down
+                        }
+                    }
+                    // The router pauses a link whose buffer filled up until
+                    // the link says it is ready again.
+                    Ok(Some(Notification::Unschedule)) => {
+                        if link_rx.ready().is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!("embedded broker link closed: {e}");
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| BrokerError::Embedded(e.to_string()))?;
+
+    Ok(BrokerConnection {
+        inbound: rx,
+        device_url: format!("mqtt://{listen}"),
+        mode: "embedded",
+    })
+}

@@ -1,0 +1,54 @@
+//! The hub's connection to the MQTT broker the devices talk to.
+//!
+//! Either the hub runs rumqttd itself ([`embedded`], the default) and reads
+//! from it through rumqttd's in-process link, with no socket in between, or
+//! it connects to an external broker as an ordinary client ([`external`]).
+//! Both hand every message on a device topic to ingest as an [`Inbound`]
+//! over one bounded channel, so ingest cannot tell them apart.
+
+pub mod embedded;
+pub mod external;
+
+use bytes::Bytes;
+use conveyor_shared::topics::TopicKind;
+use tokio::sync::mpsc;
+
+/// One message from a device topic.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+/// Messages buffered between the broker and ingest.
+pub const INBOUND_CAPACITY: usize = 4096;
+
+/// The topics the hub consumes, for every device.
+pub fn uplink_filters() -> Vec<String> {
+    [TopicKind::Records, TopicKind::Status, TopicKind::Heartbeat]
+        .into_iter()
+        .map(TopicKind::filter_all_devices)
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen for MQTT on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("embedded broker: {0}")]
+    Embedded(String),
+}
+
+/// A running broker connection: where inbound messages arrive, and how to
+/// describe the broker to users.
+pub struct BrokerConnection {
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// `mqtt://host:port` devices should connect to.
+    pub device_url: String,
+    /// `embedded` or `external`.
+    pub mode: &'static str,
+}

@@ -1,0 +1,283 @@
+//! The hub's configuration file (`hub.toml`).
+//!
+//! Every field has a default, so an empty file (or none, for `demo`) gives
+//! a working hub on loopback. Parsing is strict: an unknown key is an error
+//! naming it. `cloud-hub serve` validates the whole file before it binds a
+//! port and exits with code 64 on any problem.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use conveyor_shared::BrokerUrl;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Which MQTT broker the devices talk to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// Run rumqttd inside the hub (the default).
+    #[default]
+    Embedded,
+    /// Use an existing broker (mosquitto, EMQX, ...) as a client.
+    External,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    #[serde(default)]
+    pub mode: BrokerMode,
+    /// Embedded: MQTT listener address for devices.
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// Embedded: most devices connected at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// External: the broker's URL, e.g. `mqtt://127.0.0.1:1883`.
+    pub url: Option<BrokerUrl>,
+    /// External: client id of the hub's session. Keep it stable: with a
+    /// persistent session the broker queues uplinks while the hub is down.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            mode: BrokerMode::Embedded,
+            listen: default_mqtt_listen(),
+            max_connections: default_max_connections(),
+            url: None,
+            client_id: default_client_id(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// An external broker at `url`.
+    pub fn external(url: BrokerUrl, client_id: &str) -> Self {
+        BrokerConfig {
+            mode: BrokerMode::External,
+            url: Some(url),
+            client_id: client_id.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The embedded broker on `listen`.
+    pub fn embedded(listen: SocketAddr) -> Self {
+        BrokerConfig {
+            listen,
+            ..Default::default()
+        }
+    }
+}
+
+fn default_mqtt_listen() -> SocketAddr {
+    "127.0.0.1:1883".parse().expect("valid address")
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_client_id() -> String {
+    "conveyor-hub".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API, metrics and health check.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+fn default_http_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid address")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory of the hub's sled database. Relative to the config file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("hub-data")
+}
+
+#[derive(Debug, Error)]
+pub enum HubConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl HubConfig {
+    pub fn load(path: &Path) -> Result<Self, HubConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| HubConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            HubConfigError::Parse { message, .. } => HubConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        if config.store.path.is_relative() {
+            if let Some(dir) = path.parent() {
+                config.store.path = dir.join(&config.store.path);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, HubConfigError> {
+        let config: HubConfig = toml::from_str(text).map_err(|e| HubConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), HubConfigError> {
+        let b = &self.broker;
+        match b.mode {
+            BrokerMode::Embedded => {
+                if b.max_connections == 0 {
+                    return Err(HubConfigError::Invalid {
+                        field: "broker.max_connections",
+                        message: "must be at least 1".into(),
+                    });
+                }
+                if b.listen == self.http.listen && b.listen.port() != 0 {
+                    return Err(HubConfigError::Invalid {
+                        field: "http.listen",
+                        message: format!(
+                            "{} is also broker.listen; they need different ports",
+                            b.listen
+                        ),
+                    });
+                }
+                if b.url.is_some() {
+                    return Err(HubConfigError::Invalid {
+                        field: "broker.url",
+                        message: "is only used with mode = \"external\"; remove it or set the mode"
+                            .into(),
+                    });
+                }
+            }
+            BrokerMode::External => {
+                if b.url.is_none() {
+                    return Err(HubConfigError::Invalid {
+                        field: "broker.url",
+                        message: "is required with mode = \"external\", e.g. url = \"mqtt://127.0.0.1:1883\"".into(),
+                    });
+                }
+            }
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return Err(HubConfigError::Invalid {
+                field: "store.path",
+                message: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = HubConfig::from_toml("").unwrap();
+        assert_eq!(c.broker.mode, BrokerMode::Embedded);
+        let c = HubConfig::from_toml("[broker]\nlisten = \"127.0.0.1:1999\"\n").unwrap();
+        assert_eq!(c.broker.listen.port(), 1999);
+        assert_eq!(c.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn external_broker() {
+        let c = HubConfig::from_toml(
+            "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:1999\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.broker.mode, BrokerMode::External);
+        assert_eq!(c.broker.url.unwrap().port, 1999);
+        assert_eq!(c.broker.client_id, "conveyor-hub");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = HubConfig::from_toml("[http]\nlisten = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listen") && e.contains("invalid socket address"),
+            "{e}"
+        );
+        let e = HubConfig::from_toml("[broker]\nmode = \"cloud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `cloud`"), "{e}");
+        let e = HubConfig::from_toml("[store]\ndir = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `dir`"), "{e}");
+        let e = HubConfig::from_toml(
+            "[broker]\nlisten = \"127.0.0.1:9000\"\n[http]\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("http.listen"), "{e}");
+        let e = HubConfig::from_toml("[broker]\nmode = \"external\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("broker.url: is required"), "{e}");
+    }
+}

@@ -1,0 +1,438 @@
+//! `cloud-hub demo`: the whole system on one machine, in one command.
+//!
+//! Starts a hub (embedded broker, temporary store) and N real edge-agent
+//! processes, each replaying a public sensor data set from `models/data/`,
+//! shows live progress, and on `--duration` or Ctrl-C stops the agents
+//! (SIGTERM: they flush and say goodbye), waits for ingest to settle and
+//! prints a summary: sent, received, lost, duplicated, latency.
+//!
+//! The agents are this binary re-executed as `cloud-hub agent run ...`,
+//! which runs the edge-agent crate's own command line: `cargo run -p
+//! cloud-hub -- demo` then needs nothing else built.
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use conveyor_shared::BrokerUrl;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::config::{BrokerConfig, HttpConfig, HubConfig, StoreConfig};
+use crate::hub::Hub;
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Number of edge-agent processes to start.
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Records per second each agent replays (0 = as fast as possible).
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// MQTT port of the embedded broker (a free one is used if taken).
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// HTTP API port (a free one is used if taken).
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Use this external broker instead of the embedded one.
+    #[arg(long)]
+    pub broker_url: Option<String>,
+    /// Folder with the data sets (default: the repository's models/data).
+    #[arg(long, env = "CONVEYOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Agents' batch size limit.
+    #[arg(long, default_value_t = 200)]
+    pub batch_max_records: usize,
+    /// Agents' batch delay limit, milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub batch_max_delay_ms: u64,
+}
+
+/// The `--json` summary.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub agents: usize,
+    pub broker: &'static str,
+    pub duration_s: f64,
+    pub records_sent: u64,
+    pub records_received: u64,
+    pub records_lost: u64,
+    pub records_duplicated: u64,
+    pub ingest_records_per_sec: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub payloads_rejected: u64,
+    pub agents_failed: usize,
+    pub devices: Vec<DeviceSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceSummary {
+    pub device_id: String,
+    pub stream: String,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
+struct DemoAgent {
+    device_id: String,
+    stream: &'static str,
+    child: Child,
+    log: PathBuf,
+    exit: Option<std::process::ExitStatus>,
+}
+
+fn port_or_free(port: u16, what: &str) -> Result<u16> {
+    if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        return Ok(port);
+    }
+    let free = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    eprintln!("port {port} ({what}) is taken; using {free}");
+    Ok(free)
+}
+
+fn find_data_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
+    let candidates = match arg {
+        Some(dir) => vec![dir],
+        None => vec![
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/data"),
+            PathBuf::from("models/data"),
+        ],
+    };
+    for dir in &candidates {
+        if dir.join("BasicMotions/BasicMotions_TRAIN.ts").is_file()
+            && dir.join("ACSF1/ACSF1_TRAIN.ts").is_file()
+        {
+            return Ok(dir.canonicalize()?);
+        }
+    }
+    bail!(
+        "data sets not found in {}; pass --data-dir pointing at the repository's models/data",
+        candidates
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    )
+}
+
+/// Agent i replays the smart watch (even i) or the smart plug (odd i).
+fn agent_config(
+    i: usize,
+    args: &DemoArgs,
+    data: &Path,
+    mqtt: &str,
+    state_dir: &Path,
+) -> (String, &'static str, String) {
+    let (kind, stream, file, extra) = if i % 2 == 0 {
+        (
+            "watch",
+            "motion",
+            data.join("BasicMotions/BasicMotions_TRAIN.ts"),
+            "sample_rate_hz = 10.0\n",
+        )
+    } else {
+        ("plug", "power", data.join("ACSF1/ACSF1_TRAIN.ts"), "")
+    };
+    let device = format!("demo-{kind}-{}", i + 1);
+    let toml = format!(
+        "device_id = \"{device}\"\n\
+         data_dir = {state:?}\n\
+         [uplink]\n\
+         url = \"{mqtt}\"\n\
+         batch_max_records = {bmr}\n\
+         batch_max_delay_ms = {bmd}\n\
+         heartbeat_secs = 1.0\n\
+         [[sources]]\n\
+         type = \"replay\"\n\
+         name = \"{stream}\"\n\
+         path = {file:?}\n\
+         rate = {rate:?}\n\
+         loop = true\n{extra}",
+        state = state_dir.join(&device),
+        bmr = args.batch_max_records,
+        bmd = args.batch_max_delay_ms,
+        rate = args.rate,
+    );
+    (device, stream, toml)
+}
+
+fn spawn_agent(config: &Path, log: &Path) -> Result<Child> {
+    let exe = std::env::current_exe().context("locating the cloud-hub binary")?;
+    let log_file = std::fs::File::create(log)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("agent")
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true);
+    #[cfg(target_os = "linux")]
+    unsafe {
+        // If the demo dies without cleaning up, its agents go with it.
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    Ok(cmd.spawn()?)
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub async fn run(args: DemoArgs) -> Result<Summary> {
+    if args.agents == 0 || args.agents > 1000 {
+        bail!("--agents must be between 1 and 1000, got {}", args.agents);
+    }
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        bail!(
+            "--rate must be >= 0 (0 = as fast as possible), got {}",
+            args.rate
+        );
+    }
+    let data = find_data_dir(args.data_dir.clone())?;
+    let work = tempfile::Builder::new()
+        .prefix("conveyor-demo-")
+        .tempdir()?;
+    let broker = match &args.broker_url {
+        Some(url) => BrokerConfig::external(
+            BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--broker-url: {e}"))?,
+            "conveyor-demo-hub",
+        ),
+        None => BrokerConfig::embedded(SocketAddr::from((
+            [127, 0, 0, 1],
+            port_or_free(args.mqtt_port, "MQTT")?,
+        ))),
+    };
+    let config = HubConfig {
+        broker,
+        http: HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port_or_free(args.http_port, "HTTP")?)),
+        },
+        store: StoreConfig {
+            path: work.path().join("hub-store"),
+        },
+    };
+    let hub = Hub::start(&config).await?;
+    let state = hub.state.clone();
+    eprintln!("Conveyor demo: hub running");
+    eprintln!("  API      http://{}/api/v1/devices", hub.http_addr);
+    eprintln!("  metrics  http://{}/metrics", hub.http_addr);
+    eprintln!(
+        "  MQTT     {} ({} broker)",
+        state.device_url, state.broker_mode
+    );
+
+    let mut agents = Vec::new();
+    for i in 0..args.agents {
+        let (device_id, stream, toml) = agent_config(
+            i,
+            &args,
+            &data,
+            &state.device_url,
+            &work.path().join("agents"),
+        );
+        let config_path = work.path().join(format!("{device_id}.toml"));
+        std::fs::write(&config_path, toml)?;
+        let log = work.path().join(format!("{device_id}.log"));
+        let child = spawn_agent(&config_path, &log)?;
+        agents.push(DemoAgent {
+            device_id,
+            stream,
+            child,
+            log,
+            exit: None,
+        });
+    }
+    eprintln!(
+        "  started {} edge agents replaying BasicMotions (smart watch) and ACSF1 (smart plug) at {} records/s each{}",
+        args.agents,
+        if args.rate == 0.0 { "max".to_string() } else { args.rate.to_string() },
+        match args.duration {
+            Some(d) => format!("; stopping after {d} s"),
+            None => "; Ctrl-C stops".to_string(),
+        }
+    );
+
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
+    let tty = std::io::stderr().is_terminal();
+    let mut last_count = 0u64;
+    let mut last_print = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut ctrl_c => { eprintln!(); eprintln!("Ctrl-C: stopping agents"); break; }
+        }
+        for a in agents.iter_mut().filter(|a| a.exit.is_none()) {
+            if let Ok(Some(status)) = a.child.try_wait() {
+                a.exit = Some(status);
+                eprintln!(
+                    "\nagent {} exited early ({status}); its log ends:\n{}",
+                    a.device_id,
+                    tail(&a.log, 10)
+                );
+            }
+        }
+        let stats = crate::api::stats_of(&state);
+        let now_count = stats.records_received;
+        let line = format!(
+            "[{:>5.0}s] devices online {}/{} | {:>7} rec/s | stored {} | duplicates {} | rejected {} | p50 {:.1} ms",
+            started.elapsed().as_secs_f64(),
+            stats.devices_online,
+            args.agents,
+            now_count - last_count,
+            now_count,
+            stats.records_duplicate,
+            stats.payloads_rejected,
+            stats.latency.p50_us as f64 / 1000.0,
+        );
+        last_count = now_count;
+        if tty {
+            eprint!("\r{line}   ");
+            let _ = std::io::stderr().flush();
+        } else if last_print.elapsed() >= Duration::from_secs(5) {
+            eprintln!("{line}");
+            last_print = Instant::now();
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) || agents.iter().all(|a| a.exit.is_some())
+        {
+            if tty {
+                eprintln!();
+            }
+            break;
+        }
+    }
+    let run_time = started.elapsed().as_secs_f64();
+
+    // Stop the agents: they drain, flush, publish a final heartbeat with
+    // their totals and an offline status, then exit.
+    for a in &agents {
+        if a.exit.is_none() {
+            terminate(&a.child);
+        }
+    }
+    for a in agents.iter_mut().filter(|a| a.exit.is_none()) {
+        match tokio::time::timeout(Duration::from_secs(10), a.child.wait()).await {
+            Ok(Ok(status)) => a.exit = Some(status),
+            _ => {
+                eprintln!("agent {} did not stop within 10 s; killing it", a.device_id);
+                let _ = a.child.kill().await;
+                a.exit = a.child.wait().await.ok();
+            }
+        }
+    }
+    // Let ingest catch up with what is still in flight.
+    let settle = Instant::now();
+    let mut stable_since = Instant::now();
+    let mut last = crate::api::stats_of(&state).records_received;
+    while settle.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = crate::api::stats_of(&state).records_received;
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
+
+    let stats = crate::api::stats_of(&state);
+    let registry = state.registry().list(conveyor_shared::time::now_us());
+    let devices: Vec<DeviceSummary> = agents
+        .iter()
+        .map(|a| {
+            let entry = registry.iter().find(|v| v.entry.device_id == a.device_id);
+            let sent = entry
+                .and_then(|v| v.entry.last_heartbeat.as_ref())
+                .map_or(0, |h| h.records_published);
+            let received = entry.map_or(0, |v| v.entry.records);
+            DeviceSummary {
+                device_id: a.device_id.clone(),
+                stream: a.stream.to_string(),
+                sent,
+                received,
+                lost: sent.saturating_sub(received),
+                duplicated: entry.map_or(0, |v| v.entry.duplicates),
+            }
+        })
+        .collect();
+    let agents_failed = agents
+        .iter()
+        .filter(|a| !a.exit.is_some_and(|s| s.success()))
+        .count();
+    for a in agents
+        .iter()
+        .filter(|a| !a.exit.is_some_and(|s| s.success()))
+    {
+        eprintln!(
+            "agent {} failed ({:?}); its log ends:\n{}",
+            a.device_id,
+            a.exit,
+            tail(&a.log, 10)
+        );
+    }
+    let summary = Summary {
+        agents: args.agents,
+        broker: state.broker_mode,
+        duration_s: run_time,
+        records_sent: devices.iter().map(|d| d.sent).sum(),
+        records_received: devices.iter().map(|d| d.received).sum(),
+        records_lost: devices.iter().map(|d| d.lost).sum(),
+        records_duplicated: devices.iter().map(|d| d.duplicated).sum(),
+        ingest_records_per_sec: stats.records_received as f64 / run_time,
+        latency_p50_ms: stats.latency.p50_us as f64 / 1000.0,
+        latency_p99_ms: stats.latency.p99_us as f64 / 1000.0,
+        payloads_rejected: stats.payloads_rejected,
+        agents_failed,
+        devices,
+    };
+    hub.shutdown().await;
+    Ok(summary)
+}
+
+pub fn print_summary(s: &Summary) {
+    eprintln!(
+        "Summary: {} agents, {:.1} s: sent {}, received {}, lost {}, duplicated {}; {:.0} records/s; latency p50 {:.1} ms, p99 {:.1} ms",
+        s.agents,
+        s.duration_s,
+        s.records_sent,
+        s.records_received,
+        s.records_lost,
+        s.records_duplicated,
+        s.ingest_records_per_sec,
+        s.latency_p50_ms,
+        s.latency_p99_ms
+    );
+}

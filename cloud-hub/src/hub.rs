@@ -1,0 +1,153 @@
+//! Starting and stopping a hub: store, broker, ingest, housekeeping, API.
+//!
+//! `serve` and `demo` both go through [`Hub::start`], so the demo runs
+//! exactly the hub a user deploys.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use conveyor_shared::time::now_us;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::{self, BrokerError};
+use crate::config::{BrokerMode, HubConfig};
+use crate::ingest::{HubState, Ingest};
+use crate::metrics::HubMetrics;
+use crate::registry::{DeviceEntry, Registry};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct Hub {
+    pub state: Arc<HubState>,
+    /// Where the HTTP API actually listens (resolves port 0).
+    pub http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Hub {
+    pub async fn start(config: &HubConfig) -> Result<Hub, HubError> {
+        let store = Store::open(&config.store.path)?;
+        let entries: Vec<DeviceEntry> = store
+            .devices()?
+            .into_iter()
+            .filter_map(|(id, json)| match serde_json::from_slice(&json) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(device = %id, "ignoring unreadable device entry: {e}");
+                    None
+                }
+            })
+            .collect();
+        let b = &config.broker;
+        let connection = match (b.mode, &b.url) {
+            (BrokerMode::External, Some(url)) => broker::external::start(url, &b.client_id),
+            // validate() guarantees external mode has a url.
+            _ => broker::embedded::start(b.listen, b.max_connections)?,
+        };
+        let state = Arc::new(HubState {
+            store,
+            registry: Mutex::new(Registry::restore(entries)),
+            metrics: HubMetrics::new(),
+            broker_mode: connection.mode,
+            device_url: connection.device_url.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| HubError::HttpBind {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| HubError::HttpBind {
+            addr: config.http.listen,
+            source,
+        })?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            Ingest::new(state.clone()).run(connection.inbound),
+        ));
+        tasks.push(tokio::spawn(housekeeping(state.clone(), stop_rx.clone())));
+        let app = crate::api::router(state.clone());
+        let mut http_stop = stop_rx;
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("HTTP API stopped: {e}");
+            }
+        }));
+        tracing::info!(
+            broker = connection.mode,
+            mqtt = %connection.device_url,
+            http = %format!("http://{http_addr}"),
+            store = %config.store.path.display(),
+            "hub running"
+        );
+        Ok(Hub {
+            state,
+            http_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops the API and housekeeping, persists the registry and flushes
+    /// the store. (The embedded broker stops with the process.)
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.into_iter().skip(1) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        persist_registry(&self.state);
+        if let Err(e) = self.state.store.flush() {
+            tracing::error!("flushing the store at shutdown: {e}");
+        }
+    }
+}
+
+fn persist_registry(state: &HubState) {
+    let dirty = state.registry().take_dirty();
+    for entry in dirty {
+        let json = serde_json::to_vec(&entry).expect("entry serialises");
+        if let Err(e) = state.store.put_device(&entry.device_id, &json) {
+            tracing::error!(device = %entry.device_id, "could not persist device entry: {e}");
+        }
+    }
+}
+
+/// Once a second: refresh gauges and persist changed device entries.
+async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (online, known, rate) = {
+            let r = state.registry();
+            (r.online(), r.known(), r.total_rate(now_us()))
+        };
+        state.metrics.devices_online.set(online as i64);
+        state.metrics.devices_known.set(known as i64);
+        state.metrics.ingest_rate.set(rate);
+        persist_registry(&state);
+    }
+}

@@ -1,0 +1,203 @@
+//! The hub's metrics, readable in code (for `/api/v1/stats` and the demo
+//! summary) and exported in Prometheus text format at `/metrics`.
+//!
+//! One set of counters serves both, so the API and Prometheus can never
+//! disagree. End-to-end latency (hub receive time minus the record's source
+//! timestamp) goes into an HDR histogram; its quantiles are exported as
+//! gauges at scrape time.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+type Labels = Vec<(String, String)>;
+
+pub struct HubMetrics {
+    registry: Registry,
+    pub records_received: Counter,
+    pub records_duplicate: Counter,
+    pub batches_received: Counter,
+    pub rejected: Family<Labels, Counter>,
+    pub devices_online: Gauge,
+    pub devices_known: Gauge,
+    pub ingest_rate: Gauge<f64, AtomicU64>,
+    latency_quantiles: Family<Labels, Gauge<f64, AtomicU64>>,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+/// Latency quantiles in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, Default)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl HubMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("conveyor_hub");
+        let m = HubMetrics {
+            records_received: Counter::default(),
+            records_duplicate: Counter::default(),
+            batches_received: Counter::default(),
+            rejected: Family::default(),
+            devices_online: Gauge::default(),
+            devices_known: Gauge::default(),
+            ingest_rate: Gauge::default(),
+            latency_quantiles: Family::default(),
+            // 1 µs .. 1 h at 3 significant digits.
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_received",
+            "Distinct records stored",
+            m.records_received.clone(),
+        );
+        registry.register(
+            "records_duplicate",
+            "Records received again and dropped as duplicates",
+            m.records_duplicate.clone(),
+        );
+        registry.register(
+            "batches_received",
+            "Record batches stored",
+            m.batches_received.clone(),
+        );
+        registry.register(
+            "payloads_rejected",
+            "Payloads on device topics that could not be decoded, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "devices_online",
+            "Devices currently online",
+            m.devices_online.clone(),
+        );
+        registry.register(
+            "devices_known",
+            "Devices ever seen",
+            m.devices_known.clone(),
+        );
+        registry.register(
+            "ingest_records_per_second",
+            "Records stored per second, averaged over the last 9 s",
+            m.ingest_rate.clone(),
+        );
+        registry.register(
+            "e2e_latency_seconds",
+            "Source timestamp to hub receive time, quantiles since start",
+            m.latency_quantiles.clone(),
+        );
+        HubMetrics { registry, ..m }
+    }
+
+    /// Counts a rejected payload; returns how many of this reason so far.
+    pub fn reject(&self, reason: &str) -> u64 {
+        self.rejected
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc()
+            + 1
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        // Family has no iterator; the reasons are a small fixed set.
+        REJECT_REASONS
+            .iter()
+            .filter_map(|r| {
+                self.rejected
+                    .get(&vec![("reason".to_string(), r.to_string())])
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
+    pub fn observe_latency(&self, latencies_us: impl Iterator<Item = i64>) {
+        let mut h = self.latency_us.lock().expect("latency lock");
+        for l in latencies_us {
+            // Clock skew can make a latency negative; count it as 1 µs.
+            h.saturating_record(l.max(1) as u64);
+        }
+    }
+
+    pub fn latency(&self) -> LatencySummary {
+        let h = self.latency_us.lock().expect("latency lock");
+        LatencySummary {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let l = self.latency();
+        for (q, v) in [("0.5", l.p50_us), ("0.99", l.p99_us)] {
+            self.latency_quantiles
+                .get_or_create(&vec![("quantile".to_string(), q.to_string())])
+                .set(v as f64 / 1e6);
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every `reason` label ingest uses.
+pub const REJECT_REASONS: &[&str] = &[
+    "bad_topic",
+    "too_large",
+    "not_protobuf",
+    "unsupported_version",
+    "device_mismatch",
+    "empty_batch",
+    "seq_not_increasing",
+    "empty_stream",
+    "bad_status",
+    "bad_heartbeat",
+    "store_error",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = HubMetrics::new();
+        m.records_received.inc_by(3);
+        m.reject("not_protobuf");
+        m.observe_latency([1000, 2000, 3000].into_iter());
+        let text = m.render();
+        assert!(
+            text.contains("conveyor_hub_records_received_total 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("conveyor_hub_payloads_rejected_total{reason=\"not_protobuf\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("conveyor_hub_e2e_latency_seconds{quantile=\"0.5\"} 0.002"),
+            "{text}"
+        );
+        assert_eq!(m.rejected_total(), 1);
+    }
+}

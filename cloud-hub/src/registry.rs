@@ -1,0 +1,251 @@
+//! What the hub knows about each device: plain data, no I/O.
+//!
+//! Ingest feeds it events (a batch stored, a status, a heartbeat, a bad
+//! payload) with the time they happened; the API reads snapshots. Keeping
+//! it free of I/O and clocks makes every rule here a unit test.
+
+use std::collections::BTreeMap;
+
+use conveyor_shared::control::{DeviceState, DeviceStatus, Heartbeat};
+use serde::{Deserialize, Serialize};
+
+/// Records/s over a sliding window of whole seconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RateMeter {
+    /// Counts of the last WINDOW seconds; `buckets[s % WINDOW]` is second s.
+    buckets: [u64; RateMeter::WINDOW],
+    /// The second the newest bucket belongs to.
+    newest_s: i64,
+}
+
+impl RateMeter {
+    const WINDOW: usize = 10;
+
+    fn advance(&mut self, now_s: i64) {
+        if now_s <= self.newest_s {
+            return;
+        }
+        let gap = (now_s - self.newest_s).min(Self::WINDOW as i64);
+        for s in 1..=gap {
+            self.buckets[((self.newest_s + s) as usize) % Self::WINDOW] = 0;
+        }
+        self.newest_s = now_s;
+    }
+
+    pub fn add(&mut self, n: u64, now_us: i64) {
+        let now_s = now_us.div_euclid(1_000_000);
+        self.advance(now_s);
+        if now_s + (Self::WINDOW as i64) > self.newest_s {
+            self.buckets[(now_s as usize) % Self::WINDOW] += n;
+        }
+    }
+
+    /// Mean rate over the completed seconds of the window.
+    pub fn rate(&self, now_us: i64) -> f64 {
+        let now_s = now_us.div_euclid(1_000_000);
+        let mut m = self.clone();
+        m.advance(now_s);
+        let completed: u64 = (1..Self::WINDOW as i64)
+            .map(|back| m.buckets[((now_s - back).rem_euclid(Self::WINDOW as i64)) as usize])
+            .sum();
+        completed as f64 / (Self::WINDOW - 1) as f64
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    pub device_id: String,
+    pub online: bool,
+    pub first_seen_us: i64,
+    pub last_seen_us: i64,
+    /// Distinct records stored.
+    pub records: u64,
+    /// Copies of already stored records that arrived again (and were dropped).
+    pub duplicates: u64,
+    /// Payloads from this device that could not be decoded.
+    pub rejected_payloads: u64,
+    pub highest_seq: Option<u64>,
+    pub status: Option<DeviceStatus>,
+    pub last_heartbeat: Option<Heartbeat>,
+    #[serde(default)]
+    rate: RateMeter,
+}
+
+/// An entry as the API shows it: the stored fields plus derived ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    #[serde(flatten)]
+    pub entry: DeviceEntry,
+    pub records_per_sec: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    devices: BTreeMap<String, DeviceEntry>,
+    /// Devices changed since the last `take_dirty`, to persist.
+    dirty: Vec<String>,
+}
+
+impl Registry {
+    /// Rebuilds the registry from persisted entries. Every device starts
+    /// offline: a hub restart knows nothing about who is connected now,
+    /// and devices re-announce themselves on reconnect.
+    pub fn restore(entries: impl IntoIterator<Item = DeviceEntry>) -> Self {
+        let devices = entries
+            .into_iter()
+            .map(|mut e| {
+                e.online = false;
+                (e.device_id.clone(), e)
+            })
+            .collect();
+        Registry {
+            devices,
+            dirty: Vec::new(),
+        }
+    }
+
+    fn entry(&mut self, device: &str, now_us: i64) -> &mut DeviceEntry {
+        if !self.dirty.iter().any(|d| d == device) {
+            self.dirty.push(device.to_string());
+        }
+        let e = self
+            .devices
+            .entry(device.to_string())
+            .or_insert_with(|| DeviceEntry {
+                device_id: device.to_string(),
+                first_seen_us: now_us,
+                ..Default::default()
+            });
+        e.last_seen_us = e.last_seen_us.max(now_us);
+        e
+    }
+
+    pub fn on_batch(
+        &mut self,
+        device: &str,
+        new: u64,
+        duplicates: u64,
+        highest_seq: u64,
+        now_us: i64,
+    ) {
+        let e = self.entry(device, now_us);
+        e.records += new;
+        e.duplicates += duplicates;
+        e.highest_seq = Some(e.highest_seq.map_or(highest_seq, |h| h.max(highest_seq)));
+        e.rate.add(new, now_us);
+        // Data only comes from a connected device.
+        e.online = true;
+    }
+
+    pub fn on_status(&mut self, device: &str, status: DeviceStatus, now_us: i64) {
+        let e = self.entry(device, now_us);
+        e.online = status.state == DeviceState::Online;
+        e.status = Some(status);
+    }
+
+    pub fn on_heartbeat(&mut self, device: &str, heartbeat: Heartbeat, now_us: i64) {
+        self.entry(device, now_us).last_heartbeat = Some(heartbeat);
+    }
+
+    pub fn on_rejected(&mut self, device: &str, now_us: i64) {
+        self.entry(device, now_us).rejected_payloads += 1;
+    }
+
+    pub fn get(&self, device: &str, now_us: i64) -> Option<DeviceView> {
+        self.devices.get(device).map(|e| view(e, now_us))
+    }
+
+    pub fn list(&self, now_us: i64) -> Vec<DeviceView> {
+        self.devices.values().map(|e| view(e, now_us)).collect()
+    }
+
+    pub fn online(&self) -> usize {
+        self.devices.values().filter(|e| e.online).count()
+    }
+
+    pub fn known(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Records/s over all devices.
+    pub fn total_rate(&self, now_us: i64) -> f64 {
+        self.devices.values().map(|e| e.rate.rate(now_us)).sum()
+    }
+
+    /// Entries changed since the last call, for persisting.
+    pub fn take_dirty(&mut self) -> Vec<DeviceEntry> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|d| self.devices.get(&d).cloned())
+            .collect()
+    }
+}
+
+fn view(e: &DeviceEntry, now_us: i64) -> DeviceView {
+    DeviceView {
+        entry: e.clone(),
+        records_per_sec: e.rate.rate(now_us),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn status(state: DeviceState) -> DeviceStatus {
+        DeviceStatus {
+            device_id: "d".into(),
+            state,
+            agent_version: String::new(),
+            ts_us: 0,
+            clean: false,
+        }
+    }
+
+    #[test]
+    fn status_drives_online_and_last_will_takes_it_down() {
+        let mut r = Registry::default();
+        r.on_status("d", status(DeviceState::Online), S);
+        assert_eq!(r.online(), 1);
+        r.on_status("d", status(DeviceState::Offline), 2 * S);
+        assert_eq!(r.online(), 0);
+        assert_eq!(r.get("d", 2 * S).unwrap().entry.last_seen_us, 2 * S);
+    }
+
+    #[test]
+    fn batches_count_records_and_duplicates() {
+        let mut r = Registry::default();
+        r.on_batch("d", 10, 0, 9, S);
+        r.on_batch("d", 5, 5, 14, S + 1);
+        let e = r.get("d", S).unwrap().entry;
+        assert_eq!((e.records, e.duplicates, e.highest_seq), (15, 5, Some(14)));
+        assert!(e.online);
+        assert_eq!(r.take_dirty().len(), 1);
+        assert!(r.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn rate_is_a_sliding_window() {
+        let mut m = RateMeter::default();
+        for s in 0..20 {
+            m.add(100, s * S + 1);
+        }
+        assert_eq!(m.rate(20 * S), 100.0);
+        // Ten quiet seconds later the window is empty.
+        assert_eq!(m.rate(30 * S), 0.0);
+        let mut m = RateMeter::default();
+        m.add(900, 100 * S);
+        assert_eq!(m.rate(101 * S), 100.0);
+    }
+
+    #[test]
+    fn restore_starts_everyone_offline() {
+        let mut r = Registry::default();
+        r.on_status("d", status(DeviceState::Online), S);
+        let saved = r.take_dirty();
+        let r = Registry::restore(saved);
+        assert_eq!((r.known(), r.online()), (1, 0));
+    }
+}

@@ -1,0 +1,263 @@
+//! The hub's durable store (sled): every record received, exactly once.
+//!
+//! Records are keyed `<device_id> 0x00 <seq as big-endian u64>`, so a
+//! prefix scan returns one device's records in sequence order and the key
+//! itself is the deduplication check: a record is written with a
+//! compare-and-swap against "absent", and a second copy (an MQTT redelivery
+//! after a reconnect) is counted and dropped without touching the first.
+//! The value is the record's receive time (8 bytes, big-endian µs) followed
+//! by the protobuf-encoded `Record`.
+
+use std::path::Path;
+
+use conveyor_shared::{DeviceId, Record};
+use prost::Message;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key:?} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    records: sled::Tree,
+    devices: sled::Tree,
+}
+
+/// What appending one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub new: u64,
+    pub duplicates: u64,
+}
+
+/// A record as the API returns it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub stream: String,
+    pub source_ts_us: i64,
+    pub received_at_us: i64,
+    pub values: Vec<f64>,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub label: String,
+}
+
+fn key(device: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(device.len() + 9);
+    k.extend_from_slice(device.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn prefix(device: &str) -> Vec<u8> {
+    let mut p = device.as_bytes().to_vec();
+    p.push(0);
+    p
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let records = db.open_tree("records")?;
+        let devices = db.open_tree("devices")?;
+        Ok(Store {
+            db,
+            records,
+            devices,
+        })
+    }
+
+    /// Stores a batch's records, skipping any (device, seq) already held;
+    /// `on_new` sees each record that was new.
+    pub fn append(
+        &self,
+        device: &DeviceId,
+        records: &[Record],
+        received_at_us: i64,
+        mut on_new: impl FnMut(&Record),
+    ) -> Result<Appended, StoreError> {
+        let mut out = Appended::default();
+        for r in records {
+            let mut value = Vec::with_capacity(8 + r.encoded_len());
+            value.extend_from_slice(&received_at_us.to_be_bytes());
+            r.encode(&mut value).expect("Vec has room");
+            match self.records.compare_and_swap(
+                key(device.as_str(), r.seq),
+                None as Option<&[u8]>,
+                Some(value),
+            )? {
+                Ok(()) => {
+                    out.new += 1;
+                    on_new(r);
+                }
+                Err(_) => out.duplicates += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` records of `device` with seq > `after` (all if `None`),
+    /// in sequence order.
+    pub fn records_after(
+        &self,
+        device: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let start = match after {
+            Some(seq) if seq == u64::MAX => return Ok(Vec::new()),
+            Some(seq) => key(device, seq + 1),
+            None => prefix(device),
+        };
+        let end = key(device, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.records.range(start..=end).take(limit) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The last `limit` records of `device`, in sequence order.
+    pub fn latest(&self, device: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.records.scan_prefix(prefix(device)).rev().take(limit) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Saves a device's registry entry (opaque JSON).
+    pub fn put_device(&self, device: &str, json: &[u8]) -> Result<(), StoreError> {
+        self.devices.insert(device.as_bytes(), json)?;
+        Ok(())
+    }
+
+    /// Every saved registry entry.
+    pub fn devices(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.devices
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn decode(k: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason,
+    };
+    if v.len() < 8 {
+        return Err(corrupt("value shorter than its timestamp".into()));
+    }
+    let received_at_us = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+    let r = Record::decode(&v[8..]).map_err(|e| corrupt(e.to_string()))?;
+    Ok(StoredRecord {
+        seq: r.seq,
+        stream: r.stream,
+        source_ts_us: r.source_ts_us,
+        received_at_us,
+        values: r.values,
+        label: r.label,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64) -> Record {
+        Record {
+            stream: "s".into(),
+            seq,
+            source_ts_us: seq as i64,
+            values: vec![seq as f64],
+            label: String::new(),
+        }
+    }
+
+    #[test]
+    fn dedups_and_reads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = DeviceId::new("a").unwrap();
+        let ab = DeviceId::new("ab").unwrap();
+        assert_eq!(
+            store.append(&a, &[rec(2), rec(1)], 7, |_| ()).unwrap(),
+            Appended {
+                new: 2,
+                duplicates: 0
+            }
+        );
+        assert_eq!(
+            store.append(&a, &[rec(2), rec(3)], 8, |_| ()).unwrap(),
+            Appended {
+                new: 1,
+                duplicates: 1
+            }
+        );
+        // A device whose id extends another's must not leak into its scans.
+        store.append(&ab, &[rec(0)], 9, |_| ()).unwrap();
+        let all = store.records_after("a", None, 100).unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(all[1].received_at_us, 7, "the first copy is kept");
+        assert_eq!(store.records_after("a", Some(1), 1).unwrap()[0].seq, 2);
+        assert_eq!(
+            store
+                .latest("a", 2)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(store.records_after("ab", None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceId::new("a").unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.append(&a, &[rec(5)], 1, |_| ()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.append(&a, &[rec(5)], 2, |_| ()).unwrap().duplicates,
+            1
+        );
+    }
+}
