@@ -7,7 +7,7 @@
 //! | `GET /api/v1/stats` | hub-wide counters and latency quantiles |
 //! | `GET /api/v1/devices` | every device the hub knows |
 //! | `GET /api/v1/devices/{id}` | one device |
-//! | `GET /api/v1/devices/{id}/records?after=SEQ&limit=N` | records in seq order: with `after`, those after it; without, the latest N |
+//! | `GET /api/v1/devices/{id}/records?from=SEQ&limit=N` | records in seq order: with `from`, the first N with seq >= SEQ (page on with the last seq + 1); without, the latest N |
 //!
 //! Errors are JSON `{"error": "..."}` with a 4xx status.
 
@@ -108,7 +108,7 @@ async fn device(State(s): State<Arc<HubState>>, Path(id): Path<String>) -> Respo
 
 #[derive(Debug, Deserialize)]
 struct RecordsQuery {
-    after: Option<u64>,
+    from: Option<u64>,
     limit: Option<usize>,
 }
 
@@ -128,10 +128,8 @@ async fn records(
         );
     }
     let store = s.store.clone();
-    let result = tokio::task::spawn_blocking(move || match q.after {
-        Some(after) => store
-            .records_after(&id, Some(after), limit)
-            .map(|r| (id, r)),
+    let result = tokio::task::spawn_blocking(move || match q.from {
+        Some(from) => store.records_from(&id, from, limit).map(|r| (id, r)),
         None => store.latest(&id, limit).map(|r| (id, r)),
     })
     .await;

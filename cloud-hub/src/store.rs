@@ -117,22 +117,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` records of `device` with seq > `after` (all if `None`),
-    /// in sequence order.
-    pub fn records_after(
+    /// Up to `limit` records of `device` with seq >= `from`, in sequence order.
+    pub fn records_from(
         &self,
         device: &str,
-        after: Option<u64>,
+        from: u64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let start = match after {
-            Some(seq) if seq == u64::MAX => return Ok(Vec::new()),
-            Some(seq) => key(device, seq + 1),
-            None => prefix(device),
-        };
-        let end = key(device, u64::MAX);
         let mut out = Vec::new();
-        for item in self.records.range(start..=end).take(limit) {
+        for item in self
+            .records
+            .range(key(device, from)..=key(device, u64::MAX))
+            .take(limit)
+        {
             let (k, v) = item?;
             out.push(decode(&k, &v)?);
         }
@@ -229,10 +226,10 @@ mod tests {
         );
         // A device whose id extends another's must not leak into its scans.
         store.append(&ab, &[rec(0)], 9, |_| ()).unwrap();
-        let all = store.records_after("a", None, 100).unwrap();
+        let all = store.records_from("a", 0, 100).unwrap();
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(all[1].received_at_us, 7, "the first copy is kept");
-        assert_eq!(store.records_after("a", Some(1), 1).unwrap()[0].seq, 2);
+        assert_eq!(store.records_from("a", 2, 1).unwrap()[0].seq, 2);
         assert_eq!(
             store
                 .latest("a", 2)
@@ -242,7 +239,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![2, 3]
         );
-        assert_eq!(store.records_after("ab", None, 10).unwrap().len(), 1);
+        assert_eq!(store.records_from("ab", 0, 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -1,1 +1,381 @@
+//! Harness for Conveyor's end-to-end tests: it builds and starts the real
+//! `cloud-hub` and `edge-agent` binaries (and, where a test needs one, a
+//! real mosquitto), on free loopback ports, and stops them on drop.
+//!
+//! Nothing here sleeps for a fixed time to let something happen: waits poll
+//! a condition with a generous deadline and fail with what they last saw.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous upper bound for anything a test waits for (CI is slow).
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn data_file(rel: &str) -> PathBuf {
+    repo_root().join("models/data").join(rel)
+}
+
+struct Binaries {
+    hub: PathBuf,
+    agent: PathBuf,
+}
+
+/// Builds the two binaries (once per test process) in the profile the
+/// tests run in, and returns their paths.
+fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(repo_root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "cloud-hub",
+                "-p",
+                "edge-agent",
+                "--bins",
+                "--message-format=json",
+            ])
+            .stderr(Stdio::inherit());
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("running cargo build");
+        assert!(out.status.success(), "cargo build of the binaries failed");
+        let mut hub = None;
+        let mut agent = None;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(msg) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let (Some(name), Some(exe)) =
+                (msg["target"]["name"].as_str(), msg["executable"].as_str())
+            else {
+                continue;
+            };
+            match name {
+                "cloud-hub" => hub = Some(PathBuf::from(exe)),
+                "edge-agent" => agent = Some(PathBuf::from(exe)),
+                _ => {}
+            }
+        }
+        Binaries {
+            hub: hub.expect("cargo reported no cloud-hub executable"),
+            agent: agent.expect("cargo reported no edge-agent executable"),
+        }
+    })
+}
+
+pub fn hub_bin() -> &'static Path {
+    &binaries().hub
+}
+
+pub fn agent_bin() -> &'static Path {
+    &binaries().agent
+}
+
+/// A port nobody listens on right now, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`PATIENCE`] with
+/// `what` and the last value `describe` gives.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 client, enough for the hub's API: returns status and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:?}")))?;
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) =
+        http(addr, "GET", path, None).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// A child process that is terminated (SIGTERM, then SIGKILL) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> ExitStatus {
+        let name = self.name.clone();
+        let status = wait_for(&format!("{name} to exit"), || {
+            self.child.try_wait().unwrap()
+        });
+        status
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A running `cloud-hub serve`.
+pub struct Hub {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub mqtt_port: u16,
+    pub dir: PathBuf,
+}
+
+impl Hub {
+    /// Starts a hub with its embedded broker; `extra` is appended to hub.toml.
+    pub fn start(dir: &Path) -> Hub {
+        Self::start_with(dir, None)
+    }
+
+    /// Starts a hub; with `external` it uses that broker port instead of
+    /// the embedded one.
+    pub fn start_with(dir: &Path, external: Option<u16>) -> Hub {
+        let http_port = free_port();
+        let (broker, mqtt_port) = match external {
+            Some(port) => (
+                format!("[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n"),
+                port,
+            ),
+            None => {
+                let port = free_port();
+                (format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n"), port)
+            }
+        };
+        let config = dir.join("hub.toml");
+        std::fs::write(
+            &config,
+            format!("{broker}[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"hub-store\"\n"),
+        )
+        .unwrap();
+        let mut cmd = Command::new(hub_bin());
+        cmd.args(["serve", "--config"]).arg(&config);
+        let proc = Proc::spawn("cloud-hub", cmd, dir.join("hub.log"));
+        let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        let hub = Hub {
+            proc,
+            http,
+            mqtt_port,
+            dir: dir.to_path_buf(),
+        };
+        wait_for("the hub's /healthz", || http_ok(http, "/healthz"));
+        hub
+    }
+
+    pub fn mqtt_url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        get_json(self.http, path)
+    }
+
+    pub fn device(&self, id: &str) -> Option<Value> {
+        match http(self.http, "GET", &format!("/api/v1/devices/{id}"), None) {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// Waits until the hub holds `n` records of `device`.
+    pub fn wait_for_records(&self, device: &str, n: u64) {
+        wait_for(&format!("{n} records of {device} at the hub"), || {
+            self.device(device)
+                .filter(|d| d["records"].as_u64() == Some(n))
+                .map(|_| ())
+        });
+    }
+
+    /// Every record of `device`, paging through the API in seq order.
+    pub fn all_records(&self, device: &str) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = self.get(&format!(
+                "/api/v1/devices/{device}/records?from={from}&limit=5000"
+            ));
+            let page = page["records"].as_array().cloned().unwrap_or_default();
+            match page.last() {
+                None => return out,
+                Some(last) => from = last["seq"].as_u64().unwrap() + 1,
+            }
+            out.extend(page);
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http(self.http, "GET", "/metrics", None).unwrap().1
+    }
+}
+
+fn http_ok(addr: SocketAddr, path: &str) -> Option<()> {
+    matches!(http(addr, "GET", path, None), Ok((200, _))).then_some(())
+}
+
+/// Writes `toml` to `<dir>/<name>.toml` and starts `edge-agent run` on it.
+pub fn start_agent(dir: &Path, name: &str, toml: &str) -> Proc {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, toml).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["run", "--config"]).arg(&config);
+    Proc::spawn(name, cmd, dir.join(format!("{name}.log")))
+}
+
+/// A real mosquitto on a free loopback port, configured not to drop QoS 1
+/// messages (Debian's default queue limit of 1000 would).
+pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 0\nmax_inflight_messages 100\n"
+        ),
+    )
+    .unwrap();
+    // Debian installs the broker in /usr/sbin, which a user's PATH may lack.
+    let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c").arg(&conf);
+    let proc = Proc::spawn("mosquitto", cmd, dir.join("mosquitto.log"));
+    wait_for("mosquitto to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+    (proc, port)
+}
