@@ -38,10 +38,10 @@ pub struct DemoArgs {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// MQTT port of the embedded broker (a free one is used if taken).
+    /// MQTT port of the embedded broker (a free one is used if taken or 0).
     #[arg(long, default_value_t = 1883)]
     pub mqtt_port: u16,
-    /// HTTP API port (a free one is used if taken).
+    /// HTTP API port (a free one is used if taken or 0).
     #[arg(long, default_value_t = 8080)]
     pub http_port: u16,
     /// Use this external broker instead of the embedded one.
@@ -94,12 +94,15 @@ struct DemoAgent {
     exit: Option<std::process::ExitStatus>,
 }
 
+/// `port` if it is free, else (or for 0) a free one chosen by the OS.
 fn port_or_free(port: u16, what: &str) -> Result<u16> {
-    if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    if port != 0 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
         return Ok(port);
     }
     let free = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    eprintln!("port {port} ({what}) is taken; using {free}");
+    if port != 0 {
+        eprintln!("port {port} ({what}) is taken; using {free}");
+    }
     Ok(free)
 }
 

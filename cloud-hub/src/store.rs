@@ -2,9 +2,10 @@
 //!
 //! Records are keyed `<device_id> 0x00 <seq as big-endian u64>`, so a
 //! prefix scan returns one device's records in sequence order and the key
-//! itself is the deduplication check: a record is written with a
-//! compare-and-swap against "absent", and a second copy (an MQTT redelivery
-//! after a reconnect) is counted and dropped without touching the first.
+//! itself is the deduplication check: a batch's records that are not yet
+//! held are written in one atomic sled batch (appends are serialised), and
+//! a second copy (an MQTT redelivery after a reconnect) is counted and
+//! dropped without touching the first.
 //! The value is the record's receive time (8 bytes, big-endian µs) followed
 //! by the protobuf-encoded `Record`.
 
@@ -31,6 +32,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Serialises `append` (duplicate check + batch write).
+    writer: std::sync::Arc<std::sync::Mutex<()>>,
     records: sled::Tree,
     devices: sled::Tree,
 }
@@ -83,6 +86,7 @@ impl Store {
         let devices = db.open_tree("devices")?;
         Ok(Store {
             db,
+            writer: Default::default(),
             records,
             devices,
         })
@@ -97,23 +101,26 @@ impl Store {
         received_at_us: i64,
         mut on_new: impl FnMut(&Record),
     ) -> Result<Appended, StoreError> {
+        // Check-then-write is only sound with one writer at a time.
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
+        let mut batch = sled::Batch::default();
         for r in records {
+            let k = key(device.as_str(), r.seq);
+            if self.records.contains_key(&k)? {
+                out.duplicates += 1;
+                continue;
+            }
             let mut value = Vec::with_capacity(8 + r.encoded_len());
             value.extend_from_slice(&received_at_us.to_be_bytes());
             r.encode(&mut value).expect("Vec has room");
-            match self.records.compare_and_swap(
-                key(device.as_str(), r.seq),
-                None as Option<&[u8]>,
-                Some(value),
-            )? {
-                Ok(()) => {
-                    out.new += 1;
-                    on_new(r);
-                }
-                Err(_) => out.duplicates += 1,
-            }
+            batch.insert(k, value);
+            out.new += 1;
+            on_new(r);
         }
+        // One atomic write per MQTT batch: either all its new records are
+        // stored or none (and the error is reported), never half.
+        self.records.apply_batch(batch)?;
         Ok(out)
     }
 

@@ -106,6 +106,12 @@ impl Uplink {
             &self.config.url,
             Duration::from_secs(self.config.keep_alive_secs),
         );
+        // A persistent session: after a network blip the broker still knows
+        // the session and rumqttc re-sends unacknowledged batches. (A broker
+        // that lost its state, e.g. restarted rumqttd, starts a fresh one,
+        // and rumqttc then drops them: closing that gap is the durable
+        // log's job.)
+        options.set_clean_session(false);
         options.set_last_will(LastWill::new(
             &status_topic,
             status(&self.device, DeviceState::Offline, false).encode(),

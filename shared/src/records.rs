@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn encoding_is_compact() {
         // 6 doubles, stream name, seq, timestamp: packed doubles keep a
-        // record near 70 bytes; JSON of the same is about three times that.
+        // record under 90 bytes; JSON of the same is about three times that.
         let mut r = record(1_000_000);
         r.values = vec![0.1; 6];
         let batch = RecordBatch::new(&dev(), 0, vec![r; 1]);

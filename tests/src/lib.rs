@@ -263,16 +263,32 @@ impl Hub {
     /// Starts a hub; with `external` it uses that broker port instead of
     /// the embedded one.
     pub fn start_with(dir: &Path, external: Option<u16>) -> Hub {
-        let http_port = free_port();
+        Self::start_on(dir, external, free_port(), free_port())
+    }
+
+    /// Stops this hub (SIGTERM) and starts a new one on the same ports and
+    /// store, as an operator's restart would.
+    pub fn restart(mut self) -> Hub {
+        assert!(
+            self.proc.stop().success(),
+            "hub did not stop cleanly:\n{}",
+            self.proc.log()
+        );
+        let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
+        drop(self);
+        Self::start_on(&dir, None, http, mqtt)
+    }
+
+    fn start_on(dir: &Path, external: Option<u16>, http_port: u16, embedded_mqtt_port: u16) -> Hub {
         let (broker, mqtt_port) = match external {
             Some(port) => (
                 format!("[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n"),
                 port,
             ),
-            None => {
-                let port = free_port();
-                (format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n"), port)
-            }
+            None => (
+                format!("[broker]\nlisten = \"127.0.0.1:{embedded_mqtt_port}\"\n"),
+                embedded_mqtt_port,
+            ),
         };
         let config = dir.join("hub.toml");
         std::fs::write(

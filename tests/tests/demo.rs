@@ -45,3 +45,57 @@ fn demo_runs_and_loses_nothing() {
     assert_eq!(s["devices"].as_array().unwrap().len(), 3);
     assert!(s["latency_p99_ms"].as_f64().unwrap() >= s["latency_p50_ms"].as_f64().unwrap());
 }
+
+/// The pids of `parent`'s children, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // Field 4 (after the parenthesised command) is the parent pid.
+                let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+                after.split_whitespace().nth(1) == Some(&parent.to_string())
+            })
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's wait() is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn ctrl_c_stops_every_process_the_demo_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let mut cmd = Command::new(hub_bin());
+    cmd.args(["demo", "--agents", "2", "--rate", "50"])
+        .args([
+            "--mqtt-port",
+            &free_port().to_string(),
+            "--http-port",
+            &http_port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(repo_root().join("models/data"));
+    let mut demo = Proc::spawn("demo", cmd, dir.path().join("demo.log"));
+    let api: std::net::SocketAddr = ([127, 0, 0, 1], http_port).into();
+    wait_for("both agents online", || {
+        let stats = http(api, "GET", "/api/v1/stats", None).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&stats.1).ok()?;
+        (v["devices_online"] == 2).then_some(())
+    });
+    let agents = children_of(demo.pid());
+    assert_eq!(agents.len(), 2, "two agent processes: {agents:?}");
+    demo.signal(libc::SIGINT);
+    let status = demo.wait();
+    assert!(status.success(), "{}", demo.log());
+    assert!(demo.log().contains("Summary:"), "{}", demo.log());
+    for pid in agents {
+        wait_for(&format!("agent {pid} to be gone"), || {
+            (!alive(pid)).then_some(())
+        });
+    }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Hub ingest benchmark, each scenario measured through the embedded broker
+# (rumqttd, in-process link) and, in the same run, through mosquitto as an
+# external broker (the baseline):
+#   - flood: 1 and 10 agents replaying as fast as they can (the hub's
+#     capacity; agents outrun it, so records are left behind: see "lost");
+#   - sustained: 20,000 records/s in total from 1 and from 10 agents;
+#   - latency at a moderate rate: 3 agents x 100 records/s.
+#
+#   benches/ingest.sh [REPEATS] [SECONDS]     (defaults: 3 repeats, 10 s each)
+#
+# Prints a Markdown table of medians. Needs mosquitto (apt: mosquitto).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats=${1:-3}
+secs=${2:-10}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
+cargo build --release --quiet -p cloud-hub
+hub="$CARGO_TARGET_DIR/release/cloud-hub"
+mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 100\n' "$port" > "$work/mosquitto.conf"
+"$mosq" -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
+sleep 0.5
+
+run() { # broker agents rate -> json summary
+  local broker=$1 agents=$2 rate=$3 extra=()
+  [ "$broker" = mosquitto ] && extra=(--broker-url "mqtt://127.0.0.1:$port")
+  "$hub" demo --agents "$agents" --rate "$rate" --duration "$secs" --json \
+    --mqtt-port 0 --http-port 0 "${extra[@]}" 2>/dev/null
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+echo "| scenario | broker | records/s (median of $repeats) | latency p50 ms | latency p99 ms | lost | duplicated |"
+echo "|---|---|---|---|---|---|---|"
+# agents, records/s per agent (0 = as fast as the agent can)
+for scenario in "1 0" "10 0" "1 20000" "10 2000" "3 100"; do
+  set -- $scenario
+  agents=$1 rate=$2
+  for broker in embedded mosquitto; do
+    : > "$work/results"
+    for _ in $(seq "$repeats"); do
+      run "$broker" "$agents" "$rate" >> "$work/results"
+      echo >> "$work/results"
+    done
+    python3 - "$work/results" "$agents" "$rate" "$broker" <<'PY'
+import json, statistics, sys
+text = open(sys.argv[1]).read()
+dec = json.JSONDecoder(); runs = []; i = 0
+while i < len(text):
+    if text[i].isspace(): i += 1; continue
+    obj, i = dec.raw_decode(text, i); runs.append(obj)
+agents, rate, broker = sys.argv[2], float(sys.argv[3]), sys.argv[4]
+med = lambda k: statistics.median(r[k] for r in runs)
+label = f"{agents} agent(s), {'unthrottled' if rate == 0 else f'{rate:g} rec/s each'}"
+print(f"| {label} | {broker} | {med('ingest_records_per_sec'):,.0f} | {med('latency_p50_ms'):.1f} | {med('latency_p99_ms'):.1f} | {sum(r['records_lost'] for r in runs)} | {sum(r['records_duplicated'] for r in runs)} |")
+PY
+  done
+done
