@@ -4,7 +4,8 @@
 # external broker (the baseline):
 #   - flood: 1 and 10 agents replaying as fast as they can (the hub's
 #     capacity; agents outrun it, so records are left behind: see "lost");
-#   - sustained: 20,000 records/s in total from 1 and from 10 agents;
+#   - sustained: 20,000 records/s in total from 1 and from 10 agents, then
+#     50,000 and 100,000 from 10;
 #   - latency at a moderate rate: 3 agents x 100 records/s.
 #
 #   benches/ingest.sh [REPEATS] [SECONDS]     (defaults: 3 repeats, 10 s each)
@@ -21,16 +22,22 @@ mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 100\n' "$port" > "$work/mosquitto.conf"
-"$mosq" -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
-sleep 0.5
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run() { # broker agents rate -> json summary
-  local broker=$1 agents=$2 rate=$3 extra=()
-  [ "$broker" = mosquitto ] && extra=(--broker-url "mqtt://127.0.0.1:$port")
+  local broker=$1 agents=$2 rate=$3 extra=() mosq_pid=""
+  if [ "$broker" = mosquitto ]; then
+    # A fresh mosquitto per run, so no run inherits another's backlog.
+    local port; port=$(free_port)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 100\n' "$port" > "$work/mosquitto.conf"
+    "$mosq" -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
+    mosq_pid=$!
+    sleep 0.5
+    extra=(--broker-url "mqtt://127.0.0.1:$port")
+  fi
   "$hub" demo --agents "$agents" --rate "$rate" --duration "$secs" --json \
     --mqtt-port 0 --http-port 0 "${extra[@]}" 2>/dev/null
+  if [ -n "$mosq_pid" ]; then kill "$mosq_pid"; wait "$mosq_pid" 2>/dev/null || true; fi
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -38,7 +45,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 echo "| scenario | broker | records/s (median of $repeats) | latency p50 ms | latency p99 ms | lost | duplicated |"
 echo "|---|---|---|---|---|---|---|"
 # agents, records/s per agent (0 = as fast as the agent can)
-for scenario in "1 0" "10 0" "1 20000" "10 2000" "3 100"; do
+for scenario in "1 0" "10 0" "1 20000" "10 2000" "10 5000" "10 10000" "3 100"; do
   set -- $scenario
   agents=$1 rate=$2
   for broker in embedded mosquitto; do

@@ -227,7 +227,9 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
     let broker = match &args.broker_url {
         Some(url) => BrokerConfig::external(
             BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--broker-url: {e}"))?,
-            "conveyor-demo-hub",
+            // A session of its own: a persistent session left by an
+            // earlier demo would replay that demo's backlog into this one.
+            &format!("conveyor-demo-hub-{}", std::process::id()),
         ),
         None => BrokerConfig::embedded(SocketAddr::from((
             [127, 0, 0, 1],

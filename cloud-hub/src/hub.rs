@@ -37,7 +37,9 @@ pub struct Hub {
     /// Where the HTTP API actually listens (resolves port 0).
     pub http_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Tasks that end when `stop` turns true (API, housekeeping). Ingest
+    /// is not among them: it ends with the broker connection.
+    stoppable: Vec<JoinHandle<()>>,
 }
 
 impl Hub {
@@ -79,14 +81,11 @@ impl Hub {
         })?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
-            Ingest::new(state.clone()).run(connection.inbound),
-        ));
-        tasks.push(tokio::spawn(housekeeping(state.clone(), stop_rx.clone())));
+        tokio::spawn(Ingest::new(state.clone()).run(connection.inbound));
+        let mut stoppable = vec![tokio::spawn(housekeeping(state.clone(), stop_rx.clone()))];
         let app = crate::api::router(state.clone());
         let mut http_stop = stop_rx;
-        tasks.push(tokio::spawn(async move {
+        stoppable.push(tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
             });
@@ -105,7 +104,7 @@ impl Hub {
             state,
             http_addr,
             stop,
-            tasks,
+            stoppable,
         })
     }
 
@@ -113,7 +112,7 @@ impl Hub {
     /// the store. (The embedded broker stops with the process.)
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks.into_iter().skip(1) {
+        for task in self.stoppable {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         persist_registry(&self.state);

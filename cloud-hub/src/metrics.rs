@@ -44,62 +44,65 @@ pub struct LatencySummary {
 impl HubMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("conveyor_hub");
-        let m = HubMetrics {
-            records_received: Counter::default(),
-            records_duplicate: Counter::default(),
-            batches_received: Counter::default(),
-            rejected: Family::default(),
-            devices_online: Gauge::default(),
-            devices_known: Gauge::default(),
-            ingest_rate: Gauge::default(),
-            latency_quantiles: Family::default(),
-            // 1 µs .. 1 h at 3 significant digits.
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
-            ),
-            registry: Registry::default(),
-        };
+        let records_received = Counter::default();
+        let records_duplicate = Counter::default();
+        let batches_received = Counter::default();
+        let rejected = Family::default();
+        let devices_online = Gauge::default();
+        let devices_known = Gauge::default();
+        let ingest_rate = Gauge::default();
+        let latency_quantiles = Family::default();
         registry.register(
             "records_received",
             "Distinct records stored",
-            m.records_received.clone(),
+            records_received.clone(),
         );
         registry.register(
             "records_duplicate",
             "Records received again and dropped as duplicates",
-            m.records_duplicate.clone(),
+            records_duplicate.clone(),
         );
         registry.register(
             "batches_received",
             "Record batches stored",
-            m.batches_received.clone(),
+            batches_received.clone(),
         );
         registry.register(
             "payloads_rejected",
             "Payloads on device topics that could not be decoded, by reason",
-            m.rejected.clone(),
+            rejected.clone(),
         );
         registry.register(
             "devices_online",
             "Devices currently online",
-            m.devices_online.clone(),
+            devices_online.clone(),
         );
-        registry.register(
-            "devices_known",
-            "Devices ever seen",
-            m.devices_known.clone(),
-        );
+        registry.register("devices_known", "Devices ever seen", devices_known.clone());
         registry.register(
             "ingest_records_per_second",
             "Records stored per second, averaged over the last 9 s",
-            m.ingest_rate.clone(),
+            ingest_rate.clone(),
         );
         registry.register(
             "e2e_latency_seconds",
             "Source timestamp to hub receive time, quantiles since start",
-            m.latency_quantiles.clone(),
+            latency_quantiles.clone(),
         );
-        HubMetrics { registry, ..m }
+        HubMetrics {
+            registry,
+            records_received,
+            records_duplicate,
+            batches_received,
+            rejected,
+            devices_online,
+            devices_known,
+            ingest_rate,
+            latency_quantiles,
+            // 1 µs .. 1 h at 3 significant digits.
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
+        }
     }
 
     /// Counts a rejected payload; returns how many of this reason so far.

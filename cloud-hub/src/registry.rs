@@ -4,7 +4,7 @@
 //! payload) with the time they happened; the API reads snapshots. Keeping
 //! it free of I/O and clocks makes every rule here a unit test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use conveyor_shared::control::{DeviceState, DeviceStatus, Heartbeat};
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ pub struct DeviceView {
 pub struct Registry {
     devices: BTreeMap<String, DeviceEntry>,
     /// Devices changed since the last `take_dirty`, to persist.
-    dirty: Vec<String>,
+    dirty: BTreeSet<String>,
 }
 
 impl Registry {
@@ -100,13 +100,13 @@ impl Registry {
             .collect();
         Registry {
             devices,
-            dirty: Vec::new(),
+            dirty: BTreeSet::new(),
         }
     }
 
     fn entry(&mut self, device: &str, now_us: i64) -> &mut DeviceEntry {
-        if !self.dirty.iter().any(|d| d == device) {
-            self.dirty.push(device.to_string());
+        if !self.dirty.contains(device) {
+            self.dirty.insert(device.to_string());
         }
         let e = self
             .devices

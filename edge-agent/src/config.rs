@@ -154,13 +154,10 @@ impl AgentConfig {
                 format!("must be at least 0.1, got {}", u.heartbeat_secs),
             ));
         }
-        if u.keep_alive_secs < 5 {
+        if u.keep_alive_secs == 0 {
             return Err(ConfigError::invalid(
                 "uplink.keep_alive_secs",
-                format!(
-                    "must be at least 5 (rumqttc's minimum), got {}",
-                    u.keep_alive_secs
-                ),
+                "must be at least 1 (seconds)",
             ));
         }
         if self.sources.is_empty() {

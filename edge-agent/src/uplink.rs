@@ -285,6 +285,8 @@ async fn drive_event_loop(
     counters: Arc<UplinkCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (host, port) = eventloop.mqtt_options.broker_address();
+    let broker = format!("{host}:{port}");
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
@@ -293,7 +295,7 @@ async fn drive_event_loop(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 let n = counters.connects.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::info!(broker = %format!("{}:{}", eventloop.mqtt_options.broker_address().0, eventloop.mqtt_options.broker_address().1), connects = n, "uplink connected");
+                tracing::info!(%broker, connects = n, "uplink connected");
                 let online = status(&device, DeviceState::Online, false).encode();
                 match client.try_publish(&status_topic, QoS::AtLeastOnce, true, online) {
                     Ok(()) => {
