@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use conveyor_shared::config_file::{parse_toml, read_toml, ConfigFileError};
 use conveyor_shared::BrokerUrl;
 use serde::Deserialize;
 use thiserror::Error;
@@ -137,14 +138,8 @@ fn default_store_path() -> PathBuf {
 
 #[derive(Debug, Error)]
 pub enum HubConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
@@ -153,18 +148,11 @@ pub enum HubConfigError {
 }
 
 impl HubConfig {
+    /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, HubConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| HubConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config = Self::from_toml(&text).map_err(|e| match e {
-            HubConfigError::Parse { message, .. } => HubConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })?;
+        let mut config: HubConfig = read_toml(path)?;
+        config.validate()?;
+        // The store path is relative to the file, not to the working dir.
         if config.store.path.is_relative() {
             if let Some(dir) = path.parent() {
                 config.store.path = dir.join(&config.store.path);
@@ -173,11 +161,9 @@ impl HubConfig {
         Ok(config)
     }
 
+    /// Parses and validates config text.
     pub fn from_toml(text: &str) -> Result<Self, HubConfigError> {
-        let config: HubConfig = toml::from_str(text).map_err(|e| HubConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string(),
-        })?;
+        let config: HubConfig = parse_toml(text, Path::new("<config>"))?;
         config.validate()?;
         Ok(config)
     }

@@ -108,7 +108,7 @@ fn main() -> ExitCode {
                     "cloud-hub: HTTP API on http://{}, MQTT on {}",
                     hub.http_addr, hub.state.device_url
                 );
-                wait_for_signal().await;
+                edge_agent::signal::shutdown_signal().await;
                 tracing::info!("shutting down");
                 hub.shutdown().await;
                 ExitCode::SUCCESS
@@ -141,21 +141,6 @@ fn main() -> ExitCode {
         Command::Agent { args } => {
             let argv = std::iter::once(std::ffi::OsString::from("edge-agent")).chain(args);
             edge_agent::cli::main_with_args(argv)
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

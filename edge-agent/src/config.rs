@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use conveyor_shared::config_file::{parse_toml, read_toml, ConfigFileError};
 use conveyor_shared::{BrokerUrl, DeviceId};
 use serde::Deserialize;
 use thiserror::Error;
@@ -72,14 +73,8 @@ fn default_keep_alive_secs() -> u64 {
 /// A configuration problem, with the path of the field at fault.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
 }
@@ -96,17 +91,8 @@ impl ConfigError {
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config = Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })?;
+        let mut config: AgentConfig = read_toml(path)?;
+        config.validate()?;
         // Relative paths in the file are relative to the file, not to
         // wherever the agent happens to be started.
         if let Some(dir) = path.parent() {
@@ -117,10 +103,7 @@ impl AgentConfig {
 
     /// Parses and validates config text (paths stay as written).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string(),
-        })?;
+        let config: AgentConfig = parse_toml(text, Path::new("<config>"))?;
         config.validate()?;
         Ok(config)
     }

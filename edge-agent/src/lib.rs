@@ -12,5 +12,6 @@ pub mod config;
 mod mqtt_client;
 pub mod pipeline;
 pub mod seq;
+pub mod signal;
 pub mod sources;
 pub mod uplink;

@@ -10,6 +10,7 @@
 //! was wrong, so a bad payload costs a counter and a log line, not a process.
 
 pub mod broker_url;
+pub mod config_file;
 pub mod control;
 pub mod records;
 pub mod time;
