@@ -66,6 +66,8 @@ pub struct Summary {
     pub duration_s: f64,
     pub records_sent: u64,
     pub records_received: u64,
+    pub records_dropped_by_agents: u64,
+    pub records_left_in_agent_logs: u64,
     pub records_lost: u64,
     pub records_duplicated: u64,
     pub ingest_records_per_sec: f64,
@@ -80,8 +82,15 @@ pub struct Summary {
 pub struct DeviceSummary {
     pub device_id: String,
     pub stream: String,
+    /// Records the agent accepted into its durable log.
     pub sent: u64,
+    /// Distinct records the hub stored.
     pub received: u64,
+    /// Counted drops from the agent's full (or aged) log.
+    pub dropped_by_agent: u64,
+    /// Not delivered when the agent stopped; kept in its log for the next start.
+    pub left_in_agent_log: u64,
+    /// Sent, and neither received, counted as dropped, nor in the log.
     pub lost: u64,
     pub duplicated: u64,
 }
@@ -379,16 +388,20 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         .iter()
         .map(|a| {
             let entry = registry.iter().find(|v| v.entry.device_id == a.device_id);
-            let sent = entry
-                .and_then(|v| v.entry.last_heartbeat.as_ref())
-                .map_or(0, |h| h.records_published);
+            let hb = entry
+                .and_then(|v| v.entry.last_heartbeat.clone())
+                .unwrap_or_default();
+            let sent = hb.records_produced;
             let received = entry.map_or(0, |v| v.entry.records);
+            let dropped = hb.log_dropped_full + hb.log_dropped_age;
             DeviceSummary {
                 device_id: a.device_id.clone(),
                 stream: a.stream.to_string(),
                 sent,
                 received,
-                lost: sent.saturating_sub(received),
+                dropped_by_agent: dropped,
+                left_in_agent_log: hb.log_records,
+                lost: sent.saturating_sub(received + dropped + hb.log_records),
                 duplicated: entry.map_or(0, |v| v.entry.duplicates),
             }
         })
@@ -414,6 +427,8 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         duration_s: run_time,
         records_sent: devices.iter().map(|d| d.sent).sum(),
         records_received: devices.iter().map(|d| d.received).sum(),
+        records_dropped_by_agents: devices.iter().map(|d| d.dropped_by_agent).sum(),
+        records_left_in_agent_logs: devices.iter().map(|d| d.left_in_agent_log).sum(),
         records_lost: devices.iter().map(|d| d.lost).sum(),
         records_duplicated: devices.iter().map(|d| d.duplicated).sum(),
         ingest_records_per_sec: stats.records_received as f64 / run_time,
@@ -429,11 +444,13 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
 
 pub fn print_summary(s: &Summary) {
     eprintln!(
-        "Summary: {} agents, {:.1} s: sent {}, received {}, lost {}, duplicated {}; {:.0} records/s; latency p50 {:.1} ms, p99 {:.1} ms",
+        "Summary: {} agents, {:.1} s: sent {}, received {}, dropped by agents {}, left in agent logs {}, lost {}, duplicated {}; {:.0} records/s; latency p50 {:.1} ms, p99 {:.1} ms",
         s.agents,
         s.duration_s,
         s.records_sent,
         s.records_received,
+        s.records_dropped_by_agents,
+        s.records_left_in_agent_logs,
         s.records_lost,
         s.records_duplicated,
         s.ingest_records_per_sec,

@@ -81,7 +81,7 @@ impl Hub {
         })?;
 
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(Ingest::new(state.clone()).run(connection.inbound));
+        tokio::spawn(Ingest::new(state.clone(), connection.publisher).run(connection.inbound));
         let mut stoppable = vec![tokio::spawn(housekeeping(state.clone(), stop_rx.clone()))];
         let app = crate::api::router(state.clone());
         let mut http_stop = stop_rx;

@@ -8,13 +8,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use conveyor_shared::control::{DeviceStatus, Heartbeat};
+use conveyor_shared::control::{Ack, DeviceStatus, Heartbeat};
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
 use conveyor_shared::{RecordBatch, Topic};
+use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::broker::Inbound;
+use crate::broker::{Inbound, Publisher};
 use crate::metrics::HubMetrics;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -40,17 +41,36 @@ impl HubState {
 
 pub struct Ingest {
     state: Arc<HubState>,
+    publisher: Publisher,
 }
 
+/// Inbound messages handled per durable commit (group commit).
+const COMMIT_CHUNK: usize = 256;
+
 impl Ingest {
-    pub fn new(state: Arc<HubState>) -> Self {
-        Ingest { state }
+    pub fn new(state: Arc<HubState>, publisher: Publisher) -> Self {
+        Ingest { state, publisher }
     }
 
-    /// Consumes inbound messages until the broker side closes.
+    /// Consumes inbound messages until the broker side closes. Whatever
+    /// is waiting is handled as one group: stored, made durable with one
+    /// fsync, and only then acknowledged to the agents.
     pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>) {
-        while let Some(msg) = inbound.recv().await {
-            self.handle(&msg);
+        let mut messages = Vec::with_capacity(COMMIT_CHUNK);
+        while inbound.recv_many(&mut messages, COMMIT_CHUNK).await > 0 {
+            let acks: Vec<(Topic, Ack)> =
+                messages.drain(..).filter_map(|m| self.handle(&m)).collect();
+            if acks.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.state.store.flush_async().await {
+                // Not durable, so not acknowledged: the agents will re-send.
+                tracing::error!("could not make stored records durable: {e}");
+                continue;
+            }
+            for (topic, ack) in acks {
+                self.publisher.publish(topic.to_string(), ack.encode());
+            }
         }
     }
 
@@ -71,15 +91,25 @@ impl Ingest {
         }
     }
 
-    pub fn handle(&self, msg: &Inbound) {
+    /// Handles one message; for a record batch, returns the ack to send
+    /// (to the device's ack topic) once the store is durable.
+    pub fn handle(&self, msg: &Inbound) -> Option<(Topic, Ack)> {
         let topic = match Topic::parse(&msg.topic) {
             Ok(t) => t,
-            Err(e) => return self.reject(None, "bad_topic", &e),
+            Err(e) => {
+                self.reject(None, "bad_topic", &e);
+                return None;
+            }
         };
         let device = topic.device.as_str();
         let now = now_us();
+        let ack = Topic::new(topic.device.clone(), TopicKind::Ack);
         match topic.kind {
-            TopicKind::Records => self.handle_batch(&topic, &msg.payload, now),
+            TopicKind::Records => {
+                return self
+                    .handle_batch(&topic, &msg.payload, now)
+                    .map(|a| (ack, a))
+            }
             TopicKind::Status => match DeviceStatus::decode(&msg.payload) {
                 Ok(s) if s.device_id == device => self.state.registry().on_status(device, s, now),
                 Ok(s) => self.reject(
@@ -103,13 +133,26 @@ impl Ingest {
             // Downlink topics are the hub's own; it does not consume them.
             TopicKind::Ack | TopicKind::Desired | TopicKind::Results => {}
         }
+        None
     }
 
-    fn handle_batch(&self, topic: &Topic, payload: &[u8], now: i64) {
+    fn handle_batch(&self, topic: &Topic, payload: &[u8], now: i64) -> Option<Ack> {
         let device = topic.device.as_str();
         let batch = match RecordBatch::decode_checked(payload, &topic.device) {
             Ok(b) => b,
-            Err(e) => return self.reject(Some(device), e.kind(), &e),
+            Err(e) => {
+                self.reject(Some(device), e.kind(), &e);
+                // A batch that decodes but breaks the rules is refused for
+                // good, so the agent can stop re-sending it; one that does
+                // not decode names no records to refuse.
+                let raw = RecordBatch::decode(payload).ok()?;
+                let (first, last) = (raw.records.first()?.seq, raw.records.last()?.seq);
+                return Some(Ack {
+                    first_seq: first.min(last),
+                    last_seq: first.max(last),
+                    rejected: Some(e.to_string()),
+                });
+            }
         };
         let metrics = &self.state.metrics;
         let mut latencies = Vec::with_capacity(batch.records.len());
@@ -124,24 +167,33 @@ impl Ingest {
                 metrics.records_duplicate.inc_by(appended.duplicates);
                 metrics.batches_received.inc();
                 metrics.observe_latency(latencies.into_iter());
-                let highest = batch.records.last().map_or(0, |r| r.seq);
+                let (first, last) = (
+                    batch.records[0].seq,
+                    batch.records[batch.records.len() - 1].seq,
+                );
                 self.state.registry().on_batch(
                     device,
                     appended.new,
                     appended.duplicates,
-                    highest,
+                    last,
                     now,
                 );
+                Some(Ack {
+                    first_seq: first,
+                    last_seq: last,
+                    rejected: None,
+                })
             }
             Err(e) => {
-                // Not the device's fault, but the batch is not stored: say so
-                // loudly. (End-to-end acks will let the agent resend it.)
+                // Not the device's fault, and not acknowledged: the agent
+                // keeps the records and re-sends them.
                 metrics.reject("store_error");
                 tracing::error!(
                     device,
                     records = batch.records.len(),
                     "could not store batch: {e}"
                 );
+                None
             }
         }
     }

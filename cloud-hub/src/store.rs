@@ -171,6 +171,12 @@ impl Store {
             .collect()
     }
 
+    /// Makes every write so far durable (fsync), without blocking a thread.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, ConfigError};
+use crate::log::{DurableLog, LogError};
 use crate::pipeline::Pipeline;
-use crate::seq::SeqAllocator;
 use crate::sources::{Source, SourceContext, SourceCounters, SourceOutput};
 use crate::uplink::{Uplink, UplinkError, UplinkSummary};
 
@@ -29,12 +29,8 @@ pub struct Agent {
 pub enum AgentError {
     #[error(transparent)]
     Uplink(#[from] UplinkError),
-    #[error("data_dir {path}: {source}")]
-    DataDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error(transparent)]
     Source(#[from] crate::sources::SourceError),
 }
@@ -69,10 +65,13 @@ impl Agent {
             sources,
             pipeline,
         } = self;
-        let seq = SeqAllocator::open(&config.data_dir).map_err(|source| AgentError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        let log = DurableLog::open(&config.data_dir.join("log"), config.log.clone())?;
+        if log.stats().records > 0 {
+            tracing::info!(
+                records = log.stats().records,
+                "resuming with records not yet acknowledged by the hub"
+            );
+        }
         let (tx, rx) = mpsc::channel(PIPELINE_CAPACITY);
         let mut counters = Vec::new();
         let mut tasks = Vec::new();
@@ -95,7 +94,7 @@ impl Agent {
             config: config.uplink.clone(),
             device: config.device_id.clone(),
             pipeline,
-            seq,
+            log,
             sources: counters,
         };
         let summary = uplink.run(rx, shutdown).await?;

@@ -113,7 +113,8 @@ where
                 match agent.run(stop_rx).await {
                     Ok(summary) => {
                         tracing::info!(
-                            published = summary.records_published,
+                            acked = summary.records_acked,
+                            left_in_log = summary.log_records,
                             next_seq = summary.next_seq,
                             "edge agent stopped"
                         );

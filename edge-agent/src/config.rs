@@ -20,10 +20,13 @@ use crate::sources::SourceConfig;
 pub struct AgentConfig {
     /// This device's id: the `<device_id>` of every topic it uses.
     pub device_id: DeviceId,
-    /// Where the agent keeps its state (sequence numbers). Created if missing.
+    /// Where the agent keeps its state (the durable log). Created if missing.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     pub uplink: UplinkConfig,
+    /// The durable local log (in `data_dir/log`).
+    #[serde(default)]
+    pub log: crate::log::LogConfig,
     /// Where records come from; at least one.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -55,6 +58,21 @@ pub struct UplinkConfig {
     /// MQTT keep-alive, seconds.
     #[serde(default = "default_keep_alive_secs")]
     pub keep_alive_secs: u64,
+    /// Batches sent but not yet acknowledged by the hub, at most: the
+    /// hub's back-pressure on the agent.
+    #[serde(default = "default_max_unacked_batches")]
+    pub max_unacked_batches: usize,
+    /// Re-send from the oldest unacknowledged record when the hub has not
+    /// acknowledged a batch for this long, milliseconds.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+fn default_max_unacked_batches() -> usize {
+    16
+}
+fn default_ack_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_batch_max_records() -> usize {
@@ -143,6 +161,19 @@ impl AgentConfig {
                 "must be at least 1 (seconds)",
             ));
         }
+        if u.max_unacked_batches == 0 || u.max_unacked_batches > 1000 {
+            return Err(ConfigError::invalid(
+                "uplink.max_unacked_batches",
+                format!("must be between 1 and 1000, got {}", u.max_unacked_batches),
+            ));
+        }
+        if u.ack_timeout_ms < 100 {
+            return Err(ConfigError::invalid(
+                "uplink.ack_timeout_ms",
+                format!("must be at least 100, got {}", u.ack_timeout_ms),
+            ));
+        }
+        self.log.validate()?;
         if self.sources.is_empty() {
             return Err(ConfigError::invalid(
                 "sources",

@@ -1,22 +1,26 @@
-//! The uplink: turns pipeline output into sequenced record batches and
-//! publishes them to the hub over MQTT (QoS 1), with the device's status
-//! and heartbeats alongside.
+//! The uplink: takes pipeline output into the durable log, streams the log
+//! to the hub in batches, and deletes from the log only what the hub has
+//! acknowledged end to end (not the broker's PUBACK).
 //!
 //! Two tasks share the MQTT client. The *event loop* task only drives the
-//! connection (rumqttc reconnects on the next poll after an error and
-//! re-sends unacknowledged QoS 1 publishes); the *uplink* task owns all
-//! protocol state: the open batch, the sequence allocator, the counters.
-//! Batches are flushed when full or `batch_max_delay_ms` after their first
-//! record. While the hub is unreachable, `publish` waits for room in the
-//! client's queue, which stalls the pipeline channel and in turn the
-//! sources: memory stays bounded. (Store-and-forward to disk is the
-//! durable log's job, not this module's.)
+//! connection and forwards what matters (connected, an ack arrived); the
+//! *uplink* task owns all state: the log, the send cursor, the window of
+//! unacknowledged batches, the counters.
+//!
+//! Sending is go-back-N over the log. The cursor walks forward, publishing
+//! batches while fewer than `max_unacked_batches` are unacknowledged, which
+//! is the back-pressure from the hub: a hub that falls behind stops
+//! acknowledging and the agent stops sending, and the records wait on disk.
+//! On a reconnect, or when the oldest batch stays unacknowledged for
+//! `ack_timeout_ms`, the cursor goes back to the oldest record in the log
+//! and everything unacknowledged is sent again; the hub deduplicates by seq.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor_shared::control::{DeviceState, DeviceStatus, Heartbeat};
+use conveyor_shared::control::{Ack, DeviceState, DeviceStatus, Heartbeat};
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
 use conveyor_shared::{DeviceId, Record, RecordBatch, Topic};
@@ -25,47 +29,48 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::UplinkConfig;
+use crate::log::{DurableLog, LogError};
 use crate::mqtt_client::mqtt_options;
 use crate::pipeline::Pipeline;
-use crate::seq::SeqAllocator;
 use crate::sources::{stats_snapshot, Reading, SourceCounters};
 
-/// How long a clean shutdown waits for the broker to take the last batches.
+/// How long a shutdown keeps trying to deliver what is in the log. What is
+/// not acknowledged by then stays in the log for the next start.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Readings taken from the pipeline channel per log append (group commit).
+const APPEND_CHUNK: usize = 2048;
+
+/// What the event loop task tells the uplink task.
+enum LinkEvent {
+    Connected,
+    Disconnected,
+    Ack(Ack),
+}
 
 /// Agent-wide counters, reported in heartbeats.
 #[derive(Debug, Default)]
-pub struct UplinkCounters {
-    pub produced: AtomicU64,
-    pub published: AtomicU64,
-    pub batches: AtomicU64,
-    pub connects: AtomicU64,
-    /// QoS 1 messages handed to the client, and PUBACKs received: equal
-    /// when the broker has taken everything.
-    pub qos1_queued: AtomicU64,
-    pub qos1_acked: AtomicU64,
-}
-
-impl UplinkCounters {
-    fn unacked(&self) -> u64 {
-        self.qos1_queued
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.qos1_acked.load(Ordering::Relaxed))
-    }
+struct Counters {
+    produced: u64,
+    published: u64,
+    batches: u64,
+    acked: u64,
+    rejected_by_hub: u64,
+    connects: Arc<AtomicU64>,
 }
 
 /// What the uplink did, returned on shutdown.
 #[derive(Debug, Clone)]
 pub struct UplinkSummary {
-    pub records_published: u64,
+    pub records_acked: u64,
     pub next_seq: u64,
+    pub log_records: u64,
     pub heartbeat: Heartbeat,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    #[error("sequence state in the data dir: {0}")]
-    Seq(#[from] std::io::Error),
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error("MQTT client queue closed: {0}")]
     Client(#[from] rumqttc::ClientError),
 }
@@ -74,8 +79,15 @@ pub struct Uplink {
     pub config: UplinkConfig,
     pub device: DeviceId,
     pub pipeline: Pipeline,
-    pub seq: SeqAllocator,
+    pub log: DurableLog,
     pub sources: Vec<(String, Arc<SourceCounters>)>,
+}
+
+/// One published, not yet acknowledged batch.
+struct InFlight {
+    first: u64,
+    last: u64,
+    sent: Instant,
 }
 
 fn status(device: &DeviceId, state: DeviceState, clean: bool) -> DeviceStatus {
@@ -88,185 +100,264 @@ fn status(device: &DeviceId, state: DeviceState, clean: bool) -> DeviceStatus {
     }
 }
 
+struct Topics {
+    records: String,
+    status: String,
+    heartbeat: String,
+    ack: String,
+}
+
 impl Uplink {
-    /// Runs until `readings` closes (every source finished) or `shutdown`
-    /// turns true; then drains what is left, says goodbye and disconnects.
+    /// Runs until `readings` closes (every source finished) and the log is
+    /// drained, or until `shutdown` turns true (then it drains what it can
+    /// within a grace period and leaves the rest in the log).
     pub async fn run(
         mut self,
         mut readings: mpsc::Receiver<Reading>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<UplinkSummary, UplinkError> {
         let started = Instant::now();
-        let status_topic = Topic::new(self.device.clone(), TopicKind::Status).to_string();
-        let records_topic = Topic::new(self.device.clone(), TopicKind::Records).to_string();
-        let heartbeat_topic = Topic::new(self.device.clone(), TopicKind::Heartbeat).to_string();
+        let topic = |kind| Topic::new(self.device.clone(), kind).to_string();
+        let topics = Topics {
+            records: topic(TopicKind::Records),
+            status: topic(TopicKind::Status),
+            heartbeat: topic(TopicKind::Heartbeat),
+            ack: topic(TopicKind::Ack),
+        };
 
         let mut options = mqtt_options(
             self.device.as_str(),
             &self.config.url,
             Duration::from_secs(self.config.keep_alive_secs),
         );
-        // A persistent session: after a network blip the broker still knows
-        // the session and rumqttc re-sends unacknowledged batches. (A broker
-        // that lost its state, e.g. restarted rumqttd, starts a fresh one,
-        // and rumqttc then drops them: closing that gap is the durable
-        // log's job.)
-        options.set_clean_session(false);
         options.set_last_will(LastWill::new(
-            &status_topic,
+            &topics.status,
             status(&self.device, DeviceState::Offline, false).encode(),
             QoS::AtLeastOnce,
             true,
         ));
         let (client, eventloop) = AsyncClient::new(options, 64);
-        let counters = Arc::new(UplinkCounters::default());
+        let mut counters = Counters::default();
+        let (link_tx, mut link_rx) = mpsc::channel(1024);
         let (stop_loop_tx, stop_loop_rx) = watch::channel(false);
         let loop_task = tokio::spawn(drive_event_loop(
             eventloop,
             client.clone(),
             self.device.clone(),
-            status_topic.clone(),
-            counters.clone(),
+            topics.status.clone(),
+            topics.ack.clone(),
+            counters.connects.clone(),
+            link_tx,
             stop_loop_rx,
         ));
 
-        let max_records = self.config.batch_max_records;
-        let max_delay = Duration::from_millis(self.config.batch_max_delay_ms);
-        let mut batch: Vec<Record> = Vec::with_capacity(max_records);
-        let mut deadline = Instant::now();
+        let mut cursor = self.log.first_seq()?.unwrap_or(self.log.next_seq());
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        let mut send_tick =
+            tokio::time::interval(Duration::from_millis(self.config.batch_max_delay_ms));
+        send_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs_f64(self.config.heartbeat_secs));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected = false;
+        let mut sources_done = false;
+        let mut grace_ends: Option<Instant> = None;
+        let mut chunk = Vec::with_capacity(APPEND_CHUNK);
         let mut staged = Vec::new();
-        let mut stopping = false;
 
         loop {
+            let drained = self.log.stats().records == 0;
+            if (sources_done && drained) || grace_ends.is_some_and(|g| Instant::now() >= g) {
+                break;
+            }
+            let grace_sleep = async {
+                match grace_ends {
+                    Some(g) => tokio::time::sleep_until(g).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                reading = readings.recv() => {
-                    let Some(reading) = reading else { break };
-                    self.pipeline.process(reading, &mut staged);
-                    for r in staged.drain(..) {
-                        if batch.is_empty() {
-                            deadline = Instant::now() + max_delay;
-                        }
-                        batch.push(Record {
-                            stream: r.stream.to_string(),
-                            seq: self.seq.next()?,
-                            source_ts_us: r.ts_us,
-                            values: r.values,
-                            label: r.label,
-                        });
-                        counters.produced.fetch_add(1, Ordering::Relaxed);
-                        if batch.len() >= max_records {
-                            self.flush(&client, &records_topic, &mut batch, &counters).await?;
-                        }
+                n = readings.recv_many(&mut chunk, APPEND_CHUNK), if !sources_done && !self.log.blocks() => {
+                    if n == 0 {
+                        sources_done = true;
+                        continue;
+                    }
+                    for reading in chunk.drain(..) {
+                        self.pipeline.process(reading, &mut staged);
+                    }
+                    let records = staged.drain(..).map(|r| Record {
+                        stream: r.stream.to_string(),
+                        seq: 0,
+                        source_ts_us: r.ts_us,
+                        values: r.values,
+                        label: r.label,
+                    });
+                    counters.produced += self.log.append(records)?;
+                    // Durable before anything is sent: a record the hub has
+                    // seen is always one the agent would resend.
+                    self.log.commit().await?;
+                    if connected {
+                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, true).await?;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline), if !batch.is_empty() => {
-                    self.flush(&client, &records_topic, &mut batch, &counters).await?;
+                event = link_rx.recv() => match event {
+                    Some(LinkEvent::Connected) => {
+                        connected = true;
+                        // Go back: whatever was in flight may be lost.
+                        inflight.clear();
+                        cursor = self.log.first_seq()?.unwrap_or(self.log.next_seq());
+                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
+                    }
+                    Some(LinkEvent::Disconnected) => connected = false,
+                    Some(LinkEvent::Ack(ack)) => {
+                        let removed = self.log.remove(ack.first_seq, ack.last_seq)?;
+                        match &ack.rejected {
+                            None => counters.acked += removed,
+                            Some(reason) => {
+                                counters.rejected_by_hub += removed;
+                                tracing::warn!(first = ack.first_seq, last = ack.last_seq, "the hub refused a batch: {reason}");
+                            }
+                        }
+                        inflight.retain(|b| b.last > ack.last_seq);
+                        if connected {
+                            self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, true).await?;
+                        }
+                    }
+                    None => break,
+                },
+                _ = send_tick.tick() => {
+                    if let Some(oldest) = inflight.front() {
+                        if oldest.sent.elapsed() >= ack_timeout {
+                            tracing::debug!(first = oldest.first, "no ack in time; re-sending from the oldest record");
+                            inflight.clear();
+                            cursor = self.log.first_seq()?.unwrap_or(self.log.next_seq());
+                        }
+                    }
+                    if self.log.expire(now_us())? > 0 {
+                        cursor = cursor.max(self.log.first_seq()?.unwrap_or(self.log.next_seq()));
+                    }
+                    if connected {
+                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
+                    }
                 }
                 _ = heartbeat.tick() => {
                     let hb = self.heartbeat(&counters, started);
                     // QoS 0 and non-blocking: a heartbeat is worthless late.
-                    let _ = client.try_publish(&heartbeat_topic, QoS::AtMostOnce, false, hb.encode());
+                    let _ = client.try_publish(&topics.heartbeat, QoS::AtMostOnce, false, hb.encode());
                 }
-                _ = shutdown.wait_for(|s| *s), if !stopping => {
-                    // Sources see the same signal and stop; keep draining
-                    // until the last of them drops its sender.
-                    stopping = true;
+                _ = shutdown.wait_for(|s| *s), if grace_ends.is_none() => {
+                    // Sources see the same signal and stop; what they still
+                    // hand over goes into the log before the loop ends.
+                    grace_ends = Some(Instant::now() + SHUTDOWN_GRACE);
                 }
+                _ = grace_sleep => {}
             }
         }
+        self.log.commit().await?;
+        // The event loop keeps running through the goodbye; with nobody
+        // listening any more, its events are simply dropped.
+        drop(link_rx);
 
-        // Every source is done: flush, say goodbye, wait until the broker
-        // has acknowledged everything, then disconnect. Closing the socket
-        // with PUBACKs still unread would make the kernel reset the
-        // connection, and a reset makes the broker discard what it has not
-        // read yet: the acks are the proof that it has.
+        // Goodbye: a final heartbeat and a clean offline status, then wait
+        // for their PUBACKs before DISCONNECT. (Closing the socket with
+        // PUBACKs unread resets the connection, and a reset makes the
+        // broker discard what it has not read yet.)
+        let hb = self.heartbeat(&counters, started);
+        let hb_payload = hb.encode();
         let goodbye = async {
-            self.flush(&client, &records_topic, &mut batch, &counters)
-                .await?;
-            let hb = self.heartbeat(&counters, started);
-            counters.qos1_queued.fetch_add(2, Ordering::Relaxed);
             client
-                .publish(&heartbeat_topic, QoS::AtLeastOnce, false, hb.encode())
+                .publish(&topics.heartbeat, QoS::AtLeastOnce, false, hb_payload)
                 .await?;
             client
                 .publish(
-                    &status_topic,
+                    &topics.status,
                     QoS::AtLeastOnce,
                     true,
                     status(&self.device, DeviceState::Offline, true).encode(),
                 )
                 .await?;
-            while counters.unacked() > 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
             client.disconnect().await?;
-            Ok::<_, UplinkError>(hb)
+            Ok::<_, UplinkError>(())
         };
-        let hb = match tokio::time::timeout(SHUTDOWN_GRACE, goodbye).await {
-            Ok(result) => Some(result?),
-            Err(_) => {
-                tracing::warn!(
-                    unacknowledged = counters.unacked(),
-                    "the broker did not acknowledge everything in time; unacknowledged records are lost"
-                );
-                None
-            }
-        };
-        // `publish` and `disconnect` only queue requests: the event loop
-        // must keep running until it has written the Disconnect, which ends
-        // it. Stop it by force only if that does not happen in time.
+        if connected && tokio::time::timeout(SHUTDOWN_GRACE, goodbye).await.is_err() {
+            tracing::warn!("the broker did not take the goodbye in time");
+        }
         let mut loop_task = loop_task;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut loop_task)
-            .await
-            .is_err()
+        if !connected
+            || tokio::time::timeout(SHUTDOWN_GRACE, &mut loop_task)
+                .await
+                .is_err()
         {
             let _ = stop_loop_tx.send(true);
             let _ = loop_task.await;
         }
-        let heartbeat = hb.unwrap_or_else(|| self.heartbeat(&counters, started));
-        let next_seq = self.seq.peek();
-        self.seq.close()?;
+        let left = self.log.stats().records;
+        if left > 0 {
+            tracing::info!(
+                records = left,
+                "records not yet acknowledged stay in the log for the next start"
+            );
+        }
         Ok(UplinkSummary {
-            records_published: counters.published.load(Ordering::Relaxed),
-            next_seq,
-            heartbeat,
+            records_acked: counters.acked,
+            next_seq: self.log.next_seq(),
+            log_records: left,
+            heartbeat: hb,
         })
     }
 
-    async fn flush(
+    /// Publishes batches from `cursor` while the window has room. With
+    /// `full_only`, a partial batch waits for the next tick instead.
+    async fn send(
         &self,
         client: &AsyncClient,
-        topic: &str,
-        batch: &mut Vec<Record>,
-        counters: &UplinkCounters,
+        topics: &Topics,
+        cursor: &mut u64,
+        inflight: &mut VecDeque<InFlight>,
+        counters: &mut Counters,
+        full_only: bool,
     ) -> Result<(), UplinkError> {
-        if batch.is_empty() {
-            return Ok(());
+        let max = self.config.batch_max_records;
+        while inflight.len() < self.config.max_unacked_batches {
+            let records = self.log.read(*cursor, max)?;
+            if records.is_empty() || (full_only && records.len() < max) {
+                return Ok(());
+            }
+            let (first, last) = (records[0].seq, records[records.len() - 1].seq);
+            let n = records.len() as u64;
+            let payload = RecordBatch::new(&self.device, now_us(), records).encode_to_bytes();
+            client
+                .publish(&topics.records, QoS::AtLeastOnce, false, payload)
+                .await?;
+            counters.published += n;
+            counters.batches += 1;
+            inflight.push_back(InFlight {
+                first,
+                last,
+                sent: Instant::now(),
+            });
+            *cursor = last + 1;
         }
-        let records = std::mem::take(batch);
-        let n = records.len() as u64;
-        let payload = RecordBatch::new(&self.device, now_us(), records).encode_to_bytes();
-        counters.qos1_queued.fetch_add(1, Ordering::Relaxed);
-        client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await?;
-        counters.published.fetch_add(n, Ordering::Relaxed);
-        counters.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    fn heartbeat(&self, counters: &UplinkCounters, started: Instant) -> Heartbeat {
+    fn heartbeat(&self, counters: &Counters, started: Instant) -> Heartbeat {
+        let log = self.log.stats();
         Heartbeat {
             device_id: self.device.to_string(),
             ts_us: now_us(),
             uptime_s: started.elapsed().as_secs_f64(),
-            records_produced: counters.produced.load(Ordering::Relaxed),
-            records_published: counters.published.load(Ordering::Relaxed),
-            batches_published: counters.batches.load(Ordering::Relaxed),
-            next_seq: self.seq.peek(),
+            records_produced: counters.produced,
+            records_published: counters.published,
+            batches_published: counters.batches,
+            records_acked: counters.acked,
+            records_rejected_by_hub: counters.rejected_by_hub,
+            log_records: log.records,
+            log_bytes: log.bytes,
+            log_dropped_full: log.dropped_full,
+            log_dropped_age: log.dropped_age,
+            next_seq: self.log.next_seq(),
             connects: counters.connects.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),
             sources: stats_snapshot(&self.sources),
@@ -274,15 +365,18 @@ impl Uplink {
     }
 }
 
-/// Polls the MQTT connection. On every (re)connect it re-announces the
-/// device as online: the retained status may have been replaced by the
-/// last will while the link was down.
+/// Polls the MQTT connection. On every (re)connect it subscribes to the
+/// device's ack topic and re-announces the device as online (the retained
+/// status may have been replaced by the last will while the link was down).
+#[allow(clippy::too_many_arguments)]
 async fn drive_event_loop(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     device: DeviceId,
     status_topic: String,
-    counters: Arc<UplinkCounters>,
+    ack_topic: String,
+    connects: Arc<AtomicU64>,
+    events: mpsc::Sender<LinkEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (host, port) = eventloop.mqtt_options.broker_address();
@@ -294,18 +388,24 @@ async fn drive_event_loop(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                let n = counters.connects.fetch_add(1, Ordering::Relaxed) + 1;
+                let n = connects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(%broker, connects = n, "uplink connected");
-                let online = status(&device, DeviceState::Online, false).encode();
-                match client.try_publish(&status_topic, QoS::AtLeastOnce, true, online) {
-                    Ok(()) => {
-                        counters.qos1_queued.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => tracing::warn!("could not queue the online status: {e}"),
+                if let Err(e) = client.try_subscribe(&ack_topic, QoS::AtLeastOnce) {
+                    tracing::warn!("could not subscribe to acks: {e}");
                 }
+                let online = status(&device, DeviceState::Online, false).encode();
+                if let Err(e) = client.try_publish(&status_topic, QoS::AtLeastOnce, true, online) {
+                    tracing::warn!("could not queue the online status: {e}");
+                }
+                let _ = events.send(LinkEvent::Connected).await;
             }
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                counters.qos1_acked.fetch_add(1, Ordering::Relaxed);
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+                match Ack::decode(&p.payload) {
+                    Ok(ack) => {
+                        let _ = events.send(LinkEvent::Ack(ack)).await;
+                    }
+                    Err(e) => tracing::warn!("ignoring a malformed ack: {e}"),
+                }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 // Let the broker close the connection first (it does on
@@ -318,7 +418,8 @@ async fn drive_event_loop(
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!("uplink connection: {e}; reconnecting in 1 s");
+                tracing::warn!(%broker, "uplink connection: {e}; reconnecting in 1 s");
+                let _ = events.try_send(LinkEvent::Disconnected);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.wait_for(|s| *s) => return,

@@ -44,6 +44,29 @@ pub struct SourceStats {
     pub rejected: u64,
 }
 
+/// The hub's end-to-end acknowledgement of one record batch, on
+/// `.../down/ack`: records `first_seq..=last_seq` are durably stored at the
+/// hub (or, with `rejected`, will never be: the hub refused the batch and
+/// says why). Only then may the agent delete them from its log. Acks may be
+/// lost; the agent re-sends what stays unacknowledged and the hub, which
+/// deduplicates by seq, acknowledges again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+impl Ack {
+    pub fn decode(payload: &[u8]) -> Result<Self, ControlError> {
+        decode("ack", payload)
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("ack serialises")
+    }
+}
+
 /// The agent's own metrics, published every `heartbeat_secs` on
 /// `.../heartbeat` and once more on clean shutdown.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -51,12 +74,29 @@ pub struct Heartbeat {
     pub device_id: String,
     pub ts_us: i64,
     pub uptime_s: f64,
-    /// Records given a sequence number (produced by sources and stages).
+    /// Records accepted into the durable log (each got a sequence number).
     pub records_produced: u64,
-    /// Records handed to the MQTT client in batches.
+    /// Records published to the broker (re-sends included).
     pub records_published: u64,
-    /// Batches handed to the MQTT client.
+    /// Batches published to the broker (re-sends included).
     pub batches_published: u64,
+    /// Records the hub acknowledged as stored.
+    #[serde(default)]
+    pub records_acked: u64,
+    /// Records the hub refused (acknowledged with a rejection).
+    #[serde(default)]
+    pub records_rejected_by_hub: u64,
+    /// Records in the agent's log, not yet acknowledged.
+    #[serde(default)]
+    pub log_records: u64,
+    #[serde(default)]
+    pub log_bytes: u64,
+    /// Records dropped from a full log (drop_oldest), since the log began.
+    #[serde(default)]
+    pub log_dropped_full: u64,
+    /// Records dropped for age, since the log began.
+    #[serde(default)]
+    pub log_dropped_age: u64,
     /// The seq the next record will get; seqs below it have been used.
     pub next_seq: u64,
     /// Times the uplink (re)connected.

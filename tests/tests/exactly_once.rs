@@ -129,10 +129,11 @@ fn two_agents_every_record_exactly_once_in_order() {
         assert_eq!(d["online"], false, "{d}");
         assert_eq!(d["status"]["clean"], true, "{d}");
         assert_eq!(
-            d["last_heartbeat"]["records_published"].as_u64(),
+            d["last_heartbeat"]["records_acked"].as_u64(),
             Some(n),
             "{d}"
         );
+        assert_eq!(d["last_heartbeat"]["log_records"].as_u64(), Some(0), "{d}");
         assert_eq!(d["highest_seq"].as_u64(), Some(n - 1));
     }
     let stats = hub.get("/api/v1/stats");

@@ -80,6 +80,8 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<BrokerConnect
             .map_err(|e| BrokerError::Embedded(e.to_string()))?;
     }
 
+    let link_tx = std::sync::Arc::new(std::sync::Mutex::new(link_tx));
+    let publisher = super::Publisher::Embedded(link_tx.clone());
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
     // The link's receive side is blocking; it gets a thread of its own and
     // blocks on the bounded channel when ingest is behind.
@@ -117,6 +119,7 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<BrokerConnect
 
     Ok(BrokerConnection {
         inbound: rx,
+        publisher,
         device_url: format!("mqtt://{listen}"),
         mode: "embedded",
     })

@@ -22,6 +22,7 @@ pub fn start(url: &BrokerUrl, client_id: &str) -> BrokerConnection {
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
     let shown = url.to_string();
+    let publisher = super::Publisher::External(client.clone());
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -52,6 +53,7 @@ pub fn start(url: &BrokerUrl, client_id: &str) -> BrokerConnection {
     });
     BrokerConnection {
         inbound: rx,
+        publisher,
         device_url: url.to_string(),
         mode: "external",
     }

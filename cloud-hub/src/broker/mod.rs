@@ -43,10 +43,39 @@ pub enum BrokerError {
     Embedded(String),
 }
 
-/// A running broker connection: where inbound messages arrive, and how to
-/// describe the broker to users.
+/// Publishes hub -> device messages (acks). Never blocks: a message that
+/// cannot be queued is logged and dropped, which the protocol tolerates
+/// (an agent re-sends what stays unacknowledged).
+#[derive(Clone)]
+pub enum Publisher {
+    Embedded(std::sync::Arc<std::sync::Mutex<rumqttd::local::LinkTx>>),
+    External(rumqttc::AsyncClient),
+}
+
+impl Publisher {
+    pub fn publish(&self, topic: String, payload: Vec<u8>) {
+        let result = match self {
+            Publisher::Embedded(link) => link
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_publish(topic, payload)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Publisher::External(client) => client
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("could not publish to a device: {e}");
+        }
+    }
+}
+
+/// A running broker connection: where inbound messages arrive, how to
+/// reach devices, and how to describe the broker to users.
 pub struct BrokerConnection {
     pub inbound: mpsc::Receiver<Inbound>,
+    pub publisher: Publisher,
     /// `mqtt://host:port` devices should connect to.
     pub device_url: String,
     /// `embedded` or `external`.
