@@ -56,6 +56,7 @@ impl Hub {
                 }
             })
             .collect();
+        let counts = store.device_counts()?;
         let b = &config.broker;
         let connection = match (b.mode, &b.url) {
             (BrokerMode::External, Some(url)) => broker::external::start(url, &b.client_id),
@@ -64,7 +65,7 @@ impl Hub {
         };
         let state = Arc::new(HubState {
             store,
-            registry: Mutex::new(Registry::restore(entries)),
+            registry: Mutex::new(Registry::restore(entries, &counts)),
             metrics: HubMetrics::new(),
             broker_mode: connection.mode,
             device_url: connection.device_url.clone(),

@@ -87,17 +87,36 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Rebuilds the registry from persisted entries. Every device starts
-    /// offline: a hub restart knows nothing about who is connected now,
-    /// and devices re-announce themselves on reconnect.
-    pub fn restore(entries: impl IntoIterator<Item = DeviceEntry>) -> Self {
-        let devices = entries
+    /// Rebuilds the registry from persisted entries and the store's own
+    /// per-device `(records, highest seq)`, which win: entries are saved
+    /// once a second, so after a crash their counts may lag the store.
+    /// Every device starts offline: a restarted hub knows nothing about who
+    /// is connected now, and devices re-announce themselves on reconnect.
+    pub fn restore(
+        entries: impl IntoIterator<Item = DeviceEntry>,
+        counts: &BTreeMap<String, (u64, u64)>,
+    ) -> Self {
+        let mut devices: BTreeMap<String, DeviceEntry> = entries
             .into_iter()
-            .map(|mut e| {
-                e.online = false;
-                (e.device_id.clone(), e)
-            })
+            .map(|e| (e.device_id.clone(), e))
             .collect();
+        for (device, &(records, highest)) in counts {
+            let e = devices
+                .entry(device.clone())
+                .or_insert_with(|| DeviceEntry {
+                    device_id: device.clone(),
+                    ..Default::default()
+                });
+            e.records = records;
+            e.highest_seq = Some(highest);
+        }
+        for e in devices.values_mut() {
+            e.online = false;
+            if !counts.contains_key(&e.device_id) {
+                e.records = 0;
+                e.highest_seq = None;
+            }
+        }
         Registry {
             devices,
             dirty: BTreeSet::new(),
@@ -245,7 +264,21 @@ mod tests {
         let mut r = Registry::default();
         r.on_status("d", status(DeviceState::Online), S);
         let saved = r.take_dirty();
-        let r = Registry::restore(saved);
+        let r = Registry::restore(saved, &BTreeMap::new());
         assert_eq!((r.known(), r.online()), (1, 0));
+    }
+
+    #[test]
+    fn restore_trusts_the_store_over_saved_counts() {
+        let mut r = Registry::default();
+        r.on_batch("d", 10, 0, 9, S);
+        let saved = r.take_dirty();
+        // The store holds more than the last saved entry knew of, and a
+        // device the registry never saved.
+        let counts = BTreeMap::from([("d".to_string(), (25, 24)), ("e".to_string(), (3, 2))]);
+        let r = Registry::restore(saved, &counts);
+        assert_eq!(r.get("d", S).unwrap().entry.records, 25);
+        assert_eq!(r.get("d", S).unwrap().entry.highest_seq, Some(24));
+        assert_eq!(r.get("e", S).unwrap().entry.records, 3);
     }
 }

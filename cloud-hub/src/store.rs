@@ -154,6 +154,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Per device: how many records are held and the highest seq. One pass
+    /// over the store, at startup: the store, not the periodically saved
+    /// registry, is the truth after a crash.
+    pub fn device_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, (u64, u64)>, StoreError> {
+        let mut out = std::collections::BTreeMap::<String, (u64, u64)>::new();
+        for item in self.records.iter().keys() {
+            let k = item?;
+            let Some(split) = k.len().checked_sub(9) else {
+                continue;
+            };
+            let device = String::from_utf8_lossy(&k[..split]).into_owned();
+            let seq = u64::from_be_bytes(k[split + 1..].try_into().expect("8 bytes"));
+            let entry = out.entry(device).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(seq);
+        }
+        Ok(out)
+    }
+
     /// Saves a device's registry entry (opaque JSON).
     pub fn put_device(&self, device: &str, json: &[u8]) -> Result<(), StoreError> {
         self.devices.insert(device.as_bytes(), json)?;

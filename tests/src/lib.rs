@@ -279,6 +279,21 @@ impl Hub {
         Self::start_on(&dir, None, http, mqtt)
     }
 
+    /// SIGKILLs this hub (no goodbye, no flush) and starts a new one on
+    /// the same ports and store.
+    pub fn kill_and_restart(mut self) -> Hub {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait();
+        let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
+        drop(self);
+        Self::start_on(&dir, None, http, mqtt)
+    }
+
+    /// Starts a hub whose embedded broker listens on `mqtt_port`.
+    pub fn start_at(dir: &Path, mqtt_port: u16) -> Hub {
+        Self::start_on(dir, None, free_port(), mqtt_port)
+    }
+
     fn start_on(dir: &Path, external: Option<u16>, http_port: u16, embedded_mqtt_port: u16) -> Hub {
         let (broker, mqtt_port) = match external {
             Some(port) => (
@@ -373,6 +388,11 @@ pub fn start_agent(dir: &Path, name: &str, toml: &str) -> Proc {
 /// messages (Debian's default queue limit of 1000 would).
 pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {
     let port = free_port();
+    (start_mosquitto_at(dir, port), port)
+}
+
+/// [`start_mosquitto`] on a given port (to restart one).
+pub fn start_mosquitto_at(dir: &Path, port: u16) -> Proc {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -393,5 +413,5 @@ pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {
     wait_for("mosquitto to listen", || {
         TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     });
-    (proc, port)
+    proc
 }
