@@ -1,26 +1,30 @@
 //! The durable local log: every record the agent accepts is here until the
 //! hub acknowledges that it stored it.
 //!
-//! Records are keyed by seq (big-endian), so the log is also the sequence
-//! allocator: the next seq is one past the highest ever appended, persisted
-//! in the `meta` tree with every append, so seqs keep growing across
-//! restarts even when the log has been drained empty. Appends are grouped:
-//! [`DurableLog::append`] writes a whole chunk in one sled batch and
-//! [`DurableLog::commit`] makes everything so far durable with one fsync,
-//! so durability costs one fsync per chunk, not per record.
+//! Records are keyed by seq, so the log is also the sequence allocator: the
+//! next seq is one past the highest ever appended, persisted in the `meta`
+//! table with every append, so seqs keep growing across restarts even when
+//! the log has been drained empty. Appends are grouped:
+//! [`DurableLog::append`] writes a whole chunk in one transaction that is
+//! not yet durable, and [`DurableLog::commit`] makes everything so far
+//! durable with one fsync, so durability costs one fsync per chunk, not per
+//! record.
 //!
 //! The log is bounded by bytes (and optionally by age). Over the bound,
 //! `drop_oldest` deletes the oldest records and counts them; `block` makes
 //! the agent stop taking readings until acknowledgements free space. Every
 //! drop is counted, persisted and reported in heartbeats.
 //!
-//! sled is kept behind this small interface so it can be replaced (redb,
-//! fjall) without touching the uplink.
+//! The storage engine is redb, kept behind this small interface. (It was
+//! sled 0.34 first: with a 4 MB cache configured, sled's resident memory
+//! reached 2.4 GB while holding a backlog of one million records, 357 MB on
+//! disk; see ARCHITECTURE.md.)
 
 use std::path::Path;
 
 use conveyor_shared::Record;
 use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -49,7 +53,7 @@ pub struct LogConfig {
     pub max_age_secs: Option<u64>,
     #[serde(default)]
     pub full_policy: FullPolicy,
-    /// sled's page cache: what the log may keep in memory, bytes.
+    /// The storage engine's page cache: what the log may keep in memory, bytes.
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
 }
@@ -102,12 +106,16 @@ pub enum LogError {
     Open {
         path: String,
         #[source]
-        source: sled::Error,
+        source: redb::Error,
     },
     #[error("local log: {0}")]
-    Sled(#[from] sled::Error),
+    Storage(#[from] redb::Error),
     #[error("local log record {seq} is corrupt: {reason}")]
     Corrupt { seq: u64, reason: String },
+}
+
+fn storage(e: impl Into<redb::Error>) -> LogError {
+    LogError::Storage(e.into())
 }
 
 /// Counters of the log, reported in heartbeats.
@@ -123,61 +131,69 @@ pub struct LogStats {
     pub dropped_age: u64,
 }
 
+const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
+const DROPPED_FULL: &str = "dropped_full";
+const DROPPED_AGE: &str = "dropped_age";
+/// Per-record overhead counted against `max_bytes` (the key).
+const KEY_BYTES: u64 = 8;
+
 pub struct DurableLog {
-    db: sled::Db,
-    records: sled::Tree,
-    meta: sled::Tree,
+    db: Database,
     config: LogConfig,
     next_seq: u64,
     stats: LogStats,
 }
 
-const NEXT_SEQ: &[u8] = b"next_seq";
-const DROPPED_FULL: &[u8] = b"dropped_full";
-const DROPPED_AGE: &[u8] = b"dropped_age";
-
-fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, LogError> {
-    Ok(tree
-        .get(key)?
-        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-        .unwrap_or(0))
-}
-
-fn seq_of(key: &[u8]) -> u64 {
-    key.try_into().map(u64::from_be_bytes).unwrap_or(0)
-}
-
 impl DurableLog {
     /// Opens (or creates) the log in `dir`, resuming where it was.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Self, LogError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(config.cache_bytes)
-            // Durability comes from `commit`; no background fsync timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| LogError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        let records = db.open_tree("records")?;
-        let meta = db.open_tree("meta")?;
+        let open_err = |source: redb::Error| LogError::Open {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
+        let db = Database::builder()
+            .set_cache_size(config.cache_bytes as usize)
+            .create(dir.join("log.redb"))
+            .map_err(|e| open_err(e.into()))?;
+        // Create the tables, so readers never meet a missing one.
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(RECORDS).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+
+        let read = db.begin_read().map_err(storage)?;
+        let records = read.open_table(RECORDS).map_err(storage)?;
+        let meta = read.open_table(META).map_err(storage)?;
+        let get = |k: &str| -> Result<u64, LogError> {
+            Ok(meta
+                .get(k)
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
         let mut stats = LogStats {
-            dropped_full: read_u64(&meta, DROPPED_FULL)?,
-            dropped_age: read_u64(&meta, DROPPED_AGE)?,
+            dropped_full: get(DROPPED_FULL)?,
+            dropped_age: get(DROPPED_AGE)?,
             ..Default::default()
         };
-        for item in records.iter() {
-            let (k, v) = item?;
+        for item in records.iter().map_err(storage)? {
+            let (_, v) = item.map_err(storage)?;
             stats.records += 1;
-            stats.bytes += (k.len() + v.len()) as u64;
+            stats.bytes += KEY_BYTES + v.value().len() as u64;
         }
-        let last = records.last()?.map(|(k, _)| seq_of(&k) + 1).unwrap_or(0);
-        let next_seq = read_u64(&meta, NEXT_SEQ)?.max(last);
+        let last = records
+            .last()
+            .map_err(storage)?
+            .map(|(k, _)| k.value() + 1)
+            .unwrap_or(0);
+        let next_seq = get(NEXT_SEQ)?.max(last);
+        drop((records, meta));
+        drop(read);
         Ok(DurableLog {
             db,
-            records,
-            meta,
             config,
             next_seq,
             stats,
@@ -197,31 +213,49 @@ impl DurableLog {
         self.config.full_policy == FullPolicy::Block && self.stats.bytes >= self.config.max_bytes
     }
 
+    /// A write transaction that becomes durable with the next `commit`.
+    fn write(&self) -> Result<redb::WriteTransaction, LogError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::None).map_err(storage)?;
+        Ok(txn)
+    }
+
     /// Appends records, assigning their seqs (any `seq` they carry is
-    /// overwritten). Not durable until [`commit`](Self::commit).
+    /// overwritten), and applies `drop_oldest` if that goes over the bound.
+    /// Not durable until [`commit`](Self::commit).
     pub fn append(&mut self, records: impl IntoIterator<Item = Record>) -> Result<u64, LogError> {
-        let mut batch = sled::Batch::default();
+        let txn = self.write()?;
         let mut n = 0;
-        for mut r in records {
-            r.seq = self.next_seq;
-            self.next_seq += 1;
-            let value = r.encode_to_vec();
-            self.stats.bytes += (8 + value.len()) as u64;
-            self.stats.records += 1;
-            batch.insert(&r.seq.to_be_bytes(), value);
-            n += 1;
-        }
-        self.records.apply_batch(batch)?;
-        // Separately from the records: after a crash between the two,
-        // `open` takes the larger of this and the last key + 1.
-        self.meta.insert(NEXT_SEQ, &self.next_seq.to_be_bytes())?;
-        if self.config.full_policy == FullPolicy::DropOldest {
-            while self.stats.bytes > self.config.max_bytes {
-                if !self.pop_oldest(false)? {
-                    break;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(storage)?;
+            for mut r in records {
+                r.seq = self.next_seq;
+                self.next_seq += 1;
+                let value = r.encode_to_vec();
+                self.stats.bytes += KEY_BYTES + value.len() as u64;
+                self.stats.records += 1;
+                table.insert(r.seq, value.as_slice()).map_err(storage)?;
+                n += 1;
+            }
+            if self.config.full_policy == FullPolicy::DropOldest {
+                while self.stats.bytes > self.config.max_bytes {
+                    let Some((_, v)) = table.pop_first().map_err(storage)? else {
+                        break;
+                    };
+                    self.stats.bytes = self
+                        .stats
+                        .bytes
+                        .saturating_sub(KEY_BYTES + v.value().len() as u64);
+                    self.stats.records = self.stats.records.saturating_sub(1);
+                    self.stats.dropped_full += 1;
                 }
             }
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(NEXT_SEQ, self.next_seq).map_err(storage)?;
+            meta.insert(DROPPED_FULL, self.stats.dropped_full)
+                .map_err(storage)?;
         }
+        txn.commit().map_err(storage)?;
         Ok(n)
     }
 
@@ -231,78 +265,88 @@ impl DurableLog {
             return Ok(0);
         };
         let cutoff = now_us - (max_age as i64) * 1_000_000;
+        let txn = self.write()?;
         let mut n = 0;
-        while let Some((k, v)) = self.records.first()? {
-            let r = decode(&k, &v)?;
-            if r.source_ts_us >= cutoff {
-                break;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(storage)?;
+            loop {
+                let old = match table.first().map_err(storage)? {
+                    Some((k, v)) => decode(k.value(), v.value())?.source_ts_us < cutoff,
+                    None => false,
+                };
+                if !old {
+                    break;
+                }
+                if let Some((_, v)) = table.pop_first().map_err(storage)? {
+                    self.stats.bytes = self
+                        .stats
+                        .bytes
+                        .saturating_sub(KEY_BYTES + v.value().len() as u64);
+                    self.stats.records = self.stats.records.saturating_sub(1);
+                    self.stats.dropped_age += 1;
+                    n += 1;
+                }
             }
-            self.pop_oldest(true)?;
-            n += 1;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(DROPPED_AGE, self.stats.dropped_age)
+                .map_err(storage)?;
         }
+        txn.commit().map_err(storage)?;
         Ok(n)
-    }
-
-    fn pop_oldest(&mut self, for_age: bool) -> Result<bool, LogError> {
-        let Some((k, v)) = self.records.pop_min()? else {
-            return Ok(false);
-        };
-        self.stats.bytes = self.stats.bytes.saturating_sub((k.len() + v.len()) as u64);
-        self.stats.records = self.stats.records.saturating_sub(1);
-        let (key, count) = if for_age {
-            self.stats.dropped_age += 1;
-            (DROPPED_AGE, self.stats.dropped_age)
-        } else {
-            self.stats.dropped_full += 1;
-            (DROPPED_FULL, self.stats.dropped_full)
-        };
-        self.meta.insert(key, &count.to_be_bytes())?;
-        Ok(true)
     }
 
     /// Makes every append and removal so far durable (one fsync).
     pub async fn commit(&self) -> Result<(), LogError> {
-        self.db.flush_async().await?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.commit().map_err(storage)?;
         Ok(())
     }
 
     /// Up to `max` records with seq >= `from`, in seq order.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
-        self.records
-            .range(from.to_be_bytes()..)
-            .take(max)
-            .map(|item| {
-                let (k, v) = item?;
-                decode(&k, &v)
-            })
-            .collect()
+        let read = self.db.begin_read().map_err(storage)?;
+        let table = read.open_table(RECORDS).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in table.range(from..).map_err(storage)?.take(max) {
+            let (k, v) = item.map_err(storage)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
     /// The oldest seq still held.
     pub fn first_seq(&self) -> Result<Option<u64>, LogError> {
-        Ok(self.records.first()?.map(|(k, _)| seq_of(&k)))
+        let read = self.db.begin_read().map_err(storage)?;
+        let table = read.open_table(RECORDS).map_err(storage)?;
+        let first = table.first().map_err(storage)?.map(|(k, _)| k.value());
+        Ok(first)
     }
 
     /// Removes records `first..=last` (the hub has them); returns how many
     /// were still held.
     pub fn remove(&mut self, first: u64, last: u64) -> Result<u64, LogError> {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.records.range(first.to_be_bytes()..=last.to_be_bytes()) {
-            let (k, v) = item?;
-            self.stats.bytes = self.stats.bytes.saturating_sub((k.len() + v.len()) as u64);
-            self.stats.records = self.stats.records.saturating_sub(1);
-            batch.remove(k);
-            n += 1;
+        let txn = self.write()?;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        {
+            let mut table = txn.open_table(RECORDS).map_err(storage)?;
+            table
+                .retain_in(first..=last, |_, v| {
+                    n += 1;
+                    bytes += KEY_BYTES + v.len() as u64;
+                    false
+                })
+                .map_err(storage)?;
         }
-        self.records.apply_batch(batch)?;
+        txn.commit().map_err(storage)?;
+        self.stats.records = self.stats.records.saturating_sub(n);
+        self.stats.bytes = self.stats.bytes.saturating_sub(bytes);
         Ok(n)
     }
 }
 
-fn decode(k: &[u8], v: &[u8]) -> Result<Record, LogError> {
+fn decode(seq: u64, v: &[u8]) -> Result<Record, LogError> {
     Record::decode(v).map_err(|e| LogError::Corrupt {
-        seq: seq_of(k),
+        seq,
         reason: e.to_string(),
     })
 }
