@@ -5,7 +5,7 @@
 //! | `conveyor/v1/<device>/up/records`      | edge → hub | protobuf `RecordBatch`, QoS 1 |
 //! | `conveyor/v1/<device>/status`          | edge → hub | JSON `DeviceStatus`, retained, last will |
 //! | `conveyor/v1/<device>/heartbeat`       | edge → hub | JSON `Heartbeat`, QoS 0       |
-//! | `conveyor/v1/<device>/down/ack`        | hub → edge | reserved (end-to-end acks)    |
+//! | `conveyor/v1/<device>/down/ack`        | hub → edge | JSON `Ack` (end-to-end acks)  |
 //! | `conveyor/v1/<device>/down/desired`    | hub → edge | reserved (desired state, OTA) |
 //! | `conveyor/v1/<device>/down/results`    | hub → edge | reserved (hub inference)      |
 //!
