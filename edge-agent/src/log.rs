@@ -265,6 +265,11 @@ impl DurableLog {
             return Ok(0);
         };
         let cutoff = now_us - (max_age as i64) * 1_000_000;
+        // Called on every send tick: look before opening a write transaction.
+        let oldest = self.read(0, 1)?;
+        if oldest.first().is_none_or(|r| r.source_ts_us >= cutoff) {
+            return Ok(0);
+        }
         let txn = self.write()?;
         let mut n = 0;
         {

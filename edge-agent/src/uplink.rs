@@ -138,7 +138,10 @@ impl Uplink {
         ));
         let (client, eventloop) = AsyncClient::new(options, 64);
         let mut counters = Counters::default();
-        let (link_tx, mut link_rx) = mpsc::channel(1024);
+        // Unbounded so that the event loop never waits for the uplink task
+        // (which may itself be waiting for the event loop to drain the
+        // client's queue). Its size is bounded by the unacked window.
+        let (link_tx, mut link_rx) = mpsc::unbounded_channel();
         let (stop_loop_tx, stop_loop_rx) = watch::channel(false);
         let loop_task = tokio::spawn(drive_event_loop(
             eventloop,
@@ -219,7 +222,9 @@ impl Uplink {
                                 tracing::warn!(first = ack.first_seq, last = ack.last_seq, "the hub refused a batch: {reason}");
                             }
                         }
-                        inflight.retain(|b| b.last > ack.last_seq);
+                        // Acks are per batch, not cumulative: an earlier
+                        // batch may have been lost and still await its own.
+                        inflight.retain(|b| b.first < ack.first_seq || b.last > ack.last_seq);
                         if connected {
                             self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, true).await?;
                         }
@@ -227,12 +232,15 @@ impl Uplink {
                     None => break,
                 },
                 _ = send_tick.tick() => {
-                    if let Some(oldest) = inflight.front() {
-                        if oldest.sent.elapsed() >= ack_timeout {
-                            tracing::debug!(first = oldest.first, "no ack in time; re-sending from the oldest record");
-                            inflight.clear();
-                            cursor = self.log.first_seq()?.unwrap_or(self.log.next_seq());
-                        }
+                    let oldest_held = self.log.first_seq()?;
+                    let timed_out = inflight.front().is_some_and(|b| b.sent.elapsed() >= ack_timeout);
+                    // Nothing in flight, yet records below the cursor are
+                    // still held: their batch left the window without its ack.
+                    let orphaned = inflight.is_empty() && oldest_held.is_some_and(|f| f < cursor);
+                    if timed_out || orphaned {
+                        tracing::debug!(?oldest_held, "no ack in time; re-sending from the oldest record");
+                        inflight.clear();
+                        cursor = oldest_held.unwrap_or(self.log.next_seq());
                     }
                     if self.log.expire(now_us())? > 0 {
                         cursor = cursor.max(self.log.first_seq()?.unwrap_or(self.log.next_seq()));
@@ -307,8 +315,9 @@ impl Uplink {
         })
     }
 
-    /// Publishes batches from `cursor` while the window has room. With
-    /// `full_only`, a partial batch waits for the next tick instead.
+    /// Publishes batches from `cursor` while the window (and the client's
+    /// queue) has room. With `full_only`, a partial batch waits for the
+    /// next tick instead.
     async fn send(
         &self,
         client: &AsyncClient,
@@ -327,9 +336,13 @@ impl Uplink {
             let (first, last) = (records[0].seq, records[records.len() - 1].seq);
             let n = records.len() as u64;
             let payload = RecordBatch::new(&self.device, now_us(), records).encode_to_bytes();
-            client
-                .publish(&topics.records, QoS::AtLeastOnce, false, payload)
-                .await?;
+            // Never wait on the client's queue: when it is full (the broker
+            // is slow or away), the batch stays in the log for a later tick.
+            match client.try_publish(&topics.records, QoS::AtLeastOnce, false, payload) {
+                Ok(()) => {}
+                Err(rumqttc::ClientError::TryRequest(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
             counters.published += n;
             counters.batches += 1;
             inflight.push_back(InFlight {
@@ -376,7 +389,7 @@ async fn drive_event_loop(
     status_topic: String,
     ack_topic: String,
     connects: Arc<AtomicU64>,
-    events: mpsc::Sender<LinkEvent>,
+    events: mpsc::UnboundedSender<LinkEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (host, port) = eventloop.mqtt_options.broker_address();
@@ -387,22 +400,39 @@ async fn drive_event_loop(
             _ = stop.wait_for(|s| *s) => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if !ack.session_present {
+                    // rumqttc 0.25 keeps a pkid "collision" from the lost
+                    // session, and while it is set the event loop takes no
+                    // new requests: the connection would be up but silent
+                    // forever. Its publish is a batch the log re-sends.
+                    eventloop.state.collision = None;
+                }
                 let n = connects.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(%broker, connects = n, "uplink connected");
-                if let Err(e) = client.try_subscribe(&ack_topic, QoS::AtLeastOnce) {
-                    tracing::warn!("could not subscribe to acks: {e}");
-                }
+                // From another task: the client's queue may be full of
+                // batches queued while the broker was away, and only this
+                // loop drains it. The subscription must not be dropped.
+                let (client, ack_topic, status_topic) =
+                    (client.clone(), ack_topic.clone(), status_topic.clone());
                 let online = status(&device, DeviceState::Online, false).encode();
-                if let Err(e) = client.try_publish(&status_topic, QoS::AtLeastOnce, true, online) {
-                    tracing::warn!("could not queue the online status: {e}");
-                }
-                let _ = events.send(LinkEvent::Connected).await;
+                tokio::spawn(async move {
+                    if let Err(e) = client.subscribe(&ack_topic, QoS::AtLeastOnce).await {
+                        tracing::warn!("could not subscribe to acks: {e}");
+                    }
+                    if let Err(e) = client
+                        .publish(&status_topic, QoS::AtLeastOnce, true, online)
+                        .await
+                    {
+                        tracing::warn!("could not publish the online status: {e}");
+                    }
+                });
+                let _ = events.send(LinkEvent::Connected);
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                 match Ack::decode(&p.payload) {
                     Ok(ack) => {
-                        let _ = events.send(LinkEvent::Ack(ack)).await;
+                        let _ = events.send(LinkEvent::Ack(ack));
                     }
                     Err(e) => tracing::warn!("ignoring a malformed ack: {e}"),
                 }
@@ -419,7 +449,7 @@ async fn drive_event_loop(
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(%broker, "uplink connection: {e}; reconnecting in 1 s");
-                let _ = events.try_send(LinkEvent::Disconnected);
+                let _ = events.send(LinkEvent::Disconnected);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.wait_for(|s| *s) => return,

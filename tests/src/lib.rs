@@ -231,14 +231,15 @@ impl Drop for Proc {
         if let Ok(None) = self.child.try_wait() {
             self.signal(libc::SIGTERM);
             let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
+            while start.elapsed() < Duration::from_secs(5)
+                && matches!(self.child.try_wait(), Ok(None))
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
         if std::thread::panicking() {
             eprintln!("---- log of {} ----\n{}", self.name, self.log());

@@ -27,12 +27,23 @@ pub fn start(url: &BrokerUrl, client_id: &str) -> BrokerConnection {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    tracing::info!(broker = %shown, session_present = ack.session_present, "connected to external broker");
-                    for filter in uplink_filters() {
-                        if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
-                            tracing::error!("subscribe failed: {e}");
-                        }
+                    if !ack.session_present {
+                        // See the agent's uplink: a pkid collision left from
+                        // the lost session would stall this client forever.
+                        eventloop.state.collision = None;
                     }
+                    tracing::info!(broker = %shown, session_present = ack.session_present, "connected to external broker");
+                    // From another task: the client's queue may be full of
+                    // acks queued while the broker was away, and only this
+                    // loop drains it; awaiting here would deadlock.
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        for filter in uplink_filters() {
+                            if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                                tracing::error!("subscribe failed: {e}");
+                            }
+                        }
+                    });
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let inbound = Inbound {

@@ -62,7 +62,9 @@ impl Publisher {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Publisher::External(client) => client
-                .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                // QoS 0: a lost ack only costs a re-send, and QoS 1 would
+                // make the hub track delivery of every ack.
+                .try_publish(topic, rumqttc::QoS::AtMostOnce, false, payload)
                 .map_err(|e| e.to_string()),
         };
         if let Err(e) = result {
