@@ -8,8 +8,7 @@ use cloud_hub::config::HubConfig;
 use cloud_hub::demo::{self, DemoArgs};
 use cloud_hub::hub::Hub;
 
-/// Exit code for an invalid config or command line (BSD `EX_USAGE`).
-const EXIT_CONFIG: u8 = 64;
+use edge_agent::cli::EXIT_CONFIG;
 
 /// Conveyor hub: MQTT ingest, storage, HTTP API and the demo.
 #[derive(Debug, Parser)]
@@ -43,15 +42,6 @@ enum Command {
     },
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn load_config(path: Option<&PathBuf>) -> Result<HubConfig, ExitCode> {
     let loaded = match path {
         Some(p) => HubConfig::load(p),
@@ -71,16 +61,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match edge_agent::cli::parse_or_exit_code(Cli::try_parse()) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Check { config } => match load_config(Some(&config)) {
@@ -95,7 +78,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_tracing("info,rumqttd=off");
+            edge_agent::cli::init_tracing("info,rumqttd=off");
             runtime().block_on(async move {
                 let hub = match Hub::start(&config).await {
                     Ok(hub) => hub,
@@ -115,7 +98,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo(args) => {
-            init_tracing("warn,rumqttd=off");
+            edge_agent::cli::init_tracing("warn,rumqttd=off");
             let json = args.json;
             match runtime().block_on(demo::run(args)) {
                 Ok(summary) => {

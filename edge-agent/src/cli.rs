@@ -37,9 +37,11 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `CONVEYOR_LOG` or else by `default`.
+/// (Shared with the hub's command line.)
+pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -54,22 +56,29 @@ fn load(config: &PathBuf) -> Result<Agent, ExitCode> {
     })
 }
 
+/// A clap parse result as the process should see it: a usage error prints
+/// and becomes exit code 64; `--help`/`--version` print and exit 0.
+/// (Shared with the hub's command line.)
+pub fn parse_or_exit_code<T>(parsed: Result<T, clap::Error>) -> Result<T, ExitCode> {
+    parsed.map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(EXIT_CONFIG)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
 /// Parses `args` (including the program name) and runs the command.
 pub fn main_with_args<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match parse_or_exit_code(Cli::try_parse_from(args)) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Check { config } => match load(&config) {
@@ -92,7 +101,7 @@ where
                 Ok(agent) => agent,
                 Err(code) => return code,
             };
-            init_tracing();
+            init_tracing("info");
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

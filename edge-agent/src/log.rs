@@ -319,6 +319,12 @@ impl DurableLog {
         Ok(out)
     }
 
+    /// Where sending starts over: the oldest seq held, or the next seq when
+    /// the log is empty.
+    pub fn resend_from(&self) -> Result<u64, LogError> {
+        Ok(self.first_seq()?.unwrap_or(self.next_seq))
+    }
+
     /// The oldest seq still held.
     pub fn first_seq(&self) -> Result<Option<u64>, LogError> {
         let read = self.db.begin_read().map_err(storage)?;

@@ -154,7 +154,7 @@ impl Uplink {
             stop_loop_rx,
         ));
 
-        let mut cursor = self.log.first_seq()?.unwrap_or(self.log.next_seq());
+        let mut cursor = self.log.resend_from()?;
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms);
         let mut send_tick =
@@ -209,7 +209,7 @@ impl Uplink {
                         connected = true;
                         // Go back: whatever was in flight may be lost.
                         inflight.clear();
-                        cursor = self.log.first_seq()?.unwrap_or(self.log.next_seq());
+                        cursor = self.log.resend_from()?;
                         self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
                     }
                     Some(LinkEvent::Disconnected) => connected = false,
@@ -243,7 +243,7 @@ impl Uplink {
                         cursor = oldest_held.unwrap_or(self.log.next_seq());
                     }
                     if self.log.expire(now_us())? > 0 {
-                        cursor = cursor.max(self.log.first_seq()?.unwrap_or(self.log.next_seq()));
+                        cursor = cursor.max(self.log.resend_from()?);
                     }
                     if connected {
                         self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
