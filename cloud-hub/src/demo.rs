@@ -1,10 +1,12 @@
 //! `cloud-hub demo`: the whole system on one machine, in one command.
 //!
 //! Starts a hub (embedded broker, temporary store) and N real edge-agent
-//! processes, each replaying a public sensor data set from `models/data/`,
-//! shows live progress, and on `--duration` or Ctrl-C stops the agents
+//! processes, each replaying the held-out test split of a public sensor
+//! data set from `models/data/` through that data set's int8 edge model
+//! (`models/<dataset>/edge.int8.json`), shows live progress, and on `--duration` or Ctrl-C stops the agents
 //! (SIGTERM: they flush and say goodbye), waits for ingest to settle and
-//! prints a summary: sent, received, lost, duplicated, latency.
+//! prints a summary: sent, received, lost, duplicated, latency, and the
+//! predictions each device made and how many were right.
 //!
 //! The agents are this binary re-executed as `cloud-hub agent run ...`,
 //! which runs the edge-agent crate's own command line: `cargo run -p
@@ -33,8 +35,11 @@ pub struct DemoArgs {
     #[arg(long)]
     pub duration: Option<f64>,
     /// Records per second each agent replays (0 = as fast as possible).
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
+    /// Run the agents without their edge models (raw readings only).
+    #[arg(long)]
+    pub no_inference: bool,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -75,6 +80,11 @@ pub struct Summary {
     pub latency_p99_ms: f64,
     pub payloads_rejected: u64,
     pub agents_failed: usize,
+    /// Edge predictions stored at the hub, and how many of those with a
+    /// ground-truth label were right.
+    pub predictions: u64,
+    pub predictions_scored: u64,
+    pub predictions_correct: u64,
     pub devices: Vec<DeviceSummary>,
 }
 
@@ -93,6 +103,11 @@ pub struct DeviceSummary {
     /// Sent, and neither received, counted as dropped, nor in the log.
     pub lost: u64,
     pub duplicated: u64,
+    /// The edge model, `id@version` (empty without inference).
+    pub model: String,
+    pub predictions: u64,
+    pub predictions_scored: u64,
+    pub predictions_correct: u64,
 }
 
 struct DemoAgent {
@@ -124,8 +139,8 @@ fn find_data_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
         ],
     };
     for dir in &candidates {
-        if dir.join("BasicMotions/BasicMotions_TRAIN.ts").is_file()
-            && dir.join("ACSF1/ACSF1_TRAIN.ts").is_file()
+        if dir.join("BasicMotions/BasicMotions_TEST.ts").is_file()
+            && dir.join("ACSF1/ACSF1_TEST.ts").is_file()
         {
             return Ok(dir.canonicalize()?);
         }
@@ -140,7 +155,8 @@ fn find_data_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
-/// Agent i replays the smart watch (even i) or the smart plug (odd i).
+/// Agent i replays the smart watch (even i) or the smart plug (odd i),
+/// from the test split the models never saw in training.
 fn agent_config(
     i: usize,
     args: &DemoArgs,
@@ -148,15 +164,34 @@ fn agent_config(
     mqtt: &str,
     state_dir: &Path,
 ) -> (String, &'static str, String) {
-    let (kind, stream, file, extra) = if i % 2 == 0 {
+    let (kind, stream, file, extra, model) = if i % 2 == 0 {
         (
             "watch",
             "motion",
-            data.join("BasicMotions/BasicMotions_TRAIN.ts"),
+            data.join("BasicMotions/BasicMotions_TEST.ts"),
             "sample_rate_hz = 10.0\n",
+            data.join("../basicmotions/edge.int8.json"),
         )
     } else {
-        ("plug", "power", data.join("ACSF1/ACSF1_TRAIN.ts"), "")
+        (
+            "plug",
+            "power",
+            data.join("ACSF1/ACSF1_TEST.ts"),
+            "",
+            data.join("../acsf1/edge.int8.json"),
+        )
+    };
+    let stage = if args.no_inference {
+        String::new()
+    } else {
+        // Raw readings travel too, so the demo shows both streams.
+        format!(
+            "[[stages]]\n\
+             type = \"inference\"\n\
+             name = \"{stream}-classifier\"\n\
+             model = {model:?}\n\
+             forward_readings = true\n"
+        )
     };
     let device = format!("demo-{kind}-{}", i + 1);
     let toml = format!(
@@ -172,7 +207,7 @@ fn agent_config(
          name = \"{stream}\"\n\
          path = {file:?}\n\
          rate = {rate:?}\n\
-         loop = true\n{extra}",
+         loop = true\n{extra}{stage}",
         state = state_dir.join(&device),
         bmr = args.batch_max_records,
         bmd = args.batch_max_delay_ms,
@@ -230,6 +265,16 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         );
     }
     let data = find_data_dir(args.data_dir.clone())?;
+    if !args.no_inference {
+        for m in ["basicmotions/edge.int8.json", "acsf1/edge.int8.json"] {
+            if !data.join("..").join(m).is_file() {
+                bail!(
+                    "edge model {m} not found beside the data sets ({}); run without models with --no-inference",
+                    data.join("..").display()
+                );
+            }
+        }
+    }
     let work = tempfile::Builder::new()
         .prefix("conveyor-demo-")
         .tempdir()?;
@@ -286,9 +331,14 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         });
     }
     eprintln!(
-        "  started {} edge agents replaying BasicMotions (smart watch) and ACSF1 (smart plug) at {} records/s each{}",
+        "  started {} edge agents replaying the test splits of BasicMotions (smart watch) and ACSF1 (smart plug) at {} records/s each{}{}",
         args.agents,
         if args.rate == 0.0 { "max".to_string() } else { args.rate.to_string() },
+        if args.no_inference {
+            ""
+        } else {
+            ", each through its int8 edge model"
+        },
         match args.duration {
             Some(d) => format!("; stopping after {d} s"),
             None => "; Ctrl-C stops".to_string(),
@@ -321,13 +371,16 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         }
         let stats = crate::api::stats_of(&state);
         let now_count = stats.records_received;
+        let tally = prediction_totals(&state.registry().list(conveyor_shared::time::now_us()));
         let line = format!(
-            "[{:>5.0}s] devices online {}/{} | {:>7} rec/s | stored {} | duplicates {} | rejected {} | p50 {:.1} ms",
+            "[{:>5.0}s] devices online {}/{} | {:>7} rec/s | stored {} | predictions {} ({}) | duplicates {} | rejected {} | p50 {:.1} ms",
             started.elapsed().as_secs_f64(),
             stats.devices_online,
             args.agents,
             now_count - last_count,
             now_count,
+            tally.predictions,
+            tally.accuracy_text(),
             stats.records_duplicate,
             stats.payloads_rejected,
             stats.latency.p50_us as f64 / 1000.0,
@@ -394,6 +447,9 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             let sent = hb.records_produced;
             let received = entry.map_or(0, |v| v.entry.records);
             let dropped = hb.log_dropped_full + hb.log_dropped_age;
+            let tally = entry
+                .map(|v| prediction_totals(std::slice::from_ref(v)))
+                .unwrap_or_default();
             DeviceSummary {
                 device_id: a.device_id.clone(),
                 stream: a.stream.to_string(),
@@ -403,6 +459,10 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                 left_in_agent_log: hb.log_records,
                 lost: sent.saturating_sub(received + dropped + hb.log_records),
                 duplicated: entry.map_or(0, |v| v.entry.duplicates),
+                model: tally.models.join(", "),
+                predictions: tally.predictions,
+                predictions_scored: tally.scored,
+                predictions_correct: tally.correct,
             }
         })
         .collect();
@@ -436,10 +496,46 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         latency_p99_ms: stats.latency.p99_us as f64 / 1000.0,
         payloads_rejected: stats.payloads_rejected,
         agents_failed,
+        predictions: devices.iter().map(|d| d.predictions).sum(),
+        predictions_scored: devices.iter().map(|d| d.predictions_scored).sum(),
+        predictions_correct: devices.iter().map(|d| d.predictions_correct).sum(),
         devices,
     };
     hub.shutdown().await;
     Ok(summary)
+}
+
+/// Edge predictions over some devices.
+#[derive(Debug, Default)]
+struct PredictionTotals {
+    models: Vec<String>,
+    predictions: u64,
+    scored: u64,
+    correct: u64,
+}
+
+impl PredictionTotals {
+    fn accuracy_text(&self) -> String {
+        if self.scored == 0 {
+            "no labelled windows yet".into()
+        } else {
+            format!(
+                "{:.1}% right",
+                100.0 * self.correct as f64 / self.scored as f64
+            )
+        }
+    }
+}
+
+fn prediction_totals(devices: &[crate::registry::DeviceView]) -> PredictionTotals {
+    let mut t = PredictionTotals::default();
+    for (model, tally) in devices.iter().flat_map(|d| &d.entry.predictions) {
+        t.models.push(model.clone());
+        t.predictions += tally.predictions;
+        t.scored += tally.scored;
+        t.correct += tally.correct;
+    }
+    t
 }
 
 pub fn print_summary(s: &Summary) {
@@ -457,4 +553,10 @@ pub fn print_summary(s: &Summary) {
         s.latency_p50_ms,
         s.latency_p99_ms
     );
+    for d in s.devices.iter().filter(|d| d.predictions > 0) {
+        eprintln!(
+            "  {}: {} predictions by {}, {}/{} right on labelled test windows",
+            d.device_id, d.predictions, d.model, d.predictions_correct, d.predictions_scored
+        );
+    }
 }

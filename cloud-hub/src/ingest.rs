@@ -156,11 +156,15 @@ impl Ingest {
         };
         let metrics = &self.state.metrics;
         let mut latencies = Vec::with_capacity(batch.records.len());
+        let mut predictions = Vec::new();
         match self
             .state
             .store
             .append(&topic.device, &batch.records, now, |r| {
-                latencies.push(now - r.source_ts_us)
+                latencies.push(now - r.source_ts_us);
+                if r.prediction.is_some() {
+                    predictions.push(r.clone());
+                }
             }) {
             Ok(appended) => {
                 metrics.records_received.inc_by(appended.new);
@@ -171,13 +175,12 @@ impl Ingest {
                     batch.records[0].seq,
                     batch.records[batch.records.len() - 1].seq,
                 );
-                self.state.registry().on_batch(
-                    device,
-                    appended.new,
-                    appended.duplicates,
-                    last,
-                    now,
-                );
+                let mut registry = self.state.registry();
+                registry.on_batch(device, appended.new, appended.duplicates, last, now);
+                for r in &predictions {
+                    registry.on_prediction(device, r, now);
+                }
+                drop(registry);
                 Some(Ack {
                     first_seq: first,
                     last_seq: last,

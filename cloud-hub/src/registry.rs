@@ -67,8 +67,28 @@ pub struct DeviceEntry {
     pub highest_seq: Option<u64>,
     pub status: Option<DeviceStatus>,
     pub last_heartbeat: Option<Heartbeat>,
+    /// Edge predictions received, by model (`id@version`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub predictions: BTreeMap<String, PredictionTally>,
     #[serde(default)]
     rate: RateMeter,
+}
+
+/// How one model's predictions from one device fared. Only windows whose
+/// readings carried a ground-truth label (replayed data sets) are scored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PredictionTally {
+    pub predictions: u64,
+    pub scored: u64,
+    pub correct: u64,
+    pub last_label: String,
+    pub last_confidence: f32,
+}
+
+impl PredictionTally {
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.scored > 0).then(|| self.correct as f64 / self.scored as f64)
+    }
 }
 
 /// An entry as the API shows it: the stored fields plus derived ones.
@@ -154,6 +174,25 @@ impl Registry {
         e.rate.add(new, now_us);
         // Data only comes from a connected device.
         e.online = true;
+    }
+
+    /// Counts a newly stored record that carries a prediction.
+    pub fn on_prediction(&mut self, device: &str, record: &conveyor_shared::Record, now_us: i64) {
+        let Some(p) = &record.prediction else {
+            return;
+        };
+        let t = self
+            .entry(device, now_us)
+            .predictions
+            .entry(format!("{}@{}", p.model_id, p.model_version))
+            .or_default();
+        t.predictions += 1;
+        if !record.label.is_empty() {
+            t.scored += 1;
+            t.correct += u64::from(record.label == p.label);
+        }
+        t.last_label.clone_from(&p.label);
+        t.last_confidence = p.confidence;
     }
 
     pub fn on_status(&mut self, device: &str, status: DeviceStatus, now_us: i64) {

@@ -55,6 +55,9 @@ pub struct StoredRecord {
     pub values: Vec<f64>,
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub label: String,
+    /// Set on records emitted by an edge inference stage.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prediction: Option<conveyor_shared::Prediction>,
 }
 
 fn key(device: &str, seq: u64) -> Vec<u8> {
@@ -221,6 +224,7 @@ fn decode(k: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
         received_at_us,
         values: r.values,
         label: r.label,
+        prediction: r.prediction,
     })
 }
 
@@ -235,6 +239,7 @@ mod tests {
             source_ts_us: seq as i64,
             values: vec![seq as f64],
             label: String::new(),
+            prediction: None,
         }
     }
 

@@ -1,5 +1,7 @@
 //! Assembles a running agent from its config: sources -> pipeline ->
-//! uplink, wired by one bounded channel.
+//! uplink, wired by bounded channels. The pipeline, when it has stages,
+//! runs on a thread of its own: a model call is CPU work that must not
+//! hold up the uplink's event handling.
 //!
 //! `Agent::build` does everything that can fail because of the config
 //! (parsing recordings, building stages, opening the state dir) without
@@ -12,17 +14,21 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, ConfigError};
 use crate::log::{DurableLog, LogError};
-use crate::pipeline::Pipeline;
-use crate::sources::{Source, SourceContext, SourceCounters, SourceOutput};
+use crate::pipeline::{Pipeline, StageConfig, StageHandle};
+use crate::reload::Reloader;
+use crate::sources::{Reading, Source, SourceContext, SourceCounters, SourceOutput};
 use crate::uplink::{Uplink, UplinkError, UplinkSummary};
 
 /// Readings buffered between the sources and the uplink.
 const PIPELINE_CAPACITY: usize = 4096;
+/// Readings the pipeline thread takes per wake-up.
+const PIPELINE_CHUNK: usize = 256;
 
 pub struct Agent {
     config: AgentConfig,
     sources: Vec<Box<dyn Source>>,
     pipeline: Pipeline,
+    stages: Vec<StageHandle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,16 +52,28 @@ impl Agent {
             .enumerate()
             .map(|(i, s)| s.build(&format!("sources[{i}]"), &ctx))
             .collect::<Result<Vec<_>, _>>()?;
-        let pipeline = Pipeline::build(&config.stages)?;
+        let (pipeline, stages) = Pipeline::build(&config.stages)?;
+        check_stage_inputs(&config, &sources, &stages)?;
         Ok(Agent {
             config,
             sources,
             pipeline,
+            stages,
         })
     }
 
     pub fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// The built stages (their running models, counters).
+    pub fn stages(&self) -> &[StageHandle] {
+        &self.stages
+    }
+
+    /// A handle that applies a changed config to this agent while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(self.config.clone(), self.stages.clone())
     }
 
     /// Runs until every source has finished or `shutdown` turns true.
@@ -64,6 +82,7 @@ impl Agent {
             config,
             sources,
             pipeline,
+            stages,
         } = self;
         let log = DurableLog::open(&config.data_dir.join("log"), config.log.clone())?;
         if log.stats().records > 0 {
@@ -84,6 +103,11 @@ impl Agent {
         // Only the sources hold senders now: when the last one finishes,
         // the uplink sees the channel close and shuts down.
         drop(tx);
+        let rx = if pipeline.is_empty() {
+            rx
+        } else {
+            spawn_pipeline(pipeline, rx)
+        };
         tracing::info!(
             device = %config.device_id,
             sources = counters.len(),
@@ -93,7 +117,7 @@ impl Agent {
         let uplink = Uplink {
             config: config.uplink.clone(),
             device: config.device_id.clone(),
-            pipeline,
+            stages: stages.iter().map(|s| s.monitor.clone()).collect(),
             log,
             sources: counters,
         };
@@ -107,4 +131,75 @@ impl Agent {
         }
         Ok(summary)
     }
+}
+
+/// Runs the pipeline on its own thread between the sources' channel and a
+/// new one to the uplink. It ends when the sources' channel closes (every
+/// source finished) or the uplink is gone.
+fn spawn_pipeline(
+    mut pipeline: Pipeline,
+    mut rx: mpsc::Receiver<Reading>,
+) -> mpsc::Receiver<Reading> {
+    let (tx, out_rx) = mpsc::channel(PIPELINE_CAPACITY);
+    let spawned = std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
+            let mut out = Vec::new();
+            while rx.blocking_recv_many(&mut chunk, PIPELINE_CHUNK) > 0 {
+                for reading in chunk.drain(..) {
+                    pipeline.process(reading, &mut out);
+                }
+                for reading in out.drain(..) {
+                    if tx.blocking_send(reading).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread the channel closes at once and the agent
+        // stops with its log intact; nothing is lost.
+        tracing::error!("cannot start the pipeline thread: {e}");
+    }
+    out_rx
+}
+
+/// Refuses a config whose inference stage would read a source of another
+/// shape, where the source knows its shape (replayed files do).
+fn check_stage_inputs(
+    config: &AgentConfig,
+    sources: &[Box<dyn Source>],
+    stages: &[StageHandle],
+) -> Result<(), ConfigError> {
+    for (i, stage) in stages.iter().enumerate() {
+        let (StageConfig::Inference(c), Some(slot)) = (&stage.config, &stage.model_slot) else {
+            continue;
+        };
+        let model = slot.current();
+        let meta = model.meta();
+        for (source, source_config) in sources.iter().zip(&config.sources) {
+            let stream = source_config.stream();
+            if c.stream.as_deref().is_some_and(|s| s != stream) {
+                continue;
+            }
+            if let Some(channels) = source.channels() {
+                if channels != meta.channels {
+                    return Err(ConfigError::invalid(
+                        format!("stages[{i}].model"),
+                        format!(
+                            "model {}@{} takes {} channels per reading but source {:?} (stream {:?}) gives {}",
+                            meta.id,
+                            meta.version,
+                            meta.channels,
+                            source_config.name(),
+                            stream,
+                            channels
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -24,12 +24,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent until every source has finished, or SIGINT/SIGTERM.
+    /// SIGHUP re-reads the config and swaps changed models between windows.
     Run {
         /// Path to agent.toml.
         #[arg(short, long, env = "CONVEYOR_AGENT_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config file (including replay files) and exit.
+    /// Validate a config file (including replay files and models) and exit.
     Check {
         /// Path to agent.toml.
         #[arg(short, long)]
@@ -92,6 +93,23 @@ where
                     c.stages.len(),
                     c.uplink.url
                 );
+                for (i, stage) in agent.stages().iter().enumerate() {
+                    if let Some(slot) = &stage.model_slot {
+                        let model = slot.current();
+                        let m = model.meta();
+                        println!(
+                            "  stages[{i}] {}: model {}@{} ({}, {} channels x {} readings, stride {}, {} labels)",
+                            stage.config.name(i),
+                            m.id,
+                            m.version,
+                            m.precision,
+                            m.channels,
+                            m.window,
+                            m.stride,
+                            m.labels.len()
+                        );
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -119,6 +137,7 @@ where
                     tracing::info!("signal received; draining and shutting down");
                     let _ = stop_tx.send(true);
                 });
+                tokio::spawn(reload_on_hangup(config.clone(), agent.reloader()));
                 match agent.run(stop_rx).await {
                     Ok(summary) => {
                         tracing::info!(
@@ -135,6 +154,49 @@ where
                     }
                 }
             })
+        }
+    }
+}
+
+/// On every SIGHUP: re-reads the config file and applies what can be
+/// applied while running (new models); says what needs a restart.
+async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
+    let mut hangups = match crate::signal::hangups() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("config reload on SIGHUP is unavailable: {e}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+        let new = match AgentConfig::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("config reload refused, keeping the running config: {e}");
+                continue;
+            }
+        };
+        let reloader = reloader.clone();
+        let report = match tokio::task::spawn_blocking(move || reloader.apply(new)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("config reload failed: {e}");
+                continue;
+            }
+        };
+        for s in &report.swapped {
+            tracing::info!("reload: new model ready, swapping at the next window: {s}");
+        }
+        for r in &report.refused {
+            tracing::error!("reload: model refused, the running one stays: {r}");
+        }
+        for f in &report.needs_restart {
+            tracing::warn!("reload: {f} changed; this takes effect after a restart");
+        }
+        if report.swapped.is_empty() && report.refused.is_empty() && report.needs_restart.is_empty()
+        {
+            tracing::info!("reload: nothing changed");
         }
     }
 }

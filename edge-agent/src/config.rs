@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::sources::SourceConfig;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// This device's id: the `<device_id>` of every topic it uses.
@@ -31,8 +31,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     /// Processing stages between the sources and the uplink, applied in
-    /// order. This build ships none; WASM transforms and inference plug in
-    /// here.
+    /// order (`type = "inference"`; WASM transforms plug in here next).
     #[serde(default)]
     pub stages: Vec<crate::pipeline::StageConfig>,
 }
@@ -41,7 +40,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("agent-data")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
     /// The hub's MQTT broker, e.g. `mqtt://127.0.0.1:1883`.
@@ -133,6 +132,9 @@ impl AgentConfig {
         for source in &mut self.sources {
             source.resolve_paths(base);
         }
+        for stage in &mut self.stages {
+            stage.resolve_paths(base);
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -193,6 +195,9 @@ impl AgentConfig {
                     ),
                 ));
             }
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            stage.validate(&format!("stages[{i}]"))?;
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ pub enum FullPolicy {
 }
 
 /// The `[log]` table of `agent.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// Bound on the records held, in bytes (encoded size).
@@ -373,6 +373,7 @@ mod tests {
             source_ts_us: ts,
             values: vec![1.0, 2.0],
             label: String::new(),
+            prediction: None,
         }
     }
 

@@ -1,33 +1,65 @@
 //! The pipeline: the ordered stages between the sources and the uplink.
 //!
-//! A stage takes one reading and emits zero or more (a filter drops, a
-//! featuriser may emit a window summary). This build ships the slot but no
-//! stage types; WASM transforms and ONNX inference are stages to come, and
-//! they plug in by adding a variant to [`StageConfig`] and a `Stage` impl.
-//! Stages run on the uplink task, before sequence numbers are assigned, so
-//! a record's `seq` is always the order in which it left the pipeline.
+//! A stage takes one reading and emits zero or more (a filter drops, an
+//! inference stage turns a window of readings into one prediction). Each
+//! stage type owns its config struct and errors in its own module and is
+//! one variant of [`StageConfig`]. The pipeline runs on its own thread (see
+//! `agent.rs`), so model inference never stalls the async runtime, and
+//! before sequence numbers are assigned, so a record's `seq` is always the
+//! order in which it left the pipeline.
 
+use std::path::Path;
+use std::sync::Arc;
+
+use conveyor_shared::control::StageStats;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::inference::{InferenceConfig, ModelSlot};
 use crate::sources::Reading;
 
-/// A `[[stages]]` table of `agent.toml`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StageConfig {
-    #[serde(rename = "type")]
-    pub kind: String,
+/// A `[[stages]]` table of `agent.toml`, told apart by `type`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StageConfig {
+    /// Runs an ONNX model on windows of a stream (`inference/stage.rs`).
+    Inference(InferenceConfig),
+}
+
+/// A built stage and the handles the rest of the agent keeps on it.
+pub struct BuiltStage {
+    pub stage: Box<dyn Stage>,
+    /// Read by heartbeats.
+    pub monitor: Arc<dyn StageMonitor>,
+    /// Where a replacement model is offered (inference stages).
+    pub model_slot: Option<ModelSlot>,
 }
 
 impl StageConfig {
-    pub fn build(&self, field: &str) -> Result<Box<dyn Stage>, ConfigError> {
-        Err(ConfigError::invalid(
-            format!("{field}.type"),
-            format!(
-                "stage type {:?} is not available in this build (it has no stage types yet)",
-                self.kind
-            ),
-        ))
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        match self {
+            StageConfig::Inference(c) => c.validate(field),
+        }
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            StageConfig::Inference(c) => c.resolve_paths(base),
+        }
+    }
+
+    pub fn name(&self, index: usize) -> String {
+        match self {
+            StageConfig::Inference(c) => c.name(index),
+        }
+    }
+
+    /// Builds the stage (loads and checks its model). `field` is its path
+    /// in the config, `stages[i]`.
+    pub fn build(&self, index: usize, field: &str) -> Result<BuiltStage, ConfigError> {
+        match self {
+            StageConfig::Inference(c) => c.build(index, field),
+        }
     }
 }
 
@@ -37,23 +69,47 @@ pub trait Stage: Send {
     fn process(&mut self, reading: Reading, out: &mut Vec<Reading>);
 }
 
+/// A stage's counters as heartbeats report them.
+pub trait StageMonitor: Send + Sync {
+    fn snapshot(&self) -> StageStats;
+}
+
 #[derive(Default)]
 pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
 }
 
+/// What the agent keeps of each built stage once the stages run on the
+/// pipeline thread.
+#[derive(Clone)]
+pub struct StageHandle {
+    pub config: StageConfig,
+    pub monitor: Arc<dyn StageMonitor>,
+    pub model_slot: Option<ModelSlot>,
+}
+
 impl Pipeline {
-    pub fn build(configs: &[StageConfig]) -> Result<Self, ConfigError> {
-        let stages = configs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| c.build(&format!("stages[{i}]")))
-            .collect::<Result<_, _>>()?;
-        Ok(Pipeline { stages })
+    pub fn build(configs: &[StageConfig]) -> Result<(Self, Vec<StageHandle>), ConfigError> {
+        let mut stages = Vec::new();
+        let mut handles = Vec::new();
+        for (i, config) in configs.iter().enumerate() {
+            let built = config.build(i, &format!("stages[{i}]"))?;
+            stages.push(built.stage);
+            handles.push(StageHandle {
+                config: config.clone(),
+                monitor: built.monitor,
+                model_slot: built.model_slot,
+            });
+        }
+        Ok((Pipeline { stages }, handles))
     }
 
     pub fn from_stages(stages: Vec<Box<dyn Stage>>) -> Self {
         Pipeline { stages }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
     }
 
     /// Runs `reading` through every stage; what the last stage emits is
@@ -104,6 +160,7 @@ mod tests {
             ts_us: 0,
             values: vec![v],
             label: String::new(),
+            prediction: None,
         }
     }
 
@@ -124,12 +181,8 @@ mod tests {
     }
 
     #[test]
-    fn unknown_stage_type_names_the_field() {
-        let e = Pipeline::build(&[StageConfig {
-            kind: "wasm".into(),
-        }])
-        .err()
-        .unwrap();
-        assert!(e.to_string().starts_with("stages[0].type"), "{e}");
+    fn unknown_stage_type_is_refused() {
+        let e = toml::from_str::<StageConfig>("type = \"nope\"").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `nope`"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
 //! Waiting for the operator's stop: SIGINT (Ctrl-C) or SIGTERM (systemd,
-//! Kubernetes, `kill`). Shared by both binaries' command lines.
+//! Kubernetes, `kill`), and for SIGHUP (reload). Shared by both binaries'
+//! command lines.
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -22,4 +23,10 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// A stream of SIGHUPs (config reload).
+#[cfg(unix)]
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }

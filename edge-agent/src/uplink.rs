@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::config::UplinkConfig;
 use crate::log::{DurableLog, LogError};
 use crate::mqtt_client::mqtt_options;
-use crate::pipeline::Pipeline;
+use crate::pipeline::StageMonitor;
 use crate::sources::{stats_snapshot, Reading, SourceCounters};
 
 /// How long a shutdown keeps trying to deliver what is in the log. What is
@@ -78,7 +78,8 @@ pub enum UplinkError {
 pub struct Uplink {
     pub config: UplinkConfig,
     pub device: DeviceId,
-    pub pipeline: Pipeline,
+    /// Counters of the pipeline stages, for heartbeats.
+    pub stages: Vec<Arc<dyn StageMonitor>>,
     pub log: DurableLog,
     pub sources: Vec<(String, Arc<SourceCounters>)>,
 }
@@ -167,7 +168,6 @@ impl Uplink {
         let mut sources_done = false;
         let mut grace_ends: Option<Instant> = None;
         let mut chunk = Vec::with_capacity(APPEND_CHUNK);
-        let mut staged = Vec::new();
 
         loop {
             let drained = self.log.stats().records == 0;
@@ -186,15 +186,13 @@ impl Uplink {
                         sources_done = true;
                         continue;
                     }
-                    for reading in chunk.drain(..) {
-                        self.pipeline.process(reading, &mut staged);
-                    }
-                    let records = staged.drain(..).map(|r| Record {
+                    let records = chunk.drain(..).map(|r| Record {
                         stream: r.stream.to_string(),
                         seq: 0,
                         source_ts_us: r.ts_us,
                         values: r.values,
                         label: r.label,
+                        prediction: r.prediction,
                     });
                     counters.produced += self.log.append(records)?;
                     // Durable before anything is sent: a record the hub has
@@ -374,6 +372,7 @@ impl Uplink {
             connects: counters.connects.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),
             sources: stats_snapshot(&self.sources),
+            stages: self.stages.iter().map(|s| s.snapshot()).collect(),
         }
     }
 }

@@ -44,6 +44,32 @@ pub struct SourceStats {
     pub rejected: u64,
 }
 
+/// Per-stage counters inside a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    pub name: String,
+    /// `inference`, ...
+    pub kind: String,
+    /// The model running now (inference stages).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_version: String,
+    /// Readings that entered the stage.
+    pub records_in: u64,
+    /// Records the stage emitted (predictions, for inference).
+    pub records_out: u64,
+    /// Windows completed (inference).
+    #[serde(default)]
+    pub windows: u64,
+    /// Models swapped in while running.
+    #[serde(default)]
+    pub swaps: u64,
+    /// Readings or windows dropped, by reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
+}
+
 /// The hub's end-to-end acknowledgement of one record batch, on
 /// `.../down/ack`: records `first_seq..=last_seq` are durably stored at the
 /// hub (or, with `rejected`, will never be: the hub refused the batch and
@@ -106,6 +132,9 @@ pub struct Heartbeat {
     pub rss_bytes: u64,
     #[serde(default)]
     pub sources: BTreeMap<String, SourceStats>,
+    /// Pipeline stages, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStats>,
 }
 
 #[derive(Debug, Error)]

@@ -12,10 +12,12 @@
 pub mod broker_url;
 pub mod config_file;
 pub mod control;
+pub mod model_meta;
 pub mod records;
 pub mod time;
 pub mod topics;
 
 pub use broker_url::BrokerUrl;
-pub use records::{Record, RecordBatch, WireError, WIRE_VERSION};
+pub use model_meta::ModelMetadata;
+pub use records::{Prediction, Record, RecordBatch, WireError, WIRE_VERSION};
 pub use topics::{DeviceId, Topic};

@@ -44,6 +44,31 @@ pub struct Record {
     #[prost(string, tag = "5")]
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub label: String,
+    #[prost(message, optional, tag = "6")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<Prediction>,
+}
+
+/// `conveyor.v1.Prediction`: what a model said about one window of a
+/// stream. Carried by the record that the inference stage emits.
+#[derive(Clone, PartialEq, Message, serde::Serialize, serde::Deserialize)]
+pub struct Prediction {
+    #[prost(string, tag = "1")]
+    pub model_id: String,
+    #[prost(string, tag = "2")]
+    pub model_version: String,
+    #[prost(string, tag = "3")]
+    pub label: String,
+    #[prost(uint32, tag = "4")]
+    pub class_index: u32,
+    #[prost(float, tag = "5")]
+    pub confidence: f32,
+    #[prost(float, repeated, tag = "6")]
+    pub probabilities: Vec<f32>,
+    #[prost(int64, tag = "7")]
+    pub window_start_us: i64,
+    #[prost(uint32, tag = "8")]
+    pub window_len: u32,
 }
 
 /// Why a payload is not a valid record batch.
@@ -150,6 +175,7 @@ mod tests {
             source_ts_us: 1_700_000_000_000_000 + seq as i64,
             values: vec![0.5, -1.25, 3.0],
             label: String::new(),
+            prediction: None,
         }
     }
 
@@ -158,6 +184,31 @@ mod tests {
         let batch = RecordBatch::new(&dev(), 42, vec![record(1), record(2)]);
         let back = RecordBatch::decode_checked(&batch.encode_to_bytes(), &dev()).unwrap();
         assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn predictions_round_trip() {
+        let mut r = record(7);
+        r.values.clear();
+        r.label = "Walking".into();
+        r.prediction = Some(Prediction {
+            model_id: "basicmotions-edge".into(),
+            model_version: "1.0.0-int8".into(),
+            label: "Walking".into(),
+            class_index: 3,
+            confidence: 0.93,
+            probabilities: vec![0.01, 0.02, 0.04, 0.93],
+            window_start_us: 1,
+            window_len: 100,
+        });
+        let batch = RecordBatch::new(&dev(), 0, vec![r]);
+        let back = RecordBatch::decode_checked(&batch.encode_to_bytes(), &dev()).unwrap();
+        assert_eq!(back, batch);
+        // A record without a prediction encodes exactly as before the field
+        // existed, so older readers and stored logs are unaffected.
+        let plain = record(8);
+        assert!(!plain.encode_to_vec().is_empty());
+        assert_eq!(Record::decode(&plain.encode_to_vec()[..]).unwrap(), plain);
     }
 
     #[test]
@@ -235,7 +286,7 @@ mod tests {
             let mut seq = start;
             let records: Vec<Record> = gaps.iter().map(|g| {
                 seq += g;
-                Record { stream: stream.clone(), seq, source_ts_us: ts, values: values.clone(), label: label.clone() }
+                Record { stream: stream.clone(), seq, source_ts_us: ts, values: values.clone(), label: label.clone(), prediction: None }
             }).collect();
             let batch = RecordBatch::new(&dev(), ts, records);
             let back = RecordBatch::decode_checked(&batch.encode_to_bytes(), &dev()).unwrap();

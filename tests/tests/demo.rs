@@ -43,6 +43,17 @@ fn demo_runs_and_loses_nothing() {
     assert_eq!(s["records_received"].as_u64(), Some(sent), "{s}");
     assert_eq!(s["records_lost"], 0, "{s}");
     assert_eq!(s["devices"].as_array().unwrap().len(), 3);
+    // Every agent runs its data set's edge model; the watches (a window
+    // every 0.5 s at 200 readings/s) have predictions in 4 s.
+    for d in s["devices"].as_array().unwrap() {
+        let model = d["model"].as_str().unwrap();
+        if d["stream"] == "motion" {
+            assert!(model.starts_with("basicmotions-edge@"), "{d}");
+            assert!(d["predictions"].as_u64().unwrap() >= 2, "{d}");
+            assert_eq!(d["predictions_scored"], d["predictions"], "{d}");
+        }
+    }
+    assert!(s["predictions_correct"].as_u64().unwrap() > 0, "{s}");
     assert!(s["latency_p99_ms"].as_f64().unwrap() >= s["latency_p50_ms"].as_f64().unwrap());
 }
 

@@ -25,7 +25,7 @@ use super::json_reading::{JsonReadingSpec, ReadingError};
 use super::{Source, SourceContext, SourceError, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     pub name: String,

@@ -38,10 +38,12 @@ pub struct Reading {
     pub ts_us: i64,
     pub values: Vec<f64>,
     pub label: String,
+    /// Set by an inference stage on the record it emits for a window.
+    pub prediction: Option<conveyor_shared::Prediction>,
 }
 
 /// The `[[sources]]` tables of `agent.toml`, told apart by `type`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// Replays a recorded data file (UEA/UCR `.ts` or `.csv`).
@@ -122,6 +124,11 @@ pub type SourceFuture = Pin<Box<dyn Future<Output = Result<(), SourceError>> + S
 /// A built source, ready to run.
 pub trait Source: Send {
     fn name(&self) -> &str;
+    /// Values per reading, where the source knows it before running (a
+    /// replayed file does); lets `check` match sources against models.
+    fn channels(&self) -> Option<usize> {
+        None
+    }
     /// Runs until the source is exhausted, `shutdown` turns true, or the
     /// pipeline is gone.
     fn run(self: Box<Self>, out: SourceOutput, shutdown: watch::Receiver<bool>) -> SourceFuture;
@@ -199,6 +206,7 @@ impl SourceOutput {
             ts_us,
             values,
             label,
+            prediction: None,
         };
         self.tx.send(reading).await.map_err(|_| PipelineClosed)?;
         self.counters.records.fetch_add(1, Ordering::Relaxed);

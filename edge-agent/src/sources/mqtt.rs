@@ -18,7 +18,7 @@ use super::{Source, SourceContext, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
 use crate::mqtt_client::mqtt_options;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     pub name: String,

@@ -18,7 +18,7 @@ use super::replay_file::Recording;
 use super::{Source, SourceContext, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayConfig {
     pub name: String,
@@ -126,6 +126,10 @@ impl ReplaySource {
 impl Source for ReplaySource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn channels(&self) -> Option<usize> {
+        Some(self.recording.fields.len())
     }
 
     fn run(

@@ -1,0 +1,363 @@
+//! The inference stage: windows of a stream in, one prediction record per
+//! window out.
+//!
+//! The model sits behind a [`ModelSlot`] (a watch channel). The stage looks
+//! at the slot only when a window is complete and before running it, so a
+//! swap takes effect between two windows: the window being filled is kept,
+//! and every window is run by exactly one model, whose id and version its
+//! prediction record carries. Loading a new model (parsing, optimising)
+//! happens off the pipeline thread; the stage only picks up the result.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use conveyor_shared::control::StageStats;
+use conveyor_shared::Prediction;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::model::{ModelError, ModelRunner, OnnxModel};
+use super::window::{Row, StreamWindows, Windower};
+use crate::config::ConfigError;
+use crate::pipeline::{BuiltStage, Stage, StageMonitor};
+use crate::sources::Reading;
+
+/// `[[stages]] type = "inference"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Name in logs and heartbeats (default `inference-<index>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The model's metadata file (`models/<dataset>/<model>.json`); the
+    /// ONNX file it names sits beside it. Relative to the config file.
+    pub model: PathBuf,
+    /// Only this stream is windowed; others pass through. Default: every
+    /// stream, each with its own windows.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Stream name of the prediction records (default
+    /// `<input stream>.predictions`).
+    #[serde(default)]
+    pub output_stream: Option<String>,
+    /// Readings between window starts (default: the model's metadata).
+    #[serde(default)]
+    pub stride: Option<usize>,
+    /// Also send the raw readings upstream (default false: only
+    /// predictions travel, which is the bandwidth the edge saves).
+    #[serde(default)]
+    pub forward_readings: bool,
+}
+
+impl InferenceConfig {
+    pub fn name(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("inference-{index}"))
+    }
+
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        if self.model.is_relative() {
+            self.model = base.join(&self.model);
+        }
+    }
+
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if self.stride == Some(0) {
+            return Err(ConfigError::invalid(
+                format!("{field}.stride"),
+                "must be at least 1",
+            ));
+        }
+        if matches!(&self.output_stream, Some(s) if s.is_empty()) {
+            return Err(ConfigError::invalid(
+                format!("{field}.output_stream"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads the model this config names: the one code path for start and
+    /// for a hot swap.
+    pub fn load_model(&self) -> Result<Arc<OnnxModel>, ModelError> {
+        OnnxModel::load(&self.model, 1).map(Arc::new)
+    }
+
+    pub fn build(&self, index: usize, field: &str) -> Result<BuiltStage, ConfigError> {
+        let model = self
+            .load_model()
+            .map_err(|e| ConfigError::invalid(format!("{field}.model"), e.to_string()))?;
+        let name = self.name(index);
+        let (slot, swaps) = watch::channel(model.clone());
+        let counters = Arc::new(InferenceCounters::new(&name, &model));
+        let stage = InferenceStage::new(self.clone(), model, swaps, counters.clone())
+            .map_err(|e| ConfigError::invalid(format!("{field}.model"), e.to_string()))?;
+        Ok(BuiltStage {
+            stage: Box::new(stage),
+            monitor: counters,
+            model_slot: Some(ModelSlot { tx: slot }),
+        })
+    }
+}
+
+/// The handle through which a running stage's model is replaced.
+#[derive(Clone)]
+pub struct ModelSlot {
+    tx: watch::Sender<Arc<OnnxModel>>,
+}
+
+/// Why a replacement model was refused (the old one keeps running).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error(transparent)]
+    Load(#[from] ModelError),
+    #[error(
+        "model {new} takes {new_c} channels x {new_w} readings but the running model {old} takes \
+         {old_c} x {old_w}; a model with another input shape needs a restart"
+    )]
+    Incompatible {
+        old: String,
+        new: String,
+        old_c: usize,
+        old_w: usize,
+        new_c: usize,
+        new_w: usize,
+    },
+}
+
+impl ModelSlot {
+    pub fn current(&self) -> Arc<OnnxModel> {
+        self.tx.borrow().clone()
+    }
+
+    /// Offers `model` to the stage, which adopts it before its next
+    /// window. Refused if its input shape differs from the running one's.
+    pub fn replace(&self, model: Arc<OnnxModel>) -> Result<(), SwapError> {
+        let old = self.current();
+        let (o, n) = (old.meta(), model.meta());
+        if (o.channels, o.window) != (n.channels, n.window) {
+            return Err(SwapError::Incompatible {
+                old: format!("{}@{}", o.id, o.version),
+                new: format!("{}@{}", n.id, n.version),
+                old_c: o.channels,
+                old_w: o.window,
+                new_c: n.channels,
+                new_w: n.window,
+            });
+        }
+        self.tx.send_replace(model);
+        Ok(())
+    }
+}
+
+/// The stage's counters, read by heartbeats from the uplink task.
+pub struct InferenceCounters {
+    name: String,
+    model: Mutex<(String, String)>,
+    readings: AtomicU64,
+    windows: AtomicU64,
+    predictions: AtomicU64,
+    swaps: AtomicU64,
+    wrong_channels: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl InferenceCounters {
+    fn new(name: &str, model: &OnnxModel) -> Self {
+        InferenceCounters {
+            name: name.to_string(),
+            model: Mutex::new((model.meta().id.clone(), model.meta().version.clone())),
+            readings: AtomicU64::new(0),
+            windows: AtomicU64::new(0),
+            predictions: AtomicU64::new(0),
+            swaps: AtomicU64::new(0),
+            wrong_channels: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StageMonitor for InferenceCounters {
+    fn snapshot(&self) -> StageStats {
+        let (model_id, model_version) = self.model.lock().expect("not poisoned").clone();
+        let mut dropped = BTreeMap::new();
+        for (reason, n) in [
+            ("wrong_channels", &self.wrong_channels),
+            ("inference_failed", &self.failed),
+        ] {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                dropped.insert(reason.to_string(), n);
+            }
+        }
+        StageStats {
+            name: self.name.clone(),
+            kind: "inference".into(),
+            model_id,
+            model_version,
+            records_in: self.readings.load(Ordering::Relaxed),
+            windows: self.windows.load(Ordering::Relaxed),
+            records_out: self.predictions.load(Ordering::Relaxed),
+            swaps: self.swaps.load(Ordering::Relaxed),
+            dropped,
+        }
+    }
+}
+
+pub struct InferenceStage {
+    config: InferenceConfig,
+    runner: ModelRunner,
+    swaps: watch::Receiver<Arc<OnnxModel>>,
+    windows: StreamWindows,
+    counters: Arc<InferenceCounters>,
+    output_streams: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl InferenceStage {
+    pub fn new(
+        config: InferenceConfig,
+        model: Arc<OnnxModel>,
+        swaps: watch::Receiver<Arc<OnnxModel>>,
+        counters: Arc<InferenceCounters>,
+    ) -> Result<Self, ModelError> {
+        Ok(InferenceStage {
+            config,
+            runner: model.runner()?,
+            swaps,
+            windows: StreamWindows::default(),
+            counters,
+            output_streams: Vec::new(),
+        })
+    }
+
+    fn output_stream(&mut self, input: &Arc<str>) -> Arc<str> {
+        if let Some((_, out)) = self.output_streams.iter().find(|(i, _)| i == input) {
+            return out.clone();
+        }
+        let out: Arc<str> = match &self.config.output_stream {
+            Some(s) => s.as_str().into(),
+            None => format!("{input}.predictions").into(),
+        };
+        self.output_streams.push((input.clone(), out.clone()));
+        out
+    }
+
+    /// Adopts a model offered through the slot, if any. Called only
+    /// between windows.
+    fn adopt_pending_model(&mut self) {
+        if !self.swaps.has_changed().unwrap_or(false) {
+            return;
+        }
+        let model = self.swaps.borrow_and_update().clone();
+        match model.runner() {
+            Ok(runner) => {
+                let (old, new) = (self.runner.model().meta(), model.meta());
+                tracing::info!(
+                    stage = %self.counters.name,
+                    from = %format!("{}@{}", old.id, old.version),
+                    to = %format!("{}@{}", new.id, new.version),
+                    "model swapped between windows"
+                );
+                *self.counters.model.lock().expect("not poisoned") =
+                    (new.id.clone(), new.version.clone());
+                self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+                self.runner = runner;
+            }
+            Err(e) => {
+                tracing::error!(stage = %self.counters.name, "keeping the running model: {e}")
+            }
+        }
+    }
+}
+
+impl Stage for InferenceStage {
+    fn name(&self) -> &str {
+        &self.counters.name
+    }
+
+    fn process(&mut self, reading: Reading, out: &mut Vec<Reading>) {
+        if self
+            .config
+            .stream
+            .as_deref()
+            .is_some_and(|s| s != &*reading.stream)
+        {
+            out.push(reading);
+            return;
+        }
+        self.counters.readings.fetch_add(1, Ordering::Relaxed);
+        if self.config.forward_readings {
+            out.push(reading.clone());
+        }
+        let meta = self.runner.model().meta();
+        let (channels, window) = (meta.channels, meta.window);
+        let stride = self.config.stride.unwrap_or(meta.stride);
+        let stream = reading.stream.clone();
+        let windower = self
+            .windows
+            .get_or_insert(&stream, || Windower::new(channels, window, stride));
+        let row = Row {
+            ts_us: reading.ts_us,
+            values: reading.values,
+            label: reading.label,
+        };
+        match windower.push(row) {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => {
+                let n = self.counters.wrong_channels.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= 10 || n % 1000 == 0 {
+                    tracing::warn!(stage = %self.counters.name, stream = %stream, dropped_total = n, "dropped a reading: {e}");
+                }
+                return;
+            }
+        }
+        self.adopt_pending_model();
+        let output_stream = self.output_stream(&stream);
+        let windower = self.windows.get_or_insert(&stream, || -> Windower {
+            unreachable!("the window was just filled")
+        });
+        let win = windower.ready().expect("push said a window is ready");
+        let meta = self.runner.model().meta();
+        let input = win.to_input(&meta.normalization);
+        let (start_us, end_us, truth) = (
+            win.start_us(),
+            win.rows[win.rows.len() - 1].ts_us,
+            win.label().to_string(),
+        );
+        let window_len = win.rows.len() as u32;
+        windower.advance();
+        self.counters.windows.fetch_add(1, Ordering::Relaxed);
+        match self.runner.classify(input) {
+            Ok(scores) => {
+                let meta = self.runner.model().meta();
+                self.counters.predictions.fetch_add(1, Ordering::Relaxed);
+                out.push(Reading {
+                    stream: output_stream,
+                    ts_us: end_us,
+                    values: Vec::new(),
+                    label: truth,
+                    prediction: Some(Prediction {
+                        model_id: meta.id.clone(),
+                        model_version: meta.version.clone(),
+                        label: meta.labels[scores.class_index].clone(),
+                        class_index: scores.class_index as u32,
+                        confidence: scores.confidence,
+                        probabilities: scores.probabilities,
+                        window_start_us: start_us,
+                        window_len,
+                    }),
+                });
+            }
+            Err(e) => {
+                let n = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                if n <= 10 || n % 1000 == 0 {
+                    tracing::warn!(stage = %self.counters.name, stream = %stream, failed_total = n, "dropped a window: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Applying a changed config to a running agent (SIGHUP).
+//!
+//! Reloading is a diff: [`plan`] compares the running config with the new
+//! one (plain data, no I/O) and says which inference stages may get a new
+//! model and which changes need a restart. [`Reloader::apply`] then loads
+//! each candidate model with the very code path the agent starts with
+//! (`InferenceConfig::load_model`) and offers it to the running stage,
+//! which adopts it between two windows. A model that fails to load is
+//! refused with its reason and the running one stays. Later OTA rollouts
+//! call the same `ModelSlot::replace`.
+
+use std::sync::{Arc, Mutex};
+
+use conveyor_shared::ModelMetadata;
+
+use crate::config::AgentConfig;
+use crate::inference::InferenceConfig;
+use crate::pipeline::{StageConfig, StageHandle};
+
+/// What a reload would do.
+#[derive(Debug, Default, PartialEq)]
+pub struct ReloadPlan {
+    /// Inference stages (by index) whose model may have changed.
+    pub model_checks: Vec<(usize, InferenceConfig)>,
+    /// Changes that only take effect after a restart, by field.
+    pub needs_restart: Vec<String>,
+}
+
+/// Compares two configs.
+pub fn plan(running: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
+    let mut plan = ReloadPlan::default();
+    let mut restart = |field: &str| plan.needs_restart.push(field.to_string());
+    if running.device_id != new.device_id {
+        restart("device_id");
+    }
+    if running.data_dir != new.data_dir {
+        restart("data_dir");
+    }
+    if running.uplink != new.uplink {
+        restart("uplink");
+    }
+    if running.log != new.log {
+        restart("log");
+    }
+    if running.sources != new.sources {
+        restart("sources");
+    }
+    if running.stages.len() != new.stages.len() {
+        restart("stages");
+        return plan;
+    }
+    for (i, (old, new)) in running.stages.iter().zip(&new.stages).enumerate() {
+        match (old, new) {
+            (StageConfig::Inference(o), StageConfig::Inference(n)) => {
+                let same_but_model = InferenceConfig {
+                    model: n.model.clone(),
+                    ..o.clone()
+                } == *n;
+                if same_but_model {
+                    plan.model_checks.push((i, n.clone()));
+                } else {
+                    plan.needs_restart.push(format!("stages[{i}]"));
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// What a reload did, for the log.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    pub swapped: Vec<String>,
+    pub refused: Vec<String>,
+    pub needs_restart: Vec<String>,
+}
+
+/// Keeps the running config and the stages' model slots.
+#[derive(Clone)]
+pub struct Reloader {
+    running: Arc<Mutex<AgentConfig>>,
+    stages: Vec<StageHandle>,
+}
+
+impl Reloader {
+    pub fn new(running: AgentConfig, stages: Vec<StageHandle>) -> Self {
+        Reloader {
+            running: Arc::new(Mutex::new(running)),
+            stages,
+        }
+    }
+
+    /// Applies `new` as far as it can be applied without a restart.
+    /// Blocking (it loads models): run it off the async runtime.
+    pub fn apply(&self, new: AgentConfig) -> ReloadReport {
+        let mut running = self.running.lock().expect("not poisoned");
+        let plan = plan(&running, &new);
+        let mut report = ReloadReport {
+            needs_restart: plan.needs_restart,
+            ..ReloadReport::default()
+        };
+        for (i, stage_config) in plan.model_checks {
+            let field = format!("stages[{i}].model");
+            let Some(slot) = &self.stages[i].model_slot else {
+                continue;
+            };
+            let current = slot.current();
+            // Cheap check first: same metadata file contents, nothing to do.
+            let unchanged = ModelMetadata::load(&stage_config.model).is_ok_and(|m| {
+                stage_config.model == current.metadata_path()
+                    && m.model_sha256 == current.meta().model_sha256
+                    && m.version == current.meta().version
+            });
+            if unchanged {
+                continue;
+            }
+            let swapped = stage_config
+                .load_model()
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    let name = format!("{}@{}", m.meta().id, m.meta().version);
+                    slot.replace(m).map(|()| name).map_err(|e| e.to_string())
+                });
+            match swapped {
+                Ok(name) => {
+                    running.stages[i] = StageConfig::Inference(stage_config);
+                    report.swapped.push(format!("{field}: {name}"));
+                }
+                Err(e) => report.refused.push(format!("{field}: {e}")),
+            }
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> AgentConfig {
+        AgentConfig::from_toml(&format!(
+            r#"
+            device_id = "d1"
+            [uplink]
+            url = "mqtt://127.0.0.1:1883"
+            [[sources]]
+            type = "http"
+            name = "motion"
+            listen = "127.0.0.1:0"
+            fields = ["x"]
+            {extra}
+            "#
+        ))
+        .unwrap()
+    }
+
+    const STAGE: &str = "[[stages]]\ntype = \"inference\"\nmodel = \"a.json\"\n";
+
+    #[test]
+    fn a_new_model_path_is_a_model_check_not_a_restart() {
+        let old = config(STAGE);
+        let new = config(&STAGE.replace("a.json", "b.json"));
+        let p = plan(&old, &new);
+        assert!(p.needs_restart.is_empty(), "{p:?}");
+        assert_eq!(p.model_checks.len(), 1);
+        assert_eq!(p.model_checks[0].0, 0);
+    }
+
+    #[test]
+    fn other_changes_need_a_restart() {
+        let old = config(STAGE);
+        let new = config(&format!("{STAGE}stride = 7\n"));
+        assert_eq!(
+            plan(&old, &new).needs_restart,
+            vec!["stages[0]".to_string()]
+        );
+        let fewer = config("");
+        assert_eq!(plan(&old, &fewer).needs_restart, vec!["stages".to_string()]);
+        let mut moved = config(STAGE);
+        moved.uplink.batch_max_records = 7;
+        assert_eq!(plan(&old, &moved).needs_restart, vec!["uplink".to_string()]);
+    }
+}
