@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Edge agent memory while streaming, with and without a model loaded.
 #
-# Starts a release hub and, side by side in the same run, three release
+# Starts a release hub and, side by side in the same run, four release
 # edge agents replaying the BasicMotions / ACSF1 test splits in a loop at
-# RATE readings/s: one without stages (baseline), one running the
-# BasicMotions int8 edge model on every window, one running the ACSF1 int8
-# edge model. Samples each agent's resident memory (VmRSS) once a second
-# for SECONDS and prints the median and maximum, the predictions the hub
-# received, and the stripped binary's size.
+# RATE readings/s: for each data set one without stages (baseline) and one
+# running its int8 edge model on every window. Samples each agent's
+# resident memory once a second for SECONDS and prints medians of VmRSS
+# and of its two parts: RssAnon (private heap and stacks) and RssFile
+# (pages of the binary and other files, shared and reclaimable), the
+# records and predictions the hub received, and the stripped binary's size.
 #
 #   benches/edge_memory.sh [SECONDS] [RATE]      (defaults: 30 s, 1000 readings/s)
 set -euo pipefail
@@ -48,27 +49,30 @@ TOML
   echo $!
 }
 declare -A pids
-pids[no-model]=$(agent no-model BasicMotions/BasicMotions_TEST.ts "")
+pids[basicmotions-no-model]=$(agent basicmotions-no-model BasicMotions/BasicMotions_TEST.ts "")
+pids[acsf1-no-model]=$(agent acsf1-no-model ACSF1/ACSF1_TEST.ts "")
 pids[basicmotions-edge-int8]=$(agent basicmotions-edge-int8 BasicMotions/BasicMotions_TEST.ts basicmotions/edge.int8.json)
 pids[acsf1-edge-int8]=$(agent acsf1-edge-int8 ACSF1/ACSF1_TEST.ts acsf1/edge.int8.json)
 echo "sampling VmRSS for $secs s at $rate readings/s per agent ..." >&2
 for _ in $(seq "$secs"); do
   sleep 1
   for name in "${!pids[@]}"; do
-    awk '/VmRSS/ {print $2}' "/proc/${pids[$name]}/status" >> "$work/$name.rss"
+    awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2} END {print ""}' "/proc/${pids[$name]}/status" >> "$work/$name.rss"
   done
 done
-echo "| agent | model | RSS median | RSS max | records at the hub | of which predictions |"
-echo "|---|---|---|---|---|---|"
-for name in no-model basicmotions-edge-int8 acsf1-edge-int8; do
+echo "| agent | model | VmRSS median | RssAnon | RssFile | VmRSS max | records at the hub | of which predictions |"
+echo "|---|---|---|---|---|---|---|---|"
+for name in basicmotions-no-model basicmotions-edge-int8 acsf1-no-model acsf1-edge-int8; do
   python3 - "$name" "$work/$name.rss" "http://127.0.0.1:$http/api/v1/devices/$name" <<'PY'
 import json, statistics, sys, urllib.request
 name, rss_file, url = sys.argv[1:]
-kb = [int(l) for l in open(rss_file)]
+rows = [list(map(int, l.split())) for l in open(rss_file) if l.strip()]
+rss, anon, file_ = (statistics.median(r[i] for r in rows) / 1024 for i in range(3))
+peak = max(r[0] for r in rows) / 1024
 d = json.load(urllib.request.urlopen(url))
 preds = sum(t["predictions"] for t in d.get("predictions", {}).values())
 model = ", ".join(d.get("predictions", {})) or "none"
-print(f"| {name} | {model} | {statistics.median(kb)/1024:.1f} MB | {max(kb)/1024:.1f} MB | {d['records']:,} | {preds:,} |")
+print(f"| {name} | {model} | {rss:.1f} MB | {anon:.1f} MB | {file_:.1f} MB | {peak:.1f} MB | {d['records']:,} | {preds:,} |")
 PY
 done
 echo

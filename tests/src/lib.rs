@@ -264,6 +264,14 @@ impl Hub {
     /// Starts a hub; with `external` it uses that broker port instead of
     /// the embedded one.
     pub fn start_with(dir: &Path, external: Option<u16>) -> Hub {
+        // A port found free can be taken (by any process's outgoing
+        // connection) before the hub binds it; then the hub exits with
+        // "address in use" and we try again on other ports.
+        for _ in 0..4 {
+            if let Ok(hub) = Self::try_start_on(dir, external, free_port(), free_port()) {
+                return hub;
+            }
+        }
         Self::start_on(dir, external, free_port(), free_port())
     }
 
@@ -296,6 +304,18 @@ impl Hub {
     }
 
     fn start_on(dir: &Path, external: Option<u16>, http_port: u16, embedded_mqtt_port: u16) -> Hub {
+        Self::try_start_on(dir, external, http_port, embedded_mqtt_port)
+            .unwrap_or_else(|log| panic!("the hub exited before it was healthy:\n{log}"))
+    }
+
+    /// Starts a hub and waits until it answers; `Err(its log)` if it exits
+    /// first.
+    fn try_start_on(
+        dir: &Path,
+        external: Option<u16>,
+        http_port: u16,
+        embedded_mqtt_port: u16,
+    ) -> Result<Hub, String> {
         let (broker, mqtt_port) = match external {
             Some(port) => (
                 format!("[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n"),
@@ -314,16 +334,24 @@ impl Hub {
         .unwrap();
         let mut cmd = Command::new(hub_bin());
         cmd.args(["serve", "--config"]).arg(&config);
-        let proc = Proc::spawn("cloud-hub", cmd, dir.join("hub.log"));
+        let mut proc = Proc::spawn("cloud-hub", cmd, dir.join("hub.log"));
         let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
-        let hub = Hub {
+        let healthy = wait_for("the hub's /healthz", || {
+            if http_ok(http, "/healthz").is_some() {
+                Some(true)
+            } else {
+                proc.try_wait().map(|_| false)
+            }
+        });
+        if !healthy {
+            return Err(proc.log());
+        }
+        Ok(Hub {
             proc,
             http,
             mqtt_port,
             dir: dir.to_path_buf(),
-        };
-        wait_for("the hub's /healthz", || http_ok(http, "/healthz"));
-        hub
+        })
     }
 
     pub fn mqtt_url(&self) -> String {

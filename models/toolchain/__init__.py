@@ -1,0 +1,1 @@
+"""Conveyor model toolchain: data loading, models, training, export, quantisation."""
