@@ -35,7 +35,7 @@ run() { # broker agents rate -> json summary
     sleep 0.5
     extra=(--broker-url "mqtt://127.0.0.1:$port")
   fi
-  "$hub" demo --agents "$agents" --rate "$rate" --duration "$secs" --json \
+  "$hub" demo --no-inference --agents "$agents" --rate "$rate" --duration "$secs" --json \
     --mqtt-port 0 --http-port 0 "${extra[@]}" 2>/dev/null
   if [ -n "$mosq_pid" ]; then kill "$mosq_pid"; wait "$mosq_pid" 2>/dev/null || true; fi
 }
