@@ -294,7 +294,10 @@ impl ModelRunner {
         let tensor = Tensor::from_shape(&shape, &input).map_err(|e| RunError(format!("{e:#}")))?;
         let outputs = self
             .state
-            .run(tvec!(tensor.into_tvalue()))
+            .run_plan_with_eval(
+                tvec!(tensor.into_tvalue()),
+                super::avx::eval_then_vzeroupper,
+            )
             .map_err(|e| RunError(format!("{e:#}")))?;
         let k = m.labels.len();
         let flat: Vec<f32> = outputs[0]
