@@ -17,7 +17,7 @@ use tract_onnx::tract_core::plan::EvalContext;
 
 /// `vzeroupper`, when the CPU has AVX; nothing elsewhere.
 #[inline]
-fn vzeroupper() {
+pub fn vzeroupper() {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: the instruction only zeroes bits 128 and up of the
@@ -36,7 +36,7 @@ fn vzeroupper() {
 
 /// `tract_core::plan::eval`, then `vzeroupper`: an evaluation function for
 /// `SimpleState::run_plan_with_eval`.
-pub(crate) fn eval_then_vzeroupper(
+pub fn eval_then_vzeroupper(
     session: &EvalContext<'_>,
     state: Option<&mut (dyn OpState + 'static)>,
     node: &TypedNode,

@@ -4,7 +4,7 @@
 //! windows (plain data); `stage` is the pipeline stage that joins the two
 //! and lets a model be swapped between windows.
 
-mod avx;
+pub mod avx;
 pub mod model;
 pub mod stage;
 pub mod window;
