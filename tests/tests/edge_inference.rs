@@ -104,8 +104,9 @@ fn sighup_swaps_the_model_between_windows_without_losing_one() {
     let hub = Hub::start(dir.path());
     let int8 = model("basicmotions/edge.int8.json");
     let fp32 = model("basicmotions/edge.fp32.json");
-    // 4000 readings at 400/s: ten seconds, a window every quarter second.
-    let mut agent = start_agent(dir.path(), "agent", &agent_toml(&hub, 400, &int8));
+    // 4000 readings at 200/s: twenty seconds, a window every half second;
+    // time enough for two reloads even on a slow CI machine.
+    let mut agent = start_agent(dir.path(), "agent", &agent_toml(&hub, 200, &int8));
     let config = dir.path().join("agent.toml");
     wait_for("a few predictions at the hub", || {
         hub.device("watch-1")
@@ -115,13 +116,13 @@ fn sighup_swaps_the_model_between_windows_without_losing_one() {
 
     // A reload that names a model that is not there is refused; the agent
     // keeps running its model.
-    std::fs::write(&config, agent_toml(&hub, 400, "/nonexistent/model.json")).unwrap();
+    std::fs::write(&config, agent_toml(&hub, 200, "/nonexistent/model.json")).unwrap();
     agent.signal(libc::SIGHUP);
     wait_for("the refused reload in the agent's log", || {
         agent.log().contains("model refused").then_some(())
     });
 
-    std::fs::write(&config, agent_toml(&hub, 400, &fp32)).unwrap();
+    std::fs::write(&config, agent_toml(&hub, 200, &fp32)).unwrap();
     agent.signal(libc::SIGHUP);
     assert!(agent.wait().success(), "{}", agent.log());
     assert!(agent.log().contains("model swapped"), "{}", agent.log());
