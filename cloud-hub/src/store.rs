@@ -58,6 +58,17 @@ pub struct StoredRecord {
     /// Set on records emitted by an edge inference stage.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub prediction: Option<conveyor_shared::Prediction>,
+    /// A document kept by the source or written by a transform (as text;
+    /// `{"hex": ...}` if it is not UTF-8).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        default,
+        with = "conveyor_shared::records::payload_json"
+    )]
+    pub payload: Vec<u8>,
+    /// `name@version` of each WASM transform that made the record.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub transforms: Vec<String>,
 }
 
 fn key(device: &str, seq: u64) -> Vec<u8> {
@@ -225,6 +236,8 @@ fn decode(k: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
         values: r.values,
         label: r.label,
         prediction: r.prediction,
+        payload: r.payload,
+        transforms: r.transforms,
     })
 }
 
@@ -239,7 +252,7 @@ mod tests {
             source_ts_us: seq as i64,
             values: vec![seq as f64],
             label: String::new(),
-            prediction: None,
+            ..Default::default()
         }
     }
 

@@ -18,7 +18,7 @@ fn record(i: u64) -> Record {
         source_ts_us: 1_700_000_000_000_000 + i as i64,
         values: vec![0.1, -0.2, 0.3, 1.5, -2.5, 0.01],
         label: "Walking".into(),
-        prediction: None,
+        ..Default::default()
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, ConfigError};
 use crate::log::{DurableLog, LogError};
-use crate::pipeline::{Pipeline, StageConfig, StageHandle};
+use crate::pipeline::{Pipeline, StageConfig, StageContext, StageHandle};
 use crate::reload::Reloader;
 use crate::sources::{Reading, Source, SourceContext, SourceCounters, SourceOutput};
 use crate::uplink::{Uplink, UplinkError, UplinkSummary};
@@ -52,7 +52,8 @@ impl Agent {
             .enumerate()
             .map(|(i, s)| s.build(&format!("sources[{i}]"), &ctx))
             .collect::<Result<Vec<_>, _>>()?;
-        let (pipeline, stages) = Pipeline::build(&config.stages)?;
+        let ctx = StageContext::new(&config.data_dir);
+        let (pipeline, stages) = Pipeline::build(&config.stages, &ctx)?;
         check_stage_inputs(&config, &sources, &stages)?;
         Ok(Agent {
             config,
@@ -147,9 +148,7 @@ fn spawn_pipeline(
             let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
             let mut out = Vec::new();
             while rx.blocking_recv_many(&mut chunk, PIPELINE_CHUNK) > 0 {
-                for reading in chunk.drain(..) {
-                    pipeline.process(reading, &mut out);
-                }
+                pipeline.process_batch(std::mem::take(&mut chunk), &mut out);
                 for reading in out.drain(..) {
                     if tx.blocking_send(reading).is_err() {
                         return;
@@ -173,7 +172,7 @@ fn check_stage_inputs(
     stages: &[StageHandle],
 ) -> Result<(), ConfigError> {
     for (i, stage) in stages.iter().enumerate() {
-        let (StageConfig::Inference(c), Some(slot)) = (&stage.config, &stage.model_slot) else {
+        let (StageConfig::Inference(c), Some(slot)) = (&stage.config, stage.model_slot()) else {
             continue;
         };
         let model = slot.current();

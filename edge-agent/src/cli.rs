@@ -30,12 +30,36 @@ enum Command {
         #[arg(short, long, env = "CONVEYOR_AGENT_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config file (including replay files and models) and exit.
+    /// Validate a config file (including replay files, models and WASM
+    /// transforms) and exit.
     Check {
         /// Path to agent.toml.
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Work with WASM transforms.
+    #[command(subcommand)]
+    Transform(TransformCommand),
+    /// List the records transforms failed on (the dead-letter store).
+    DeadLetters {
+        /// Path to agent.toml (its data_dir holds the store).
+        #[arg(short, long, env = "CONVEYOR_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Print the full dead letters as JSON Lines instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// Show only the last N.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TransformCommand {
+    /// Run a module over sample records (JSON Lines); print the output
+    /// records on stdout and what happened (fuel, memory, failures) on
+    /// stderr. Exits 1 if the transform failed on any record.
+    Test(crate::transform::test_tool::TestArgs),
 }
 
 /// Logs to stderr, filtered by `CONVEYOR_LOG` or else by `default`.
@@ -82,6 +106,24 @@ where
         Err(code) => return code,
     };
     match cli.command {
+        Command::Transform(TransformCommand::Test(args)) => {
+            match crate::transform::test_tool::run(&args) {
+                Ok(report) => {
+                    crate::transform::test_tool::print_outputs(&report.outputs);
+                    eprint!("{}", report.summary);
+                    if report.failed > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("edge-agent transform test: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::DeadLetters { config, json, last } => dead_letters(&config, json, last),
         Command::Check { config } => match load(&config) {
             Ok(agent) => {
                 let c = agent.config();
@@ -94,7 +136,17 @@ where
                     c.uplink.url
                 );
                 for (i, stage) in agent.stages().iter().enumerate() {
-                    if let Some(slot) = &stage.model_slot {
+                    if let Some(slot) = stage.chain_slot() {
+                        for link in slot.current().links {
+                            println!(
+                                "  stages[{i}] {}: transform {} (sha256 {})",
+                                stage.config.name(i),
+                                link.tag,
+                                &link.sha256[..12]
+                            );
+                        }
+                    }
+                    if let Some(slot) = stage.model_slot() {
                         let model = slot.current();
                         let m = model.meta();
                         println!(
@@ -199,4 +251,62 @@ async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
             tracing::info!("reload: nothing changed");
         }
     }
+}
+
+/// `edge-agent dead-letters`: a summary by transform and kind, then the
+/// last few (or all of them as JSON Lines).
+fn dead_letters(config: &PathBuf, json: bool, last: usize) -> ExitCode {
+    let config = match AgentConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edge-agent: invalid config: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let read = match crate::transform::dead_letter::read_all(&config.data_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "edge-agent: cannot read the dead letters in {}: {e}",
+                config.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let shown = &read.letters[read.letters.len().saturating_sub(last)..];
+    if json {
+        for l in shown {
+            println!("{}", serde_json::to_string(l).expect("serialises"));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut by_kind = std::collections::BTreeMap::<(&str, &str, &str), usize>::new();
+    for l in &read.letters {
+        *by_kind
+            .entry((l.stage.as_str(), l.transform.as_str(), l.kind.as_str()))
+            .or_default() += 1;
+    }
+    println!(
+        "{} dead letter(s) in {}{}",
+        read.letters.len(),
+        config.data_dir.display(),
+        if read.skipped > 0 {
+            format!(" ({} unreadable line(s) skipped)", read.skipped)
+        } else {
+            String::new()
+        }
+    );
+    for ((stage, transform, kind), n) in &by_kind {
+        println!("  {n:>8}  {stage}  {transform}  {kind}");
+    }
+    if !shown.is_empty() {
+        println!("last {}:", shown.len());
+    }
+    for l in shown {
+        println!(
+            "  stream {} ts_us {}  {} {}: {}",
+            l.record.stream, l.record.source_ts_us, l.transform, l.kind, l.reason
+        );
+    }
+    ExitCode::SUCCESS
 }

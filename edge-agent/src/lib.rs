@@ -1,8 +1,8 @@
 //! Conveyor's edge agent.
 //!
 //! Data flows one way through it: [`sources`] produce readings, the
-//! [`pipeline`] transforms them (e.g. [`inference`] turns windows into
-//! predictions), the durable [`log`] gives them sequence
+//! [`pipeline`] transforms them ([`transform`] runs sandboxed WASM
+//! transforms, [`inference`] turns windows into predictions), the durable [`log`] gives them sequence
 //! numbers and keeps them, and the [`uplink`] streams the log to the hub,
 //! deleting only what the hub acknowledges. [`agent`]
 //! wires those together from an [`config::AgentConfig`]; [`cli`] is the
@@ -18,4 +18,5 @@ pub mod pipeline;
 pub mod reload;
 pub mod signal;
 pub mod sources;
+pub mod transform;
 pub mod uplink;

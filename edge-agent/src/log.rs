@@ -373,7 +373,7 @@ mod tests {
             source_ts_us: ts,
             values: vec![1.0, 2.0],
             label: String::new(),
-            prediction: None,
+            ..Default::default()
         }
     }
 

@@ -8,8 +8,8 @@
 //! before sequence numbers are assigned, so a record's `seq` is always the
 //! order in which it left the pipeline.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use conveyor_shared::control::StageStats;
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 use crate::inference::{InferenceConfig, ModelSlot};
 use crate::sources::Reading;
+use crate::transform::{ChainSlot, DeadLetterStore, TransformEngine, TransformStageConfig};
 
 /// A `[[stages]]` table of `agent.toml`, told apart by `type`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -24,6 +25,8 @@ use crate::sources::Reading;
 pub enum StageConfig {
     /// Runs an ONNX model on windows of a stream (`inference/stage.rs`).
     Inference(InferenceConfig),
+    /// Runs a chain of WASM transforms on a stream (`transform/stage.rs`).
+    Transform(TransformStageConfig),
 }
 
 /// A built stage and the handles the rest of the agent keeps on it.
@@ -31,34 +34,85 @@ pub struct BuiltStage {
     pub stage: Box<dyn Stage>,
     /// Read by heartbeats.
     pub monitor: Arc<dyn StageMonitor>,
-    /// Where a replacement model is offered (inference stages).
-    pub model_slot: Option<ModelSlot>,
+    /// Where a running stage is changed (a new model, a new chain).
+    pub control: StageControl,
+}
+
+/// The hot-swap handle of a running stage, by kind.
+#[derive(Clone)]
+pub enum StageControl {
+    Model(ModelSlot),
+    Transforms(ChainSlot),
+}
+
+/// What building a stage may need from the agent: shared by all stages.
+pub struct StageContext {
+    data_dir: PathBuf,
+    engine: OnceLock<Result<TransformEngine, String>>,
+    dead_letters: Arc<DeadLetterStore>,
+}
+
+impl StageContext {
+    pub fn new(data_dir: &Path) -> Self {
+        StageContext {
+            data_dir: data_dir.to_path_buf(),
+            engine: OnceLock::new(),
+            dead_letters: Arc::new(DeadLetterStore::new(data_dir)),
+        }
+    }
+
+    /// The WASM engine (made on first use: an agent without transforms
+    /// never starts one), with its compile cache in `data_dir`.
+    pub fn transform_engine(&self) -> Result<&TransformEngine, ConfigError> {
+        self.engine
+            .get_or_init(|| {
+                TransformEngine::new(Some(self.data_dir.join("transform-cache")))
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| {
+                ConfigError::invalid("stages", format!("cannot start the WASM engine: {e}"))
+            })
+    }
+
+    pub fn dead_letters(&self) -> Arc<DeadLetterStore> {
+        self.dead_letters.clone()
+    }
 }
 
 impl StageConfig {
     pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
         match self {
             StageConfig::Inference(c) => c.validate(field),
+            StageConfig::Transform(c) => c.validate(field),
         }
     }
 
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         match self {
             StageConfig::Inference(c) => c.resolve_paths(base),
+            StageConfig::Transform(c) => c.resolve_paths(base),
         }
     }
 
     pub fn name(&self, index: usize) -> String {
         match self {
             StageConfig::Inference(c) => c.name(index),
+            StageConfig::Transform(c) => c.name(index),
         }
     }
 
-    /// Builds the stage (loads and checks its model). `field` is its path
-    /// in the config, `stages[i]`.
-    pub fn build(&self, index: usize, field: &str) -> Result<BuiltStage, ConfigError> {
+    /// Builds the stage (loads and checks its model or modules). `field`
+    /// is its path in the config, `stages[i]`.
+    pub fn build(
+        &self,
+        index: usize,
+        field: &str,
+        ctx: &StageContext,
+    ) -> Result<BuiltStage, ConfigError> {
         match self {
             StageConfig::Inference(c) => c.build(index, field),
+            StageConfig::Transform(c) => c.build(index, field, ctx),
         }
     }
 }
@@ -67,6 +121,14 @@ pub trait Stage: Send {
     fn name(&self) -> &str;
     /// Processes one reading, pushing what comes out onto `out`.
     fn process(&mut self, reading: Reading, out: &mut Vec<Reading>);
+
+    /// Processes readings in arrival order. Stages that gain from batching
+    /// (WASM transforms: one call per batch) override it.
+    fn process_batch(&mut self, readings: Vec<Reading>, out: &mut Vec<Reading>) {
+        for r in readings {
+            self.process(r, out);
+        }
+    }
 }
 
 /// A stage's counters as heartbeats report them.
@@ -85,20 +147,39 @@ pub struct Pipeline {
 pub struct StageHandle {
     pub config: StageConfig,
     pub monitor: Arc<dyn StageMonitor>,
-    pub model_slot: Option<ModelSlot>,
+    pub control: StageControl,
+}
+
+impl StageHandle {
+    pub fn model_slot(&self) -> Option<&ModelSlot> {
+        match &self.control {
+            StageControl::Model(s) => Some(s),
+            StageControl::Transforms(_) => None,
+        }
+    }
+
+    pub fn chain_slot(&self) -> Option<&ChainSlot> {
+        match &self.control {
+            StageControl::Transforms(s) => Some(s),
+            StageControl::Model(_) => None,
+        }
+    }
 }
 
 impl Pipeline {
-    pub fn build(configs: &[StageConfig]) -> Result<(Self, Vec<StageHandle>), ConfigError> {
+    pub fn build(
+        configs: &[StageConfig],
+        ctx: &StageContext,
+    ) -> Result<(Self, Vec<StageHandle>), ConfigError> {
         let mut stages = Vec::new();
         let mut handles = Vec::new();
         for (i, config) in configs.iter().enumerate() {
-            let built = config.build(i, &format!("stages[{i}]"))?;
+            let built = config.build(i, &format!("stages[{i}]"), ctx)?;
             stages.push(built.stage);
             handles.push(StageHandle {
                 config: config.clone(),
                 monitor: built.monitor,
-                model_slot: built.model_slot,
+                control: built.control,
             });
         }
         Ok((Pipeline { stages }, handles))
@@ -115,12 +196,15 @@ impl Pipeline {
     /// Runs `reading` through every stage; what the last stage emits is
     /// appended to `out`.
     pub fn process(&mut self, reading: Reading, out: &mut Vec<Reading>) {
-        let mut current = vec![reading];
+        self.process_batch(vec![reading], out);
+    }
+
+    /// Runs `readings` through every stage, stage by stage.
+    pub fn process_batch(&mut self, readings: Vec<Reading>, out: &mut Vec<Reading>) {
+        let mut current = readings;
         for stage in &mut self.stages {
             let mut next = Vec::with_capacity(current.len());
-            for r in current {
-                stage.process(r, &mut next);
-            }
+            stage.process_batch(current, &mut next);
             current = next;
         }
         out.extend(current);
@@ -159,8 +243,7 @@ mod tests {
             stream: "s".into(),
             ts_us: 0,
             values: vec![v],
-            label: String::new(),
-            prediction: None,
+            ..Reading::default()
         }
     }
 

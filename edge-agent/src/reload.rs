@@ -6,8 +6,10 @@
 //! each candidate model with the very code path the agent starts with
 //! (`InferenceConfig::load_model`) and offers it to the running stage,
 //! which adopts it between two windows. A model that fails to load is
-//! refused with its reason and the running one stays. Later OTA rollouts
-//! call the same `ModelSlot::replace`.
+//! refused with its reason and the running one stays. Transform stages
+//! work the same way through `ChainSlot::replace` (the chain is rebuilt
+//! with the start-up code path; unchanged links keep their state). Later
+//! OTA rollouts call the same two.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,12 +18,15 @@ use conveyor_shared::ModelMetadata;
 use crate::config::AgentConfig;
 use crate::inference::InferenceConfig;
 use crate::pipeline::{StageConfig, StageHandle};
+use crate::transform::TransformStageConfig;
 
 /// What a reload would do.
 #[derive(Debug, Default, PartialEq)]
 pub struct ReloadPlan {
     /// Inference stages (by index) whose model may have changed.
     pub model_checks: Vec<(usize, InferenceConfig)>,
+    /// Transform stages (by index) whose chain or limits may have changed.
+    pub chain_checks: Vec<(usize, TransformStageConfig)>,
     /// Changes that only take effect after a restart, by field.
     pub needs_restart: Vec<String>,
 }
@@ -62,6 +67,23 @@ pub fn plan(running: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
                     plan.needs_restart.push(format!("stages[{i}]"));
                 }
             }
+            (StageConfig::Transform(o), StageConfig::Transform(n)) => {
+                // The chain and the limits can change while running; the
+                // stream, batching and failure policy need a restart.
+                let same_but_chain = TransformStageConfig {
+                    chain: n.chain.clone(),
+                    fuel_per_record: n.fuel_per_record,
+                    memory_limit_mb: n.memory_limit_mb,
+                    max_output_bytes: n.max_output_bytes,
+                    ..o.clone()
+                } == *n;
+                if same_but_chain {
+                    plan.chain_checks.push((i, n.clone()));
+                } else {
+                    plan.needs_restart.push(format!("stages[{i}]"));
+                }
+            }
+            _ => plan.needs_restart.push(format!("stages[{i}]")),
         }
     }
     plan
@@ -101,7 +123,7 @@ impl Reloader {
         };
         for (i, stage_config) in plan.model_checks {
             let field = format!("stages[{i}].model");
-            let Some(slot) = &self.stages[i].model_slot else {
+            let Some(slot) = self.stages[i].model_slot() else {
                 continue;
             };
             let current = slot.current();
@@ -127,6 +149,22 @@ impl Reloader {
                     report.swapped.push(format!("{field}: {name}"));
                 }
                 Err(e) => report.refused.push(format!("{field}: {e}")),
+            }
+        }
+        for (i, stage_config) in plan.chain_checks {
+            let field = format!("stages[{i}]");
+            let Some(slot) = self.stages[i].chain_slot() else {
+                continue;
+            };
+            match slot.replace(&stage_config, &field) {
+                Ok(Some(tags)) => {
+                    running.stages[i] = StageConfig::Transform(stage_config);
+                    report
+                        .swapped
+                        .push(format!("{field}.chain: {}", tags.join(" -> ")));
+                }
+                Ok(None) => running.stages[i] = StageConfig::Transform(stage_config),
+                Err(e) => report.refused.push(e.to_string()),
             }
         }
         report

@@ -193,6 +193,8 @@ impl Uplink {
                         values: r.values,
                         label: r.label,
                         prediction: r.prediction,
+                        payload: r.payload,
+                        transforms: r.transforms.iter().map(|t| t.to_string()).collect(),
                     });
                     counters.produced += self.log.append(records)?;
                     // Durable before anything is sent: a record the hub has

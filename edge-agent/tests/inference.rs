@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use conveyor_shared::ModelMetadata;
 use edge_agent::inference::{InferenceConfig, ModelError, OnnxModel};
-use edge_agent::pipeline::{Pipeline, StageConfig};
+use edge_agent::pipeline::{Pipeline, StageConfig, StageContext, StageControl};
 use edge_agent::sources::replay_file::Recording;
 use edge_agent::sources::Reading;
 use prost::Message;
@@ -216,7 +216,8 @@ fn run_pipeline(model: &Path, recording: &Recording) -> Vec<Reading> {
         stride: None,
         forward_readings: false,
     });
-    let (mut pipeline, _handles) = Pipeline::build(&[stage]).unwrap();
+    let (mut pipeline, _handles) =
+        Pipeline::build(&[stage], &StageContext::new(Path::new("unused"))).unwrap();
     let stream: Arc<str> = "replay".into();
     let mut out = Vec::new();
     for (i, row) in recording.rows.iter().enumerate() {
@@ -225,7 +226,7 @@ fn run_pipeline(model: &Path, recording: &Recording) -> Vec<Reading> {
             ts_us: i as i64 * 10_000,
             values: row.values.clone(),
             label: row.label.clone(),
-            prediction: None,
+            ..Reading::default()
         };
         pipeline.process(reading, &mut out);
     }
@@ -417,7 +418,7 @@ fn reading(values: Vec<f64>, label: &str) -> Reading {
         ts_us: 0,
         values,
         label: label.into(),
-        prediction: None,
+        ..Reading::default()
     }
 }
 
@@ -480,7 +481,9 @@ fn a_swapped_model_takes_over_between_windows_and_no_window_is_lost() {
         forward_readings: false,
     };
     let built = config.build(0, "stages[0]").unwrap();
-    let slot = built.model_slot.clone().unwrap();
+    let StageControl::Model(slot) = built.control.clone() else {
+        panic!("an inference stage has a model slot")
+    };
     let mut stage = built.stage;
     let recording = Recording::load(
         &models_dir().join("data/BasicMotions/BasicMotions_TEST.ts"),

@@ -68,6 +68,40 @@ pub struct StageStats {
     /// Readings or windows dropped, by reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropped: BTreeMap<String, u64>,
+    /// The WASM transforms running now, in chain order (transform stages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<TransformStats>,
+}
+
+/// One WASM transform of a transform stage's chain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransformStats {
+    /// `name@version`, as the records it made carry it.
+    pub transform: String,
+    /// SHA-256 of the module's bytes (hex).
+    pub sha256: String,
+    /// `active` or `disabled`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub disabled_reason: String,
+    pub records_in: u64,
+    pub records_out: u64,
+    /// Records the transform rejected itself (`conveyor.fail`).
+    #[serde(default)]
+    pub rejected: u64,
+    /// Records put in the dead-letter store (rejected, failed, or dropped
+    /// while disabled).
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// Records passed on untouched while disabled (policy `pass`).
+    #[serde(default)]
+    pub passed_disabled: u64,
+    /// Failed records by kind (`out_of_fuel`, `memory_limit`, `trap`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<String, u64>,
+    /// WASM fuel spent (about one unit per instruction).
+    #[serde(default)]
+    pub fuel_used: u64,
 }
 
 /// The hub's end-to-end acknowledgement of one record batch, on

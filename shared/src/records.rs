@@ -47,6 +47,49 @@ pub struct Record {
     #[prost(message, optional, tag = "6")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction: Option<Prediction>,
+    /// An opaque document kept by the source or written by a transform.
+    #[prost(bytes = "vec", tag = "7")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::records::payload_json"
+    )]
+    pub payload: Vec<u8>,
+    /// `name@version` of each WASM transform that made this record.
+    #[prost(string, repeated, tag = "8")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<String>,
+}
+
+/// In JSON (the hub's API and store) a payload is shown as the text it
+/// almost always is; bytes that are not UTF-8 are written as
+/// `{"hex": "..."}` rather than lost.
+pub mod payload_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Payload {
+        Text(String),
+        Binary { hex: String },
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Payload::Text(text.to_string()),
+            Err(_) => Payload::Binary {
+                hex: hex::encode(bytes),
+            },
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        match Payload::deserialize(d)? {
+            Payload::Text(t) => Ok(t.into_bytes()),
+            Payload::Binary { hex } => hex::decode(hex).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// `conveyor.v1.Prediction`: what a model said about one window of a
@@ -175,7 +218,7 @@ mod tests {
             source_ts_us: 1_700_000_000_000_000 + seq as i64,
             values: vec![0.5, -1.25, 3.0],
             label: String::new(),
-            prediction: None,
+            ..Default::default()
         }
     }
 
@@ -286,7 +329,7 @@ mod tests {
             let mut seq = start;
             let records: Vec<Record> = gaps.iter().map(|g| {
                 seq += g;
-                Record { stream: stream.clone(), seq, source_ts_us: ts, values: values.clone(), label: label.clone(), prediction: None }
+                Record { stream: stream.clone(), seq, source_ts_us: ts, values: values.clone(), label: label.clone(), ..Default::default() }
             }).collect();
             let batch = RecordBatch::new(&dev(), ts, records);
             let back = RecordBatch::decode_checked(&batch.encode_to_bytes(), &dev()).unwrap();

@@ -46,7 +46,7 @@ fn batch(device: &str, version: u32) -> Vec<u8> {
             source_ts_us: 1,
             values: vec![1.0],
             label: String::new(),
-            prediction: None,
+            ..Default::default()
         }],
     );
     b.version = version;

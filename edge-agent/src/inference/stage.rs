@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::model::{ModelError, ModelRunner, OnnxModel};
 use super::window::{Row, StreamWindows, Windower};
 use crate::config::ConfigError;
-use crate::pipeline::{BuiltStage, Stage, StageMonitor};
+use crate::pipeline::{BuiltStage, Stage, StageControl, StageMonitor};
 use crate::sources::Reading;
 
 /// `[[stages]] type = "inference"`.
@@ -98,7 +98,7 @@ impl InferenceConfig {
         Ok(BuiltStage {
             stage: Box::new(stage),
             monitor: counters,
-            model_slot: Some(ModelSlot { tx: slot }),
+            control: StageControl::Model(ModelSlot { tx: slot }),
         })
     }
 }
@@ -203,6 +203,7 @@ impl StageMonitor for InferenceCounters {
             records_out: self.predictions.load(Ordering::Relaxed),
             swaps: self.swaps.load(Ordering::Relaxed),
             dropped,
+            ..StageStats::default()
         }
     }
 }
@@ -350,6 +351,7 @@ impl Stage for InferenceStage {
                         window_start_us: start_us,
                         window_len,
                     }),
+                    ..Reading::default()
                 });
             }
             Err(e) => {

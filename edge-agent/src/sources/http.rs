@@ -36,10 +36,15 @@ pub struct HttpSourceConfig {
     /// URL path readings are POSTed to.
     #[serde(default = "default_path")]
     pub path: String,
-    /// JSON fields to read, in order.
+    /// JSON fields to read, in order (may be empty with `keep_payload`).
+    #[serde(default)]
     pub fields: Vec<String>,
     /// JSON field holding the reading's time (ms since the epoch), if any.
     pub timestamp_field: Option<String>,
+    /// Keep the whole JSON document as the record's payload (e.g. a
+    /// point-of-sale receipt for a redaction transform).
+    #[serde(default)]
+    pub keep_payload: bool,
 }
 
 fn default_path() -> String {
@@ -51,6 +56,7 @@ impl HttpSourceConfig {
         JsonReadingSpec {
             fields: &self.fields,
             timestamp_field: self.timestamp_field.as_deref(),
+            keep_payload: self.keep_payload,
         }
     }
 
@@ -106,7 +112,11 @@ async fn ingest(State(s): State<Shared>, body: Bytes) -> (StatusCode, Json<Value
         match spec.parse(item) {
             Ok(r) => {
                 let ts = r.ts_us.unwrap_or_else(now_us);
-                if s.out.emit(ts, r.values, String::new()).await.is_err() {
+                if s.out
+                    .emit(ts, r.values, String::new(), r.payload)
+                    .await
+                    .is_err()
+                {
                     return (
                         StatusCode::SERVICE_UNAVAILABLE,
                         Json(json!({"accepted": accepted, "error": "agent is shutting down"})),

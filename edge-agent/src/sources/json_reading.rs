@@ -39,6 +39,8 @@ fn kind(v: &Value) -> &'static str {
 pub struct JsonReadingSpec<'a> {
     pub fields: &'a [String],
     pub timestamp_field: Option<&'a str>,
+    /// Keep the whole document (compact JSON) as the reading's payload.
+    pub keep_payload: bool,
 }
 
 /// A reading taken out of JSON: its timestamp (if it carried one) and values.
@@ -46,14 +48,17 @@ pub struct JsonReadingSpec<'a> {
 pub struct JsonReading {
     pub ts_us: Option<i64>,
     pub values: Vec<f64>,
+    /// The document, when the spec keeps it.
+    pub payload: Vec<u8>,
 }
 
 impl JsonReadingSpec<'_> {
     pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        if self.fields.is_empty() {
+        if self.fields.is_empty() && !self.keep_payload {
             return Err(ConfigError::invalid(
                 format!("{field}.fields"),
-                "list the JSON fields to read, e.g. fields = [\"temperature\"]",
+                "list the JSON fields to read, e.g. fields = [\"temperature\"], \
+                 or set keep_payload = true to keep whole documents",
             ));
         }
         if let Some(dup) = self
@@ -98,7 +103,16 @@ impl JsonReadingSpec<'_> {
             Some(name) if obj.contains_key(name) => Some((number(name)? * 1000.0) as i64),
             _ => None,
         };
-        Ok(JsonReading { ts_us, values })
+        let payload = if self.keep_payload {
+            v.to_string().into_bytes()
+        } else {
+            Vec::new()
+        };
+        Ok(JsonReading {
+            ts_us,
+            values,
+            payload,
+        })
     }
 }
 
@@ -110,6 +124,7 @@ mod tests {
         JsonReadingSpec {
             fields,
             timestamp_field: Some("ts_ms"),
+            keep_payload: false,
         }
     }
 
@@ -123,7 +138,8 @@ mod tests {
             r,
             JsonReading {
                 ts_us: Some(1_000_000),
-                values: vec![2.5, 1.0]
+                values: vec![2.5, 1.0],
+                payload: Vec::new(),
             }
         );
         let r = spec(&f).parse_bytes(br#"{"a": 1, "b": 2}"#).unwrap();
@@ -156,5 +172,25 @@ mod tests {
             spec(&f).parse_bytes(br#"{"t": 1, "ts_ms": null}"#),
             Err(ReadingError::NotNumber { .. })
         ));
+    }
+
+    #[test]
+    fn keeps_the_document_when_asked_and_fields_may_then_be_empty() {
+        let none: Vec<String> = Vec::new();
+        let keep = JsonReadingSpec {
+            fields: &none,
+            timestamp_field: Some("ts_ms"),
+            keep_payload: true,
+        };
+        keep.validate("sources[0]").unwrap();
+        let r = keep
+            .parse_bytes(br#"{"store": "S1", "ts_ms": 2000, "pan": "4111"}"#)
+            .unwrap();
+        assert_eq!(r.ts_us, Some(2_000_000));
+        assert!(r.values.is_empty());
+        let doc: Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(doc["pan"], "4111");
+        let e = spec(&none).validate("sources[0]").unwrap_err().to_string();
+        assert!(e.contains("keep_payload"), "{e}");
     }
 }

@@ -32,7 +32,7 @@ pub use mqtt::MqttSourceConfig;
 pub use replay::ReplayConfig;
 
 /// One reading as a source produced it, before it gets a sequence number.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Reading {
     pub stream: Arc<str>,
     pub ts_us: i64,
@@ -40,6 +40,10 @@ pub struct Reading {
     pub label: String,
     /// Set by an inference stage on the record it emits for a window.
     pub prediction: Option<conveyor_shared::Prediction>,
+    /// An opaque document the source kept (e.g. a point-of-sale JSON).
+    pub payload: Vec<u8>,
+    /// `name@version` of each WASM transform that made this record, in order.
+    pub transforms: Vec<Arc<str>>,
 }
 
 /// The `[[sources]]` tables of `agent.toml`, told apart by `type`.
@@ -200,13 +204,15 @@ impl SourceOutput {
         ts_us: i64,
         values: Vec<f64>,
         label: String,
+        payload: Vec<u8>,
     ) -> Result<(), PipelineClosed> {
         let reading = Reading {
             stream: self.stream.clone(),
             ts_us,
             values,
             label,
-            prediction: None,
+            payload,
+            ..Reading::default()
         };
         self.tx.send(reading).await.map_err(|_| PipelineClosed)?;
         self.counters.records.fetch_add(1, Ordering::Relaxed);

@@ -28,10 +28,15 @@ pub struct MqttSourceConfig {
     pub url: BrokerUrl,
     /// Topic filter to subscribe to; wildcards allowed.
     pub topic: String,
-    /// JSON fields to read, in order.
+    /// JSON fields to read, in order (may be empty with `keep_payload`).
+    #[serde(default)]
     pub fields: Vec<String>,
     /// JSON field holding the reading's time (ms since the epoch), if any.
     pub timestamp_field: Option<String>,
+    /// Keep the whole JSON document as the record's payload (e.g. a
+    /// point-of-sale receipt for a redaction transform).
+    #[serde(default)]
+    pub keep_payload: bool,
     /// MQTT client id; defaults to `<device_id>-src-<name>`.
     pub client_id: Option<String>,
 }
@@ -41,6 +46,7 @@ impl MqttSourceConfig {
         JsonReadingSpec {
             fields: &self.fields,
             timestamp_field: self.timestamp_field.as_deref(),
+            keep_payload: self.keep_payload,
         }
     }
 
@@ -107,7 +113,11 @@ impl Source for MqttSource {
                     Ok(Event::Incoming(Packet::Publish(p))) => match spec.parse_bytes(&p.payload) {
                         Ok(reading) => {
                             let ts = reading.ts_us.unwrap_or_else(now_us);
-                            if out.emit(ts, reading.values, String::new()).await.is_err() {
+                            if out
+                                .emit(ts, reading.values, String::new(), reading.payload)
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
                         }

@@ -154,7 +154,7 @@ impl Source for ReplaySource {
                     }
                     let r = &self.recording.rows[row];
                     if out
-                        .emit(now_us(), r.values.clone(), r.label.clone())
+                        .emit(now_us(), r.values.clone(), r.label.clone(), Vec::new())
                         .await
                         .is_err()
                     {

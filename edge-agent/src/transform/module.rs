@@ -1,0 +1,347 @@
+//! Loading a transform module: read the file, check it is a core WASM
+//! module that declares itself and speaks the ABI (docs/transform-abi.md),
+//! and compile it once.
+//!
+//! Compiling with Cranelift costs hundreds of milliseconds for a typical
+//! guest, so the compiled form is cached on disk under the SHA-256 of the
+//! module's bytes and a hash of the engine's settings: a restart, or the
+//! same module in another chain, loads it in milliseconds. Everything a
+//! module can get wrong is found here, before any of its code runs.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
+
+/// The custom section a module declares itself in.
+pub const META_SECTION: &str = "conveyor.transform";
+/// The ABI version this agent speaks.
+pub const ABI_VERSION: u32 = 1;
+
+/// Why a module was refused.
+#[derive(Debug, Error)]
+pub enum ModuleError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a WebAssembly module: it starts with {0:02x?}, a module starts with 00 61 73 6d")]
+    NotWasm(Vec<u8>),
+    #[error(
+        "this is a WebAssembly component; transforms are core modules (docs/transform-abi.md)"
+    )]
+    Component,
+    #[error("invalid WebAssembly: {0}")]
+    Invalid(String),
+    #[error(
+        "no `{META_SECTION}` custom section: the module does not declare its name and version \
+         (docs/transform-abi.md)"
+    )]
+    NoMeta,
+    #[error("`{META_SECTION}` section: {0}")]
+    BadMeta(String),
+    #[error(
+        "imports `{module}.{name}`: a transform may import only conveyor.emit and conveyor.fail \
+         (no WASI, no other host functions)"
+    )]
+    ForbiddenImport { module: String, name: String },
+    #[error("`{what}` has type {got}; the ABI says {want}")]
+    WrongType {
+        what: String,
+        got: String,
+        want: &'static str,
+    },
+    #[error("missing export `{0}` (docs/transform-abi.md)")]
+    MissingExport(&'static str),
+    #[error("compiling: {0}")]
+    Compile(String),
+}
+
+/// What a module says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TransformMeta {
+    pub name: String,
+    pub version: String,
+    pub abi: u32,
+}
+
+impl TransformMeta {
+    fn parse(bytes: &[u8]) -> Result<Self, ModuleError> {
+        let meta: TransformMeta =
+            serde_json::from_slice(bytes).map_err(|e| ModuleError::BadMeta(e.to_string()))?;
+        let ok_name = |s: &str| {
+            (1..=64).contains(&s.len())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        };
+        if !ok_name(&meta.name) {
+            return Err(ModuleError::BadMeta(format!(
+                "name {:?} must be 1-64 characters of [A-Za-z0-9_.-]",
+                meta.name
+            )));
+        }
+        let ok_version = |s: &str| {
+            (1..=64).contains(&s.len())
+                && s.chars()
+                    .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+        };
+        if !ok_version(&meta.version) {
+            return Err(ModuleError::BadMeta(format!(
+                "version {:?} must be 1-64 printable ASCII characters without spaces, quotes or \
+                 backslashes",
+                meta.version
+            )));
+        }
+        if meta.abi != ABI_VERSION {
+            return Err(ModuleError::BadMeta(format!(
+                "abi {} is not supported (this agent speaks abi {ABI_VERSION})",
+                meta.abi
+            )));
+        }
+        Ok(meta)
+    }
+
+    /// `name@version`, as records carry it.
+    pub fn tag(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// A checked, compiled module.
+pub struct TransformModule {
+    pub meta: TransformMeta,
+    /// Hex SHA-256 of the `.wasm` bytes.
+    pub sha256: String,
+    pub path: PathBuf,
+    pub module: Module,
+    /// Whether it exports `conveyor_init`.
+    pub has_init: bool,
+    /// How it was obtained: compiled now, or loaded from the cache.
+    pub from_cache: bool,
+    pub load_time: Duration,
+}
+
+impl std::fmt::Debug for TransformModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformModule")
+            .field("meta", &self.meta)
+            .field("sha256", &self.sha256)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wasmtime engine every transform of the agent runs in, and the
+/// cache of compiled modules.
+#[derive(Clone)]
+pub struct TransformEngine {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+}
+
+impl TransformEngine {
+    /// `cache_dir` = `None` compiles every time (the `transform test` tool).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, ModuleError> {
+        let mut config = wasmtime::Config::new();
+        // Fuel is what stops an endless loop: deterministic, per call.
+        config.consume_fuel(true);
+        config.max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        Ok(TransformEngine { engine, cache_dir })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, checks and compiles (or loads the cached compilation of) the
+    /// module at `path`.
+    pub fn load(&self, path: &Path) -> Result<TransformModule, ModuleError> {
+        let bytes = fs::read(path).map_err(|source| ModuleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<TransformModule, ModuleError> {
+        let started = Instant::now();
+        let meta = read_meta(bytes)?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let (module, from_cache) = self.compile_cached(bytes, &sha256)?;
+        let has_init = check_abi(&module)?;
+        Ok(TransformModule {
+            meta,
+            sha256,
+            path: path.to_path_buf(),
+            module,
+            has_init,
+            from_cache,
+            load_time: started.elapsed(),
+        })
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
+    }
+
+    fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<(Module, bool), ModuleError> {
+        let cache = self.cache_path(sha256);
+        if let Some(path) = &cache {
+            if let Some(module) = self.load_cached(path) {
+                return Ok((module, true));
+            }
+        }
+        let compiled = self
+            .engine
+            .precompile_module(bytes)
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        if let Some(path) = &cache {
+            if let Err(e) = store_cached(path, &compiled) {
+                tracing::warn!(path = %path.display(), "cannot cache the compiled transform: {e}");
+            }
+        }
+        // SAFETY: `compiled` was produced by this engine a moment ago.
+        let module = unsafe { Module::deserialize(&self.engine, &compiled) }
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        Ok((module, false))
+    }
+
+    /// A cache file is a SHA-256 of the compiled code followed by the code;
+    /// a file that does not match (torn write, disk error) is ignored.
+    fn load_cached(&self, path: &Path) -> Option<Module> {
+        let file = fs::read(path).ok()?;
+        if file.len() < 32 || Sha256::digest(&file[32..])[..] != file[..32] {
+            tracing::warn!(path = %path.display(), "ignoring a damaged transform cache file");
+            return None;
+        }
+        // SAFETY: the file is in the agent's own data directory (as trusted
+        // as its binary), written by `store_cached` from this engine's
+        // output, and its checksum matches; wasmtime itself refuses code
+        // from another version or configuration.
+        match unsafe { Module::deserialize(&self.engine, &file[32..]) } {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring a stale transform cache file: {e}");
+                None
+            }
+        }
+    }
+}
+
+fn store_cached(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache files live in a directory");
+    fs::create_dir_all(dir)?;
+    // Written aside and renamed: a reader never sees half a file.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(&Sha256::digest(compiled))?;
+    file.write_all(compiled)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Finds and parses the `conveyor.transform` section, without compiling.
+pub fn read_meta(bytes: &[u8]) -> Result<TransformMeta, ModuleError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(ModuleError::NotWasm(bytes[..bytes.len().min(8)].to_vec()));
+    }
+    // Bytes 4..8: version 1 and layer 0 for a core module.
+    if bytes[6..8] != [0, 0] {
+        return Err(ModuleError::Component);
+    }
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| ModuleError::Invalid(e.to_string()))? {
+            wasmparser::Payload::CustomSection(s) if s.name() == META_SECTION => {
+                return TransformMeta::parse(s.data());
+            }
+            _ => {}
+        }
+    }
+    Err(ModuleError::NoMeta)
+}
+
+fn signature(ty: &FuncType) -> String {
+    let list = |it: &mut dyn Iterator<Item = ValType>| {
+        it.map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "({}) -> ({})",
+        list(&mut ty.params()),
+        list(&mut ty.results())
+    )
+}
+
+fn expect_func(what: String, ty: ExternType, want: &'static str) -> Result<(), ModuleError> {
+    let got = match &ty {
+        ExternType::Func(f) => signature(f),
+        other => format!("{other:?}")
+            .split('(')
+            .next()
+            .unwrap_or("not a function")
+            .to_lowercase(),
+    };
+    if got == want {
+        Ok(())
+    } else {
+        Err(ModuleError::WrongType { what, got, want })
+    }
+}
+
+const EMIT: &str = "(i32, i32) -> ()";
+const FAIL: &str = "(i32, i32, i32) -> ()";
+const ALLOC: &str = "(i32) -> (i32)";
+const TRANSFORM: &str = "(i32, i32, i32) -> (i32)";
+const INIT: &str = "(i32, i32) -> (i32)";
+
+/// Checks imports and exports against the ABI; says whether the module
+/// has `conveyor_init`.
+fn check_abi(module: &Module) -> Result<bool, ModuleError> {
+    for import in module.imports() {
+        let want = match (import.module(), import.name()) {
+            ("conveyor", "emit") => EMIT,
+            ("conveyor", "fail") => FAIL,
+            (m, n) => {
+                return Err(ModuleError::ForbiddenImport {
+                    module: m.to_string(),
+                    name: n.to_string(),
+                })
+            }
+        };
+        expect_func(
+            format!("import conveyor.{}", import.name()),
+            import.ty(),
+            want,
+        )?;
+    }
+    let export = |name: &'static str| module.get_export(name);
+    match export("memory") {
+        Some(ExternType::Memory(m)) if !m.is_64() && !m.is_shared() => {}
+        Some(_) => {
+            return Err(ModuleError::WrongType {
+                what: "export memory".into(),
+                got: "something else".into(),
+                want: "a 32-bit linear memory",
+            })
+        }
+        None => return Err(ModuleError::MissingExport("memory")),
+    }
+    for (name, want) in [("conveyor_alloc", ALLOC), ("conveyor_transform", TRANSFORM)] {
+        let ty = export(name).ok_or(ModuleError::MissingExport(name))?;
+        expect_func(format!("export {name}"), ty, want)?;
+    }
+    match export("conveyor_init") {
+        Some(ty) => expect_func("export conveyor_init".into(), ty, INIT).map(|()| true),
+        None => Ok(false),
+    }
+}
