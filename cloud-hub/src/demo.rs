@@ -37,7 +37,8 @@ pub struct DemoArgs {
     /// Records per second each agent replays (0 = as fast as possible).
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
-    /// Run the agents without their edge models (raw readings only).
+    /// Run the agents without their pipelines: no WASM transform, no edge
+    /// model (raw readings only).
     #[arg(long)]
     pub no_inference: bool,
     /// Print the final summary as JSON on stdout.
@@ -164,13 +165,14 @@ fn agent_config(
     mqtt: &str,
     state_dir: &Path,
 ) -> (String, &'static str, String) {
-    let (kind, stream, file, extra, model) = if i % 2 == 0 {
+    let (kind, stream, file, extra, model, hz) = if i % 2 == 0 {
         (
             "watch",
             "motion",
             data.join("BasicMotions/BasicMotions_TEST.ts"),
             "sample_rate_hz = 10.0\n",
             data.join("../basicmotions/edge.int8.json"),
+            10.0,
         )
     } else {
         (
@@ -179,18 +181,28 @@ fn agent_config(
             data.join("ACSF1/ACSF1_TEST.ts"),
             "",
             data.join("../acsf1/edge.int8.json"),
+            0.1,
         )
     };
     let stage = if args.no_inference {
         String::new()
     } else {
-        // Raw readings travel too, so the demo shows both streams.
+        // A WASM transform adds per-window features (on
+        // `<stream>.features`) and passes the readings on to the model;
+        // raw readings travel too, so the demo shows every stream.
         format!(
             "[[stages]]\n\
+             type = \"transform\"\n\
+             name = \"{stream}-features\"\n\
+             stream = \"{stream}\"\n\
+             chain = [{{ wasm = {features:?}, config = {{ window = 100, sample_rate_hz = {hz:?}, passthrough = true }} }}]\n\
+             [[stages]]\n\
              type = \"inference\"\n\
              name = \"{stream}-classifier\"\n\
+             stream = \"{stream}\"\n\
              model = {model:?}\n\
-             forward_readings = true\n"
+             forward_readings = true\n",
+            features = transforms_dir(data).join("window-features.wasm"),
         )
     };
     let device = format!("demo-{kind}-{}", i + 1);
@@ -214,6 +226,11 @@ fn agent_config(
         rate = args.rate,
     );
     (device, stream, toml)
+}
+
+/// The built example transforms, beside the models in the repository.
+fn transforms_dir(data: &Path) -> PathBuf {
+    data.join("../../transforms/dist")
 }
 
 fn spawn_agent(config: &Path, log: &Path) -> Result<Child> {
@@ -273,6 +290,13 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                     data.join("..").display()
                 );
             }
+        }
+        let features = transforms_dir(&data).join("window-features.wasm");
+        if !features.is_file() {
+            bail!(
+                "transform {} not found; run without a pipeline with --no-inference",
+                features.display()
+            );
         }
     }
     let work = tempfile::Builder::new()
