@@ -238,10 +238,12 @@ async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
             }
         };
         for s in &report.swapped {
-            tracing::info!("reload: new model ready, swapping at the next window: {s}");
+            tracing::info!(
+                "reload: ready, swapping at the next window (model) or batch (transforms): {s}"
+            );
         }
         for r in &report.refused {
-            tracing::error!("reload: model refused, the running one stays: {r}");
+            tracing::error!("reload refused, the running model or chain stays: {r}");
         }
         for f in &report.needs_restart {
             tracing::warn!("reload: {f} changed; this takes effect after a restart");

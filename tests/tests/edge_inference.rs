@@ -119,7 +119,7 @@ fn sighup_swaps_the_model_between_windows_without_losing_one() {
     std::fs::write(&config, agent_toml(&hub, 200, "/nonexistent/model.json")).unwrap();
     agent.signal(libc::SIGHUP);
     wait_for("the refused reload in the agent's log", || {
-        agent.log().contains("model refused").then_some(())
+        agent.log().contains("reload refused").then_some(())
     });
 
     std::fs::write(&config, agent_toml(&hub, 200, &fp32)).unwrap();

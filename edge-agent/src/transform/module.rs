@@ -190,7 +190,9 @@ impl TransformEngine {
 
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
         let dir = self.cache_dir.as_ref()?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        // SHA-256 rather than std's DefaultHasher, whose output may change
+        // between Rust releases (every module would then compile again).
+        let mut h = Sha256Hasher(Sha256::new());
         self.engine.precompile_compatibility_hash().hash(&mut h);
         Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
     }
@@ -236,6 +238,20 @@ impl TransformEngine {
                 None
             }
         }
+    }
+}
+
+/// A `Hasher` over SHA-256: a stable hash of wasmtime's engine settings.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 }
 

@@ -409,6 +409,9 @@ impl Stage for TransformStage {
         self.process_batch(vec![reading], out);
     }
 
+    // Records of other streams (and prediction records) are passed on
+    // first, then what the chain made of this stream's records: order is
+    // kept within each stream, not across streams.
     fn process_batch(&mut self, readings: Vec<Reading>, out: &mut Vec<Reading>) {
         self.adopt_pending();
         let mut mine = Vec::new();
