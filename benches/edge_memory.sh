@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Edge agent memory while streaming, with and without a model loaded.
+# Edge agent memory while streaming, with and without a model or a WASM
+# transform loaded.
 #
-# Starts a release hub and, side by side in the same run, four release
+# Starts a release hub and, side by side in the same run, five release
 # edge agents replaying the BasicMotions / ACSF1 test splits in a loop at
 # RATE readings/s: for each data set one without stages (baseline) and one
-# running its int8 edge model on every window. Samples each agent's
+# running its int8 edge model on every window, and for BasicMotions one
+# running the window-features WASM transform (transforms/dist). Samples each agent's
 # resident memory once a second for SECONDS and prints medians of VmRSS
 # and of its two parts: RssAnon (private heap and stacks) and RssFile
 # (pages of the binary and other files, shared and reclaimable), the
@@ -27,11 +29,13 @@ printf '[broker]\nlisten = "127.0.0.1:%s"\n[http]\nlisten = "127.0.0.1:%s"\n[sto
 "$bin/cloud-hub" serve --config "$work/hub.toml" > "$work/hub.log" 2>&1 &
 until curl -sf "http://127.0.0.1:$http/healthz" > /dev/null; do sleep 0.1; done
 
-agent() { # name data model
-  local stage=""
-  if [ -n "$3" ]; then
-    stage=$(printf '[[stages]]\ntype = "inference"\nmodel = "%s"\n' "$PWD/models/$3")
-  fi
+model_stage() { printf '[[stages]]\ntype = "inference"\nmodel = "%s"\n' "$PWD/models/$1"; }
+features_stage() {
+  printf '[[stages]]\ntype = "transform"\nstream = "s"\nchain = [{ wasm = "%s", config = { window = 100, sample_rate_hz = 10.0 } }]\n' \
+    "$PWD/transforms/dist/window-features.wasm"
+}
+agent() { # name data stage-toml
+  local stage="$3"
   cat > "$work/$1.toml" <<TOML
 device_id = "$1"
 data_dir = "state-$1"
@@ -51,8 +55,9 @@ TOML
 declare -A pids
 pids[basicmotions-no-model]=$(agent basicmotions-no-model BasicMotions/BasicMotions_TEST.ts "")
 pids[acsf1-no-model]=$(agent acsf1-no-model ACSF1/ACSF1_TEST.ts "")
-pids[basicmotions-edge-int8]=$(agent basicmotions-edge-int8 BasicMotions/BasicMotions_TEST.ts basicmotions/edge.int8.json)
-pids[acsf1-edge-int8]=$(agent acsf1-edge-int8 ACSF1/ACSF1_TEST.ts acsf1/edge.int8.json)
+pids[basicmotions-edge-int8]=$(agent basicmotions-edge-int8 BasicMotions/BasicMotions_TEST.ts "$(model_stage basicmotions/edge.int8.json)")
+pids[acsf1-edge-int8]=$(agent acsf1-edge-int8 ACSF1/ACSF1_TEST.ts "$(model_stage acsf1/edge.int8.json)")
+pids[basicmotions-wasm-features]=$(agent basicmotions-wasm-features BasicMotions/BasicMotions_TEST.ts "$(features_stage)")
 echo "sampling VmRSS for $secs s at $rate readings/s per agent ..." >&2
 for _ in $(seq "$secs"); do
   sleep 1
@@ -62,7 +67,7 @@ for _ in $(seq "$secs"); do
 done
 echo "| agent | model | VmRSS median | RssAnon | RssFile | VmRSS max | records at the hub | of which predictions |"
 echo "|---|---|---|---|---|---|---|---|"
-for name in basicmotions-no-model basicmotions-edge-int8 acsf1-no-model acsf1-edge-int8; do
+for name in basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features acsf1-no-model acsf1-edge-int8; do
   python3 - "$name" "$work/$name.rss" "http://127.0.0.1:$http/api/v1/devices/$name" <<'PY'
 import json, statistics, sys, urllib.request
 name, rss_file, url = sys.argv[1:]
@@ -71,7 +76,9 @@ rss, anon, file_ = (statistics.median(r[i] for r in rows) / 1024 for i in range(
 peak = max(r[0] for r in rows) / 1024
 d = json.load(urllib.request.urlopen(url))
 preds = sum(t["predictions"] for t in d.get("predictions", {}).values())
-model = ", ".join(d.get("predictions", {})) or "none"
+stages = (d.get("last_heartbeat") or {}).get("stages", [])
+wasm = [t["transform"] for s in stages for t in s.get("transforms", [])]
+model = ", ".join(list(d.get("predictions", {})) + wasm) or "none"
 print(f"| {name} | {model} | {rss:.1f} MB | {anon:.1f} MB | {file_:.1f} MB | {peak:.1f} MB | {d['records']:,} | {preds:,} |")
 PY
 done
