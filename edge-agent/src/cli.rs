@@ -257,7 +257,7 @@ async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
 
 /// `edge-agent dead-letters`: a summary by transform and kind, then the
 /// last few (or all of them as JSON Lines).
-fn dead_letters(config: &PathBuf, json: bool, last: usize) -> ExitCode {
+fn dead_letters(config: &std::path::Path, json: bool, last: usize) -> ExitCode {
     let config = match AgentConfig::load(config) {
         Ok(c) => c,
         Err(e) => {

@@ -31,7 +31,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     /// Processing stages between the sources and the uplink, applied in
-    /// order (`type = "inference"`; WASM transforms plug in here next).
+    /// order (`type = "transform"`: WASM transforms; `type = "inference"`).
     #[serde(default)]
     pub stages: Vec<crate::pipeline::StageConfig>,
 }

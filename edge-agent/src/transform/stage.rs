@@ -191,7 +191,7 @@ impl TransformStageConfig {
             }
             let link = Link::new(engine, Arc::new(module), limits, config_json)
                 .map_err(|e| ConfigError::invalid(at("config"), e.message))?;
-            links.push(NewLink::New(link));
+            links.push(NewLink::New(Box::new(link)));
         }
         Ok(links)
     }
@@ -207,7 +207,7 @@ impl TransformStageConfig {
             links
                 .into_iter()
                 .filter_map(|l| match l {
-                    NewLink::New(l) => Some(l),
+                    NewLink::New(l) => Some(*l),
                     NewLink::Keep(_) => None,
                 })
                 .collect::<Vec<_>>()
@@ -249,8 +249,11 @@ impl TransformStageConfig {
 pub enum NewLink {
     /// Keep the running link at this index (and its state).
     Keep(usize),
-    New(Link),
+    New(Box<Link>),
 }
+
+/// A replacement chain waiting for the stage, with its limits.
+type PendingChain = Arc<Mutex<Option<(Vec<NewLink>, Limits)>>>;
 
 /// What the rest of the agent knows of a running chain.
 #[derive(Debug, Clone)]
@@ -288,7 +291,7 @@ impl ChainInfo {
 /// Where a replacement chain is offered to a running transform stage.
 #[derive(Clone)]
 pub struct ChainSlot {
-    pending: Arc<Mutex<Option<(Vec<NewLink>, Limits)>>>,
+    pending: PendingChain,
     info: Arc<Mutex<ChainInfo>>,
     engine: TransformEngine,
 }
@@ -362,7 +365,7 @@ pub struct TransformStage {
     batch_size: usize,
     policy: FailurePolicy,
     chain: Chain,
-    pending: Arc<Mutex<Option<(Vec<NewLink>, Limits)>>>,
+    pending: PendingChain,
     monitor: Arc<TransformMonitor>,
     dead_letters: Arc<DeadLetterStore>,
 }
@@ -388,7 +391,7 @@ impl TransformStage {
                         return;
                     }
                 },
-                NewLink::New(l) => links.push(l),
+                NewLink::New(l) => links.push(*l),
             }
         }
         self.chain = Chain { links };
