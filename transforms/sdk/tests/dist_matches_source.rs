@@ -16,8 +16,45 @@ use std::process::Command;
 
 use common::{assert_abi_surface, repo_root, RUST_TRANSFORMS};
 
+/// Whether rustc can build for wasm32-unknown-unknown here (`.ci/run`
+/// installs the target; a machine that cannot download it still runs
+/// every other test, and `modules.rs` still checks the committed modules).
+fn wasm32_target_installed() -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    // The target's standard library is there when libcore is.
+    libdir.is_some_and(|dir| {
+        std::fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries
+                .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
+        })
+    })
+}
+
 #[test]
 fn dist_matches_source() {
+    if !wasm32_target_installed() {
+        eprintln!(
+            "SKIPPED dist_matches_source: the wasm32-unknown-unknown target is not installed \
+             (rustup target add wasm32-unknown-unknown); the committed modules are still \
+             checked by tests/modules.rs"
+        );
+        assert!(
+            std::env::var_os("CONVEYOR_STRICT_DIST").is_none(),
+            "CONVEYOR_STRICT_DIST is set but the wasm32 target is missing"
+        );
+        return;
+    }
     let root = repo_root();
     let dist = root.join("transforms/dist");
     let tmp = tempfile::tempdir().unwrap();
