@@ -440,6 +440,18 @@ fn modules_that_break_the_abi_are_refused_at_load_naming_the_cause() {
             "imports `wasi_snapshot_preview1.fd_write`",
         ),
         (
+            write("start.wasm", &wat::parse_str(format!(
+                r#"(module {meta} (import "conveyor" "emit" (func $emit (param i32 i32))) (memory (export "memory") 1) {alloc} (func (export "conveyor_transform") (param i32 i32 i32) (result i32) i32.const 0) (func $start (call $emit (i32.const 0) (i32.const 0))) (start $start))"#
+            )).unwrap()),
+            "called during instantiation",
+        ),
+        (
+            write("start.wasm", &wat::parse_str(format!(
+                r#"(module {meta} (import "conveyor" "emit" (func $emit (param i32 i32))) (memory (export "memory") 1) {alloc} (func (export "conveyor_transform") (param i32 i32 i32) (result i32) i32.const 0) (func $start (call $emit (i32.const 0) (i32.const 0))) (start $start))"#
+            )).unwrap()),
+            "called during instantiation",
+        ),
+        (
             write("hugemem.wasm", &wat::parse_str(format!(
                 r#"(module {meta} (memory (export "memory") 1000) {alloc} (func (export "conveyor_transform") (param i32 i32 i32) (result i32) i32.const 0))"#
             )).unwrap()),

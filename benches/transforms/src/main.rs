@@ -46,7 +46,6 @@
 //! Markdown tables on stdout, progress on stderr, `--json FILE` for the raw
 //! numbers. Timings are never asserted; the test only checks behaviour.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +56,7 @@ use clap::Parser;
 use conveyor_transform_sdk::native::Runner;
 use conveyor_transform_sdk::{wire, Transform};
 use edge_agent::sources::Reading;
+use edge_agent::transform::codec::{self, StreamNames};
 use edge_agent::transform::{Limits, TransformEngine, TransformInstance, TransformModule};
 use serde_json::{json, Value};
 use transform_features::WindowFeatures;
@@ -209,7 +209,7 @@ struct Native<T> {
     buf: Vec<u8>,
     out: Vec<Vec<u8>>,
     failures: Vec<(usize, String)>,
-    streams: HashMap<Box<str>, Arc<str>>,
+    streams: StreamNames,
 }
 
 impl<T: Transform> Native<T> {
@@ -219,38 +219,14 @@ impl<T: Transform> Native<T> {
             buf: Vec::new(),
             out: Vec::new(),
             failures: Vec::new(),
-            streams: HashMap::new(),
+            streams: StreamNames::default(),
         })
-    }
-
-    /// As the host's `HostState::intern`.
-    fn intern(&mut self, stream: &str) -> Arc<str> {
-        if let Some(s) = self.streams.get(stream) {
-            return s.clone();
-        }
-        let s: Arc<str> = Arc::from(stream);
-        if self.streams.len() < 1024 {
-            self.streams.insert(stream.into(), s.clone());
-        }
-        s
     }
 }
 
 impl<T: Transform> Side for Native<T> {
     fn call(&mut self, inputs: &[Reading]) -> Result<(Vec<Reading>, u64)> {
-        self.buf.clear();
-        for r in inputs {
-            wire::pad_to_8(&mut self.buf);
-            let values = r.values.iter().copied();
-            wire::encode_into(
-                &mut self.buf,
-                r.ts_us,
-                values,
-                &r.stream,
-                &r.label,
-                &r.payload,
-            );
-        }
+        codec::encode_batch(inputs, &mut self.buf);
         self.out.clear();
         self.failures.clear();
         let (buf, out, failures) = (&self.buf, &mut self.out, &mut self.failures);
@@ -263,14 +239,7 @@ impl<T: Transform> Side for Native<T> {
         for bytes in &encoded {
             let r = wire::decode(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
             wire::check_finite(&r).map_err(|e| anyhow::anyhow!("{e}"))?;
-            outputs.push(Reading {
-                stream: self.intern(r.stream),
-                ts_us: r.ts_us,
-                values: r.values().collect(),
-                label: r.label.to_string(),
-                payload: r.payload.to_vec(),
-                ..Reading::default()
-            });
+            outputs.push(self.streams.reading(&r));
         }
         self.out = encoded;
         Ok((outputs, 0))

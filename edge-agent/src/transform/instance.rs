@@ -7,13 +7,13 @@
 //! instance must be replaced: after a trap its memory may be half-written).
 //! What to do with a failure is the chain's business, not this module's.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use conveyor_transform_sdk::wire;
 use thiserror::Error;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, Store, Trap, TypedFunc};
 
+use super::codec::{encode_batch, StreamNames};
 use super::module::{TransformEngine, TransformModule};
 use crate::sources::Reading;
 
@@ -100,6 +100,8 @@ enum HostTrap {
         ptr: u32,
         len: u32,
     },
+    #[error("conveyor.emit/fail called during instantiation (from a start function)")]
+    NotReady,
     #[error("conveyor.fail was given record index {index}, but the call has {count} records")]
     BadIndex { index: i32, count: usize },
 }
@@ -114,7 +116,7 @@ struct HostState {
     output_bytes: usize,
     rejected: Vec<(usize, String)>,
     call_error: Option<String>,
-    streams: HashMap<Box<str>, Arc<str>>,
+    streams: StreamNames,
 }
 
 impl ResourceLimiter for HostState {
@@ -148,19 +150,6 @@ impl ResourceLimiter for HostState {
     }
 }
 
-impl HostState {
-    fn intern(&mut self, stream: &str) -> Arc<str> {
-        if let Some(s) = self.streams.get(stream) {
-            return s.clone();
-        }
-        let s: Arc<str> = Arc::from(stream);
-        if self.streams.len() < 1024 {
-            self.streams.insert(stream.into(), s.clone());
-        }
-        s
-    }
-}
-
 fn guest_bytes<'a>(
     memory: &'a [u8],
     func: &'static str,
@@ -179,7 +168,9 @@ fn guest_bytes<'a>(
 }
 
 fn host_emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<()> {
-    let memory = caller.data().memory.expect("memory is set before any call");
+    // A start function runs before the host has the memory: refuse, do
+    // not panic.
+    let memory = caller.data().memory.ok_or(HostTrap::NotReady)?;
     let (mem, state) = memory.data_and_store_mut(&mut caller);
     let bytes = guest_bytes(mem, "emit", ptr, len)?;
     state.output_bytes += bytes.len();
@@ -193,15 +184,8 @@ fn host_emit(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime:
     let record = wire::decode(bytes)
         .and_then(|r| wire::check_finite(&r).map(|()| r))
         .map_err(|error| HostTrap::Malformed { index, error })?;
-    let stream = state.intern(record.stream);
-    state.outputs.push(Reading {
-        stream,
-        ts_us: record.ts_us,
-        values: record.values().collect(),
-        label: record.label.to_string(),
-        payload: record.payload.to_vec(),
-        ..Reading::default()
-    });
+    let reading = state.streams.reading(&record);
+    state.outputs.push(reading);
     Ok(())
 }
 
@@ -211,7 +195,9 @@ fn host_fail(
     ptr: i32,
     len: i32,
 ) -> wasmtime::Result<()> {
-    let memory = caller.data().memory.expect("memory is set before any call");
+    // A start function runs before the host has the memory: refuse, do
+    // not panic.
+    let memory = caller.data().memory.ok_or(HostTrap::NotReady)?;
     let (mem, state) = memory.data_and_store_mut(&mut caller);
     let bytes = guest_bytes(mem, "fail", ptr, len)?;
     // A reason is for people: cap it, and accept any bytes.
@@ -284,7 +270,7 @@ impl TransformInstance {
                 output_bytes: 0,
                 rejected: Vec::new(),
                 call_error: None,
-                streams: HashMap::new(),
+                streams: StreamNames::default(),
             },
         );
         store.limiter(|s| s);
@@ -372,18 +358,7 @@ impl TransformInstance {
     /// be used again.
     pub fn call(&mut self, inputs: &[Reading]) -> Result<CallOutput, CallFailure> {
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        for r in inputs {
-            wire::pad_to_8(&mut buf);
-            wire::encode_into(
-                &mut buf,
-                r.ts_us,
-                r.values.iter().copied(),
-                &r.stream,
-                &r.label,
-                &r.payload,
-            );
-        }
+        encode_batch(inputs, &mut buf);
         let fuel = self
             .store
             .data()
@@ -435,7 +410,8 @@ fn classify(e: &wasmtime::Error, fuel: Option<u64>) -> CallFailure {
             HostTrap::OutputCap { .. } => FailureKind::OutputCap,
             HostTrap::Malformed { .. }
             | HostTrap::OutOfBounds { .. }
-            | HostTrap::BadIndex { .. } => FailureKind::MalformedOutput,
+            | HostTrap::BadIndex { .. }
+            | HostTrap::NotReady => FailureKind::MalformedOutput,
         };
         (kind, h.to_string())
     } else if let Some(t) = e.downcast_ref::<Trap>() {

@@ -4,7 +4,7 @@
 //! or trusting more than the agent already is.
 //!
 //! The contract with a module is docs/transform-abi.md. Here:
-//! `module` (load, check, compile once, cache by content hash),
+//! `codec` (agent readings to and from the ABI's records), `module` (load, check, compile once, cache by content hash),
 //! `instance` (one store, the host functions, the limits of one call),
 //! `chain` (a stream's transforms in order; what a failure does),
 //! `stage` (the pipeline stage, its config and hot swap),
@@ -12,6 +12,7 @@
 //! `test_tool` (`edge-agent transform test`).
 
 mod chain;
+pub mod codec;
 pub mod dead_letter;
 mod instance;
 mod module;
