@@ -8,9 +8,11 @@
 
 pub mod api;
 pub mod broker;
+pub mod cascade;
 pub mod config;
 pub mod demo;
 pub mod hub;
+pub mod inference;
 pub mod ingest;
 pub mod metrics;
 pub mod registry;

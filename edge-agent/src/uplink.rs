@@ -186,16 +186,7 @@ impl Uplink {
                         sources_done = true;
                         continue;
                     }
-                    let records = chunk.drain(..).map(|r| Record {
-                        stream: r.stream.to_string(),
-                        seq: 0,
-                        source_ts_us: r.ts_us,
-                        values: r.values,
-                        label: r.label,
-                        prediction: r.prediction,
-                        payload: r.payload,
-                        transforms: r.transforms.iter().map(|t| t.to_string()).collect(),
-                    });
+                    let records = chunk.drain(..).map(Reading::into_record);
                     counters.produced += self.log.append(records)?;
                     // Durable before anything is sent: a record the hub has
                     // seen is always one the agent would resend.
@@ -329,8 +320,9 @@ impl Uplink {
     ) -> Result<(), UplinkError> {
         let max = self.config.batch_max_records;
         while inflight.len() < self.config.max_unacked_batches {
-            let records = self.log.read(*cursor, max)?;
-            if records.is_empty() || (full_only && records.len() < max) {
+            let mut records = self.log.read(*cursor, max)?;
+            let cut = cut_to_byte_budget(&mut records, BATCH_BYTE_BUDGET);
+            if records.is_empty() || (full_only && records.len() < max && !cut) {
                 return Ok(());
             }
             let (first, last) = (records[0].seq, records[records.len() - 1].seq);
@@ -471,4 +463,53 @@ fn rss_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Bytes of records one batch may carry: the hub and brokers refuse
+/// payloads over `MAX_BATCH_BYTES`, and records with an escalation window
+/// are kilobytes each, so a batch is cut by size as well as by count.
+const BATCH_BYTE_BUDGET: usize = conveyor_shared::records::MAX_BATCH_BYTES - 64 * 1024;
+
+/// Keeps the longest prefix of `records` whose encoding fits `budget`
+/// (always at least one record: a single record is bounded far below the
+/// limit by config validation). Returns whether anything was cut.
+fn cut_to_byte_budget(records: &mut Vec<Record>, budget: usize) -> bool {
+    use prost::Message;
+    let mut total = 0;
+    let keep = records
+        .iter()
+        .position(|r| {
+            // Each record costs its length, a length prefix and a tag.
+            total += r.encoded_len() + 6;
+            total > budget
+        })
+        .unwrap_or(records.len())
+        .max(1);
+    let cut = keep < records.len();
+    records.truncate(keep);
+    cut
+}
+
+#[cfg(test)]
+mod byte_budget_tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_by_size_but_never_empty() {
+        let big = |seq| Record {
+            stream: "s".into(),
+            seq,
+            values: vec![0.5; 1000],
+            ..Default::default()
+        };
+        let mut records: Vec<Record> = (1..=10).map(big).collect();
+        assert!(cut_to_byte_budget(&mut records, 20_000));
+        assert_eq!(records.len(), 2, "each record is ~8 KB");
+        let mut one = vec![big(1)];
+        assert!(!cut_to_byte_budget(&mut one, 10));
+        assert_eq!(one.len(), 1);
+        let mut small: Vec<Record> = (1..=3).map(big).collect();
+        assert!(!cut_to_byte_budget(&mut small, 1 << 20));
+        assert_eq!(small.len(), 3);
+    }
 }

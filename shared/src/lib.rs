@@ -2,7 +2,8 @@
 //!
 //! Everything that crosses the network between an edge agent and the hub is
 //! defined here and only here: the MQTT topic layout ([`topics`]), the binary
-//! record batches ([`records`], schema in `shared/proto/conveyor.proto`) and
+//! record batches ([`records`]) and final predictions ([`results`]), schema in
+//! `shared/proto/conveyor.proto`, and
 //! the JSON control messages ([`control`]). Neither binary defines its own
 //! wire types; that keeps the two ends from drifting apart.
 //!
@@ -14,10 +15,12 @@ pub mod config_file;
 pub mod control;
 pub mod model_meta;
 pub mod records;
+pub mod results;
 pub mod time;
 pub mod topics;
 
 pub use broker_url::BrokerUrl;
 pub use model_meta::ModelMetadata;
-pub use records::{Prediction, Record, RecordBatch, WireError, WIRE_VERSION};
+pub use records::{Escalation, Prediction, Record, RecordBatch, WireError, WIRE_VERSION};
+pub use results::{Decider, FinalPrediction, ResultBatch};
 pub use topics::{DeviceId, Topic};

@@ -59,6 +59,30 @@ pub struct Record {
     #[prost(string, repeated, tag = "8")]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transforms: Vec<String>,
+    /// Set on a prediction record whose confidence was below the stream's
+    /// escalation threshold: the window the hub's model needs.
+    #[prost(message, optional, tag = "9")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+}
+
+/// `conveyor.v1.Escalation`: an edge prediction the agent was not sure
+/// enough of, sent with the raw window so the hub's model can decide.
+#[derive(Clone, PartialEq, Message, serde::Serialize, serde::Deserialize)]
+pub struct Escalation {
+    /// Id of the hub model asked to decide (its metadata's `id`).
+    #[prost(string, tag = "1")]
+    pub hub_model: String,
+    /// The stream's threshold the edge confidence was below.
+    #[prost(float, tag = "2")]
+    pub threshold: f32,
+    /// Values per reading.
+    #[prost(uint32, tag = "3")]
+    pub channels: u32,
+    /// The window's raw readings (sensor units, not normalised), reading
+    /// by reading: `window_len x channels` values.
+    #[prost(float, repeated, tag = "4")]
+    pub window: Vec<f32>,
 }
 
 /// In JSON (the hub's API and store) a payload is shown as the text it

@@ -7,7 +7,7 @@
 //! | `conveyor/v1/<device>/heartbeat`       | edge → hub | JSON `Heartbeat`, QoS 0       |
 //! | `conveyor/v1/<device>/down/ack`        | hub → edge | JSON `Ack` (end-to-end acks)  |
 //! | `conveyor/v1/<device>/down/desired`    | hub → edge | reserved (desired state, OTA) |
-//! | `conveyor/v1/<device>/down/results`    | hub → edge | reserved (hub inference)      |
+//! | `conveyor/v1/<device>/down/results`    | hub → edge | protobuf `ResultBatch`: final predictions (hub inference cascade) |
 //!
 //! Building and parsing live side by side so they cannot disagree; the
 //! parser is total (every string maps to `Ok` or a descriptive `Err`).

@@ -5,8 +5,11 @@
 //! first window: the metadata must be valid, the file must be the one the
 //! metadata's SHA-256 names, it must parse, every operator must be one
 //! tract implements, and the model's own input and output shapes must be
-//! the metadata's. The model is then optimised for a fixed batch so each
-//! call runs a prepared plan.
+//! the metadata's. The model is then optimised for a fixed batch (the
+//! edge: one window per call) or a dynamic one (the hub's batcher), so
+//! each call runs a prepared plan. [`load_checked`] stops before the
+//! optimisation, for a backend that prepares the graph itself (the hub's
+//! CUDA backend).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,13 +62,23 @@ pub enum ModelError {
     Optimise { path: PathBuf, cause: String },
 }
 
+/// How many windows one call of a prepared model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    /// Exactly this many (the edge runs 1).
+    Fixed(usize),
+    /// Any number: the batch dimension stays a symbol, `N`. The model file
+    /// must declare its batch dimension dynamic (the hub models do).
+    Dynamic,
+}
+
 /// A loaded, optimised model, shared between the stage that runs it and
 /// whoever swaps it.
 pub struct OnnxModel {
     meta: ModelMetadata,
     metadata_path: PathBuf,
     plan: Arc<TypedRunnableModel>,
-    batch: usize,
+    batch: BatchSize,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -80,32 +93,25 @@ impl std::fmt::Debug for OnnxModel {
 
 impl OnnxModel {
     /// Loads the model described by the metadata file at `metadata_path`,
-    /// prepared to run `batch` windows per call.
+    /// prepared to run `batch` windows per call (`load(path, 1)` at the edge).
     pub fn load(metadata_path: &Path, batch: usize) -> Result<Self, ModelError> {
-        let path = metadata_path.to_path_buf();
-        let meta = ModelMetadata::load(metadata_path).map_err(|source| ModelError::Metadata {
-            path: path.clone(),
-            source,
-        })?;
-        let file = meta.model_path(metadata_path);
-        let bytes = std::fs::read(&file).map_err(|source| ModelError::ReadFile {
-            path: path.clone(),
-            file: file.clone(),
-            source,
-        })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if !actual.eq_ignore_ascii_case(&meta.model_sha256) {
-            return Err(ModelError::HashMismatch {
-                path,
-                file,
-                expected: meta.model_sha256.clone(),
-                actual,
-            });
-        }
-        let plan = prepare(&bytes, &meta, batch).map_err(|e| e.with_path(&path, &file))?;
+        Self::load_with(metadata_path, BatchSize::Fixed(batch))
+    }
+
+    /// Loads and optimises a model for the given batch size.
+    pub fn load_with(metadata_path: &Path, batch: BatchSize) -> Result<Self, ModelError> {
+        let checked = load_checked(metadata_path, batch)?;
+        let plan = checked
+            .typed
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| ModelError::Optimise {
+                path: checked.metadata_path.clone(),
+                cause: format!("{e:#}"),
+            })?;
         Ok(OnnxModel {
-            meta,
-            metadata_path: path,
+            meta: checked.meta,
+            metadata_path: checked.metadata_path,
             plan,
             batch,
         })
@@ -119,7 +125,7 @@ impl OnnxModel {
         &self.metadata_path
     }
 
-    pub fn batch(&self) -> usize {
+    pub fn batch(&self) -> BatchSize {
         self.batch
     }
 
@@ -137,12 +143,51 @@ impl OnnxModel {
     }
 }
 
-/// What [`prepare`] found wrong, before the paths are attached.
+/// A model that passed every check, typed but not yet optimised.
+pub struct CheckedModel {
+    pub meta: ModelMetadata,
+    pub metadata_path: PathBuf,
+    /// The graph with its input fixed to `[batch, channels, window]`
+    /// (`batch` is the symbol `N` for [`BatchSize::Dynamic`]).
+    pub typed: TypedModel,
+}
+
+/// Reads the metadata and the model file and does every check (checksum,
+/// parse, operators, shapes), stopping before optimisation.
+pub fn load_checked(metadata_path: &Path, batch: BatchSize) -> Result<CheckedModel, ModelError> {
+    let path = metadata_path.to_path_buf();
+    let meta = ModelMetadata::load(metadata_path).map_err(|source| ModelError::Metadata {
+        path: path.clone(),
+        source,
+    })?;
+    let file = meta.model_path(metadata_path);
+    let bytes = std::fs::read(&file).map_err(|source| ModelError::ReadFile {
+        path: path.clone(),
+        file: file.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !actual.eq_ignore_ascii_case(&meta.model_sha256) {
+        return Err(ModelError::HashMismatch {
+            path,
+            file,
+            expected: meta.model_sha256.clone(),
+            actual,
+        });
+    }
+    let typed = check(&bytes, &meta, batch).map_err(|e| e.with_path(&path, &file))?;
+    Ok(CheckedModel {
+        meta,
+        metadata_path: path,
+        typed,
+    })
+}
+
+/// What [`check`] found wrong, before the paths are attached.
 enum PrepareError {
     Malformed(String),
     Unsupported { op: String, node: String },
     Shape(String),
-    Optimise(String),
 }
 
 impl PrepareError {
@@ -158,16 +203,11 @@ impl PrepareError {
                 ModelError::UnsupportedOperator { path, op, node }
             }
             PrepareError::Shape(detail) => ModelError::Shape { path, detail },
-            PrepareError::Optimise(cause) => ModelError::Optimise { path, cause },
         }
     }
 }
 
-fn prepare(
-    bytes: &[u8],
-    meta: &ModelMetadata,
-    batch: usize,
-) -> Result<Arc<TypedRunnableModel>, PrepareError> {
+fn check(bytes: &[u8], meta: &ModelMetadata, batch: BatchSize) -> Result<TypedModel, PrepareError> {
     // `quant_pre_process` leaves symbolic shape hints on intermediate
     // values that clash with the concrete input shape; the graph's own
     // input and output declarations are still read.
@@ -238,8 +278,15 @@ fn prepare(
             )));
         }
     }
+    let n: TDim = match batch {
+        BatchSize::Fixed(n) => n.into(),
+        BatchSize::Dynamic => model.symbols.sym("N").into(),
+    };
     model = model
-        .with_input_fact(0, f32::fact([batch, meta.channels, meta.window]).into())
+        .with_input_fact(
+            0,
+            f32::fact([n.clone(), meta.channels.into(), meta.window.into()]).into(),
+        )
         .map_err(|e| PrepareError::Shape(format!("{e:#}")))?;
     let typed = model
         .into_typed()
@@ -250,20 +297,17 @@ fn prepare(
     let out_fact = typed
         .outlet_fact(outputs[0])
         .map_err(|e| PrepareError::Malformed(e.to_string()))?;
-    let want = [batch, meta.labels.len()];
-    let concrete = out_fact.shape.as_concrete();
-    if concrete != Some(&want[..]) {
+    let want = [n, meta.labels.len().into()];
+    if out_fact.shape.dims() != &want[..] {
         return Err(PrepareError::Shape(format!(
-            "the model outputs {:?}, the metadata's {} labels need {:?}",
+            "the model outputs {:?}, the metadata's {} labels need [{}, {}]",
             out_fact.shape,
             meta.labels.len(),
-            want
+            want[0],
+            want[1]
         )));
     }
-    typed
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| PrepareError::Optimise(format!("{e:#}")))
+    Ok(typed)
 }
 
 /// Runs one model, window by window, reusing its scratch memory.
@@ -285,12 +329,26 @@ impl ModelRunner {
         &self.model
     }
 
-    /// Runs the model on `input`: `batch x channels x window` values,
-    /// already normalised, in NCW order. Returns one probability row per
-    /// window.
+    /// Runs the model on `input`: `n x channels x window` values, already
+    /// normalised, in NCW order (`n` is the model's fixed batch, or any
+    /// number for a dynamic one). Returns one probability row per window.
     pub fn run(&mut self, input: Vec<f32>) -> Result<Vec<Vec<f32>>, RunError> {
         let m = &self.model.meta;
-        let shape = [self.model.batch, m.channels, m.window];
+        let per_window = m.channels * m.window;
+        let n = input.len() / per_window;
+        let expected = match self.model.batch {
+            BatchSize::Fixed(b) => b,
+            BatchSize::Dynamic => n.max(1),
+        };
+        if input.len() != expected * per_window {
+            return Err(RunError(format!(
+                "got {} input values, the model takes {expected} x {} x {}",
+                input.len(),
+                m.channels,
+                m.window
+            )));
+        }
+        let shape = [expected, m.channels, m.window];
         let tensor = Tensor::from_shape(&shape, &input).map_err(|e| RunError(format!("{e:#}")))?;
         let outputs = self
             .state
@@ -306,11 +364,11 @@ impl ModelRunner {
             .iter()
             .copied()
             .collect();
-        if flat.len() != self.model.batch * k {
+        if flat.len() != expected * k {
             return Err(RunError(format!(
                 "the model returned {} values, expected {}",
                 flat.len(),
-                self.model.batch * k
+                expected * k
             )));
         }
         if flat.iter().any(|v| !v.is_finite()) {

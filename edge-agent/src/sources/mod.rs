@@ -44,6 +44,26 @@ pub struct Reading {
     pub payload: Vec<u8>,
     /// `name@version` of each WASM transform that made this record, in order.
     pub transforms: Vec<Arc<str>>,
+    /// Set by an inference stage on a prediction it was not sure enough
+    /// of: the window for the hub's model (the edge-to-hub cascade).
+    pub escalation: Option<conveyor_shared::Escalation>,
+}
+
+impl Reading {
+    /// The wire record (its `seq` is assigned by the log).
+    pub fn into_record(self) -> conveyor_shared::Record {
+        conveyor_shared::Record {
+            stream: self.stream.to_string(),
+            seq: 0,
+            source_ts_us: self.ts_us,
+            values: self.values,
+            label: self.label,
+            prediction: self.prediction,
+            payload: self.payload,
+            transforms: self.transforms.iter().map(|t| t.to_string()).collect(),
+            escalation: self.escalation,
+        }
+    }
 }
 
 /// The `[[sources]]` tables of `agent.toml`, told apart by `type`.

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conveyor_shared::control::TransformStats;
-use conveyor_shared::Record;
 use serde::Deserialize;
 
 use super::dead_letter::DeadLetter;
@@ -361,16 +360,7 @@ impl Link {
             transform: self.tag.to_string(),
             kind: kind.to_string(),
             reason: reason.to_string(),
-            record: Record {
-                stream: r.stream.to_string(),
-                source_ts_us: r.ts_us,
-                values: r.values,
-                label: r.label,
-                prediction: r.prediction,
-                payload: r.payload,
-                transforms: r.transforms.iter().map(|t| t.to_string()).collect(),
-                ..Default::default()
-            },
+            record: r.into_record(),
         });
     }
 }
