@@ -65,6 +65,9 @@ pub struct StageStats {
     /// Models swapped in while running.
     #[serde(default)]
     pub swaps: u64,
+    /// Predictions escalated to the hub (inference stages with a cascade).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub escalated: u64,
     /// Readings or windows dropped, by reason.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropped: BTreeMap<String, u64>,
@@ -238,4 +241,8 @@ mod tests {
         assert!(err.to_string().contains("malformed heartbeat"), "{err}");
         assert!(DeviceStatus::decode(b"\x00\x01").is_err());
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conveyor_shared::control::StageStats;
-use conveyor_shared::Prediction;
+use conveyor_shared::{Escalation, Prediction};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -49,7 +49,19 @@ pub struct InferenceConfig {
     /// predictions travel, which is the bandwidth the edge saves).
     #[serde(default)]
     pub forward_readings: bool,
+    /// The edge-to-hub cascade: a prediction whose confidence is below
+    /// this (0..=1) is escalated, its record carrying the raw window for
+    /// the hub model `escalate_to`. Unset: the edge's answer is final.
+    #[serde(default)]
+    pub escalate_below: Option<f32>,
+    /// The hub model (its metadata `id`) that decides escalated windows.
+    #[serde(default)]
+    pub escalate_to: Option<String>,
 }
+
+/// Largest escalation window, in values (4 bytes each): well inside one
+/// uplink batch (`MAX_BATCH_BYTES`, 1 MiB).
+pub const MAX_ESCALATION_VALUES: usize = 64 * 1024;
 
 impl InferenceConfig {
     pub fn name(&self, index: usize) -> String {
@@ -77,7 +89,41 @@ impl InferenceConfig {
                 "must not be empty",
             ));
         }
+        match (self.escalate_below, &self.escalate_to) {
+            (None, None) => {}
+            (Some(t), Some(to)) => {
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.escalate_below"),
+                        format!("must be a confidence between 0 and 1, got {t}"),
+                    ));
+                }
+                if to.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.escalate_to"),
+                        "must name a hub model id, e.g. \"basicmotions-hub\"",
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    format!("{field}.escalate_to"),
+                    "is required with escalate_below: the id of the hub model that decides",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    format!("{field}.escalate_below"),
+                    "is required with escalate_to: the confidence under which to escalate",
+                ))
+            }
+        }
         Ok(())
+    }
+
+    /// The cascade settings, once validated: (threshold, hub model).
+    fn cascade(&self) -> Option<(f32, &str)> {
+        Some((self.escalate_below?, self.escalate_to.as_deref()?))
     }
 
     /// Loads the model this config names: the one code path for start and
@@ -90,6 +136,18 @@ impl InferenceConfig {
         let model = self
             .load_model()
             .map_err(|e| ConfigError::invalid(format!("{field}.model"), e.to_string()))?;
+        if self.cascade().is_some() {
+            let values = model.meta().channels * model.meta().window;
+            if values > MAX_ESCALATION_VALUES {
+                return Err(ConfigError::invalid(
+                    format!("{field}.escalate_below"),
+                    format!(
+                        "the model's window is {values} values; an escalated window may hold at most \
+                         {MAX_ESCALATION_VALUES} (one uplink batch)"
+                    ),
+                ));
+            }
+        }
         let name = self.name(index);
         let (slot, swaps) = watch::channel(model.clone());
         let counters = Arc::new(InferenceCounters::new(&name, &model));
@@ -163,6 +221,7 @@ pub struct InferenceCounters {
     swaps: AtomicU64,
     wrong_channels: AtomicU64,
     failed: AtomicU64,
+    escalated: AtomicU64,
 }
 
 impl InferenceCounters {
@@ -176,6 +235,7 @@ impl InferenceCounters {
             swaps: AtomicU64::new(0),
             wrong_channels: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            escalated: AtomicU64::new(0),
         }
     }
 }
@@ -202,6 +262,7 @@ impl StageMonitor for InferenceCounters {
             windows: self.windows.load(Ordering::Relaxed),
             records_out: self.predictions.load(Ordering::Relaxed),
             swaps: self.swaps.load(Ordering::Relaxed),
+            escalated: self.escalated.load(Ordering::Relaxed),
             dropped,
             ..StageStats::default()
         }
@@ -324,6 +385,8 @@ impl Stage for InferenceStage {
         let win = windower.ready().expect("push said a window is ready");
         let meta = self.runner.model().meta();
         let input = win.to_input(&meta.normalization);
+        // Kept only while the cascade may need it: the raw window.
+        let raw = self.config.cascade().map(|_| win.raw_values());
         let (start_us, end_us, truth) = (
             win.start_us(),
             win.rows[win.rows.len() - 1].ts_us,
@@ -336,6 +399,20 @@ impl Stage for InferenceStage {
             Ok(scores) => {
                 let meta = self.runner.model().meta();
                 self.counters.predictions.fetch_add(1, Ordering::Relaxed);
+                let escalation = match (self.config.cascade(), raw) {
+                    (Some((threshold, hub_model)), Some(window))
+                        if scores.confidence < threshold =>
+                    {
+                        self.counters.escalated.fetch_add(1, Ordering::Relaxed);
+                        Some(Escalation {
+                            hub_model: hub_model.to_string(),
+                            threshold,
+                            channels: channels as u32,
+                            window,
+                        })
+                    }
+                    _ => None,
+                };
                 out.push(Reading {
                     stream: output_stream,
                     ts_us: end_us,
@@ -351,6 +428,7 @@ impl Stage for InferenceStage {
                         window_start_us: start_us,
                         window_len,
                     }),
+                    escalation,
                     ..Reading::default()
                 });
             }

@@ -112,6 +112,15 @@ impl Window<'_> {
         out
     }
 
+    /// The raw readings as sent to the hub when the window is escalated:
+    /// reading by reading, in sensor units, as f32.
+    pub fn raw_values(&self) -> Vec<f32> {
+        self.rows
+            .iter()
+            .flat_map(|r| r.values.iter().map(|v| *v as f32))
+            .collect()
+    }
+
     /// The window's ground truth: the label every reading carries, if they
     /// all carry the same one.
     pub fn label(&self) -> &str {
