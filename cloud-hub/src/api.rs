@@ -7,16 +7,21 @@
 //! | `GET /api/v1/stats` | hub-wide counters and latency quantiles |
 //! | `GET /api/v1/devices` | every device the hub knows |
 //! | `GET /api/v1/devices/{id}` | one device |
-//! | `GET /api/v1/devices/{id}/records?from=SEQ&limit=N` | records in seq order: with `from`, the first N with seq >= SEQ (page on with the last seq + 1); without, the latest N |
+//! | `GET /api/v1/devices/{id}/records?from=SEQ&limit=N` | records in seq order: with `from`, the first N with seq >= SEQ (page on with the last seq + 1); without, the latest N; a prediction record carries its final `result` |
+//! | `GET /api/v1/devices/{id}/results?from=SEQ&limit=N` | final predictions (after the cascade), paged like records |
+//! | `GET /api/v1/results/stream[?device=ID]` | live final predictions, Server-Sent Events (`event: results`, data: `{"device_id", "results": [...]}`) |
+//! | `GET /api/v1/models` | the hub's models: batching limits, counters, latency |
+//! | `POST /api/v1/models/{id}/infer` | classify one window: `{"window": [[v, ...], ...]}` (readings x channels, sensor units) |
 //!
-//! Errors are JSON `{"error": "..."}` with a 4xx status.
+//! Errors are JSON `{"error": "..."}` with a 4xx status (5xx when the hub
+//! itself fails; 503 when a model is overloaded).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use conveyor_shared::time::now_us;
 use conveyor_shared::DeviceId;
@@ -37,10 +42,14 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/devices/{id}/records", get(records))
+        .route("/api/v1/devices/{id}/results", get(results))
+        .route("/api/v1/results/stream", get(crate::api_results::stream))
+        .route("/api/v1/models", get(crate::api_results::models))
+        .route("/api/v1/models/{id}/infer", post(crate::api_results::infer))
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
@@ -117,6 +126,34 @@ async fn records(
     Path(id): Path<String>,
     Query(q): Query<RecordsQuery>,
 ) -> Response {
+    paged(id, q, "records", move |id, from, limit| match from {
+        Some(from) => s.store.records_from(id, from, limit),
+        None => s.store.latest(id, limit),
+    })
+    .await
+}
+
+async fn results(
+    State(s): State<Arc<HubState>>,
+    Path(id): Path<String>,
+    Query(q): Query<RecordsQuery>,
+) -> Response {
+    paged(id, q, "results", move |id, from, limit| match from {
+        Some(from) => s.store.results.from(id, from, limit),
+        None => s.store.results.latest(id, limit),
+    })
+    .await
+}
+
+/// A page of a device's records or results, read off the async threads.
+async fn paged<T: Serialize + Send + 'static>(
+    id: String,
+    q: RecordsQuery,
+    what: &'static str,
+    read: impl FnOnce(&str, Option<u64>, usize) -> Result<Vec<T>, crate::store::StoreError>
+        + Send
+        + 'static,
+) -> Response {
     if let Err(e) = DeviceId::new(id.clone()) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
@@ -127,14 +164,9 @@ async fn records(
             format!("limit must be between 1 and {MAX_RECORDS_PER_REQUEST}, got {limit}"),
         );
     }
-    let store = s.store.clone();
-    let result = tokio::task::spawn_blocking(move || match q.from {
-        Some(from) => store.records_from(&id, from, limit).map(|r| (id, r)),
-        None => store.latest(&id, limit).map(|r| (id, r)),
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || read(&id, q.from, limit).map(|r| (id, r))).await;
     match result {
-        Ok(Ok((id, records))) => Json(json!({"device_id": id, "records": records})).into_response(),
+        Ok(Ok((id, items))) => Json(json!({"device_id": id, what: items})).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -13,6 +13,8 @@ use conveyor_shared::BrokerUrl;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::inference::InferenceConfig;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
@@ -22,6 +24,8 @@ pub struct HubConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub inference: InferenceConfig,
 }
 
 /// Which MQTT broker the devices talk to.
@@ -141,10 +145,7 @@ pub enum HubConfigError {
     #[error(transparent)]
     File(#[from] ConfigFileError),
     #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: String, message: String },
 }
 
 impl HubConfig {
@@ -152,11 +153,12 @@ impl HubConfig {
     pub fn load(path: &Path) -> Result<Self, HubConfigError> {
         let mut config: HubConfig = read_toml(path)?;
         config.validate()?;
-        // The store path is relative to the file, not to the working dir.
-        if config.store.path.is_relative() {
-            if let Some(dir) = path.parent() {
+        // Paths are relative to the file, not to the working dir.
+        if let Some(dir) = path.parent() {
+            if config.store.path.is_relative() {
                 config.store.path = dir.join(&config.store.path);
             }
+            config.inference.resolve_paths(dir);
         }
         Ok(config)
     }
@@ -174,13 +176,13 @@ impl HubConfig {
             BrokerMode::Embedded => {
                 if b.max_connections == 0 {
                     return Err(HubConfigError::Invalid {
-                        field: "broker.max_connections",
+                        field: "broker.max_connections".into(),
                         message: "must be at least 1".into(),
                     });
                 }
                 if b.listen == self.http.listen && b.listen.port() != 0 {
                     return Err(HubConfigError::Invalid {
-                        field: "http.listen",
+                        field: "http.listen".into(),
                         message: format!(
                             "{} is also broker.listen; they need different ports",
                             b.listen
@@ -189,7 +191,7 @@ impl HubConfig {
                 }
                 if b.url.is_some() {
                     return Err(HubConfigError::Invalid {
-                        field: "broker.url",
+                        field: "broker.url".into(),
                         message: "is only used with mode = \"external\"; remove it or set the mode"
                             .into(),
                     });
@@ -198,15 +200,18 @@ impl HubConfig {
             BrokerMode::External => {
                 if b.url.is_none() {
                     return Err(HubConfigError::Invalid {
-                        field: "broker.url",
+                        field: "broker.url".into(),
                         message: "is required with mode = \"external\", e.g. url = \"mqtt://127.0.0.1:1883\"".into(),
                     });
                 }
             }
         }
+        self.inference
+            .validate()
+            .map_err(|(field, message)| HubConfigError::Invalid { field, message })?;
         if self.store.path.as_os_str().is_empty() {
             return Err(HubConfigError::Invalid {
-                field: "store.path",
+                field: "store.path".into(),
                 message: "must not be empty".into(),
             });
         }

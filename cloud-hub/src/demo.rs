@@ -25,6 +25,7 @@ use tokio::process::{Child, Command};
 
 use crate::config::{BrokerConfig, HttpConfig, HubConfig, StoreConfig};
 use crate::hub::Hub;
+use crate::inference::{InferenceConfig, InferenceService, ServedModelConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -41,6 +42,17 @@ pub struct DemoArgs {
     /// model (raw readings only).
     #[arg(long)]
     pub no_inference: bool,
+    /// The cascade: an edge prediction less confident than this is
+    /// escalated to the hub's model with its window.
+    #[arg(long, default_value_t = 0.9)]
+    pub escalate_below: f32,
+    /// Do not escalate: the edge's answers are final.
+    #[arg(long)]
+    pub no_cascade: bool,
+    /// Where the hub's models run: cpu, or cuda (a build with the `cuda`
+    /// feature and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::inference::Device,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -86,7 +98,15 @@ pub struct Summary {
     pub predictions: u64,
     pub predictions_scored: u64,
     pub predictions_correct: u64,
+    /// Final predictions (after the cascade), how many the hub's models
+    /// made, and how many of the labelled ones were right.
+    pub final_results: u64,
+    pub final_by_hub: u64,
+    pub final_scored: u64,
+    pub final_correct: u64,
     pub devices: Vec<DeviceSummary>,
+    /// The cascade's accuracy and uplink bytes on the whole test splits.
+    pub cascade_report: Option<crate::cascade::report::CascadeReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +129,8 @@ pub struct DeviceSummary {
     pub predictions: u64,
     pub predictions_scored: u64,
     pub predictions_correct: u64,
+    /// Final predictions published for the device (results topic).
+    pub finals: crate::registry::FinalTally,
 }
 
 struct DemoAgent {
@@ -165,7 +187,7 @@ fn agent_config(
     mqtt: &str,
     state_dir: &Path,
 ) -> (String, &'static str, String) {
-    let (kind, stream, file, extra, model, hz) = if i % 2 == 0 {
+    let (kind, stream, file, extra, model, hz, hub_model) = if i % 2 == 0 {
         (
             "watch",
             "motion",
@@ -173,6 +195,7 @@ fn agent_config(
             "sample_rate_hz = 10.0\n",
             data.join("../basicmotions/edge.int8.json"),
             10.0,
+            "basicmotions-hub",
         )
     } else {
         (
@@ -182,6 +205,7 @@ fn agent_config(
             "",
             data.join("../acsf1/edge.int8.json"),
             0.1,
+            "acsf1-hub",
         )
     };
     let stage = if args.no_inference {
@@ -201,8 +225,16 @@ fn agent_config(
              name = \"{stream}-classifier\"\n\
              stream = \"{stream}\"\n\
              model = {model:?}\n\
-             forward_readings = true\n",
+             forward_readings = true\n{cascade}",
             features = transforms_dir(data).join("window-features.wasm"),
+            cascade = if args.no_cascade {
+                String::new()
+            } else {
+                format!(
+                    "escalate_below = {:?}\nescalate_to = \"{hub_model}\"\n",
+                    args.escalate_below
+                )
+            },
         )
     };
     let device = format!("demo-{kind}-{}", i + 1);
@@ -314,6 +346,17 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             port_or_free(args.mqtt_port, "MQTT")?,
         ))),
     };
+    let inference = if args.no_inference {
+        InferenceConfig::default()
+    } else {
+        InferenceConfig {
+            device: args.device,
+            models: ["basicmotions", "acsf1"]
+                .iter()
+                .map(|ds| ServedModelConfig::new(data.join(format!("../{ds}/hub.fp32.json"))))
+                .collect(),
+        }
+    };
     let config = HubConfig {
         broker,
         http: HttpConfig {
@@ -322,12 +365,19 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         store: StoreConfig {
             path: work.path().join("hub-store"),
         },
+        inference,
     };
-    let hub = Hub::start(&config).await?;
+    let service = InferenceService::start(&config.inference, Default::default())
+        .context("loading the hub's models")?;
+    let hub = Hub::start(&config, service).await?;
     let state = hub.state.clone();
     eprintln!("Conveyor demo: hub running");
     eprintln!("  API      http://{}/api/v1/devices", hub.http_addr);
     eprintln!("  metrics  http://{}/metrics", hub.http_addr);
+    eprintln!(
+        "  results  http://{}/api/v1/results/stream (live), MQTT conveyor/v1/+/down/results",
+        hub.http_addr
+    );
     eprintln!(
         "  MQTT     {} ({} broker)",
         state.device_url, state.broker_mode
@@ -487,6 +537,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                 predictions: tally.predictions,
                 predictions_scored: tally.scored,
                 predictions_correct: tally.correct,
+                finals: entry.map(|v| v.entry.finals.clone()).unwrap_or_default(),
             }
         })
         .collect();
@@ -523,9 +574,22 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         predictions: devices.iter().map(|d| d.predictions).sum(),
         predictions_scored: devices.iter().map(|d| d.predictions_scored).sum(),
         predictions_correct: devices.iter().map(|d| d.predictions_correct).sum(),
+        final_results: devices.iter().map(|d| d.finals.results).sum(),
+        final_by_hub: devices.iter().map(|d| d.finals.by_hub).sum(),
+        final_scored: devices.iter().map(|d| d.finals.scored).sum(),
+        final_correct: devices.iter().map(|d| d.finals.correct).sum(),
         devices,
+        cascade_report: None,
     };
     hub.shutdown().await;
+    let mut summary = summary;
+    if !args.no_inference {
+        let thresholds = crate::cascade::report::DEFAULT_THRESHOLDS;
+        match crate::cascade::report::evaluate(&data.join(".."), &data, &thresholds) {
+            Ok(report) => summary.cascade_report = Some(report),
+            Err(e) => eprintln!("cascade report: {e:#}"),
+        }
+    }
     Ok(summary)
 }
 
@@ -579,8 +643,27 @@ pub fn print_summary(s: &Summary) {
     );
     for d in s.devices.iter().filter(|d| d.predictions > 0) {
         eprintln!(
-            "  {}: {} predictions by {}, {}/{} right on labelled test windows",
-            d.device_id, d.predictions, d.model, d.predictions_correct, d.predictions_scored
+            "  {}: {} edge predictions by {}, {}/{} right on labelled test windows; \
+             final: {} results, {} decided by the hub model{}, {}/{} right",
+            d.device_id,
+            d.predictions,
+            d.model,
+            d.predictions_correct,
+            d.predictions_scored,
+            d.finals.results,
+            d.finals.by_hub,
+            if d.finals.hub_errors > 0 {
+                format!(" ({} hub errors)", d.finals.hub_errors)
+            } else {
+                String::new()
+            },
+            d.finals.correct,
+            d.finals.scored,
         );
+    }
+    if let Some(report) = &s.cascade_report {
+        eprintln!();
+        eprintln!("Cascade on the whole held-out test splits (`cloud-hub cascade-report`):");
+        crate::cascade::report::print_table(report);
     }
 }

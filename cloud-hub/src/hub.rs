@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conveyor_shared::time::now_us;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{self, BrokerError};
+use crate::cascade::router::Router;
+use crate::inference::InferenceService;
 use crate::config::{BrokerMode, HubConfig};
 use crate::ingest::{HubState, Ingest};
 use crate::metrics::HubMetrics;
@@ -32,6 +34,10 @@ pub enum HubError {
     },
 }
 
+/// Result notifications buffered per live subscriber; a slower one is
+/// told how many it missed.
+const RESULTS_BROADCAST: usize = 4096;
+
 pub struct Hub {
     pub state: Arc<HubState>,
     /// Where the HTTP API actually listens (resolves port 0).
@@ -43,7 +49,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub async fn start(config: &HubConfig) -> Result<Hub, HubError> {
+    /// Starts a hub serving `inference`'s models (load them first with
+    /// [`InferenceService::start`], so a bad model is a config error
+    /// before any port is bound).
+    pub async fn start(config: &HubConfig, inference: InferenceService) -> Result<Hub, HubError> {
         let store = Store::open(&config.store.path)?;
         let entries: Vec<DeviceEntry> = store
             .devices()?
@@ -66,7 +75,9 @@ impl Hub {
         let state = Arc::new(HubState {
             store,
             registry: Mutex::new(Registry::restore(entries, &counts)),
-            metrics: HubMetrics::new(),
+            metrics: HubMetrics::new(inference.metrics()),
+            inference,
+            results: broadcast::channel(RESULTS_BROADCAST).0,
             broker_mode: connection.mode,
             device_url: connection.device_url.clone(),
         });
@@ -82,7 +93,12 @@ impl Hub {
         })?;
 
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(Ingest::new(state.clone(), connection.publisher).run(connection.inbound));
+        let router = Router::start(state.clone(), connection.publisher.clone());
+        {
+            let router = router.clone();
+            tokio::spawn(async move { router.resume_pending().await });
+        }
+        tokio::spawn(Ingest::new(state.clone(), connection.publisher, router).run(connection.inbound));
         let mut stoppable = vec![tokio::spawn(housekeeping(state.clone(), stop_rx.clone()))];
         let app = crate::api::router(state.clone());
         let mut http_stop = stop_rx;
@@ -95,6 +111,8 @@ impl Hub {
             }
         }));
         tracing::info!(
+            models = ?state.inference.model_ids(),
+            device = %state.inference.device(),
             broker = connection.mode,
             mqtt = %connection.device_url,
             http = %format!("http://{http_addr}"),

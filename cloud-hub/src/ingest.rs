@@ -11,20 +11,26 @@ use std::sync::{Arc, Mutex};
 use conveyor_shared::control::{Ack, DeviceStatus, Heartbeat};
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
-use conveyor_shared::{RecordBatch, Topic};
+use conveyor_shared::{DeviceId, FinalPrediction, Record, RecordBatch, Topic};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::broker::{Inbound, Publisher};
+use crate::cascade::router::{DeviceResults, Router};
+use crate::inference::InferenceService;
 use crate::metrics::HubMetrics;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{Appended, Store};
 
 /// Everything the hub's tasks and API share.
 pub struct HubState {
     pub store: Store,
     pub registry: Mutex<Registry>,
     pub metrics: HubMetrics,
+    /// The hub's models (cascade and `POST /api/v1/models/{id}/infer`).
+    pub inference: InferenceService,
+    /// New final predictions, for live subscribers (SSE).
+    pub results: broadcast::Sender<Arc<DeviceResults>>,
     /// `embedded` or `external`.
     pub broker_mode: &'static str,
     /// The URL devices connect to.
@@ -42,14 +48,28 @@ impl HubState {
 pub struct Ingest {
     state: Arc<HubState>,
     publisher: Publisher,
+    router: Router,
+}
+
+/// A stored batch, to acknowledge and route once durable.
+pub struct Stored {
+    pub ack_topic: Topic,
+    pub ack: Ack,
+    pub device: DeviceId,
+    pub edge_results: Vec<FinalPrediction>,
+    pub escalated: Vec<Record>,
 }
 
 /// Inbound messages handled per durable commit (group commit).
 const COMMIT_CHUNK: usize = 256;
 
 impl Ingest {
-    pub fn new(state: Arc<HubState>, publisher: Publisher) -> Self {
-        Ingest { state, publisher }
+    pub fn new(state: Arc<HubState>, publisher: Publisher, router: Router) -> Self {
+        Ingest {
+            state,
+            publisher,
+            router,
+        }
     }
 
     /// Consumes inbound messages until the broker side closes. Whatever
@@ -58,9 +78,8 @@ impl Ingest {
     pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>) {
         let mut messages = Vec::with_capacity(COMMIT_CHUNK);
         while inbound.recv_many(&mut messages, COMMIT_CHUNK).await > 0 {
-            let acks: Vec<(Topic, Ack)> =
-                messages.drain(..).filter_map(|m| self.handle(&m)).collect();
-            if acks.is_empty() {
+            let stored: Vec<Stored> = messages.drain(..).filter_map(|m| self.handle(&m)).collect();
+            if stored.is_empty() {
                 continue;
             }
             if let Err(e) = self.state.store.flush_async().await {
@@ -68,8 +87,13 @@ impl Ingest {
                 tracing::error!("could not make stored records durable: {e}");
                 continue;
             }
-            for (topic, ack) in acks {
-                self.publisher.publish(topic.to_string(), ack.encode());
+            for s in stored {
+                self.publisher.publish(s.ack_topic.to_string(), s.ack.encode());
+                if s.ack.rejected.is_none() {
+                    self.router
+                        .dispatch(&s.device, s.edge_results, s.escalated)
+                        .await;
+                }
             }
         }
     }
@@ -92,8 +116,9 @@ impl Ingest {
     }
 
     /// Handles one message; for a record batch, returns the ack to send
-    /// (to the device's ack topic) once the store is durable.
-    pub fn handle(&self, msg: &Inbound) -> Option<(Topic, Ack)> {
+    /// (to the device's ack topic) and the results to route, once the
+    /// store is durable.
+    pub fn handle(&self, msg: &Inbound) -> Option<Stored> {
         let topic = match Topic::parse(&msg.topic) {
             Ok(t) => t,
             Err(e) => {
@@ -108,7 +133,13 @@ impl Ingest {
             TopicKind::Records => {
                 return self
                     .handle_batch(&topic, &msg.payload, now)
-                    .map(|a| (ack, a))
+                    .map(|(a, appended)| Stored {
+                        ack_topic: ack,
+                        ack: a,
+                        device: topic.device.clone(),
+                        edge_results: appended.edge_results,
+                        escalated: appended.escalated,
+                    })
             }
             TopicKind::Status => match DeviceStatus::decode(&msg.payload) {
                 Ok(s) if s.device_id == device => self.state.registry().on_status(device, s, now),
@@ -136,7 +167,7 @@ impl Ingest {
         None
     }
 
-    fn handle_batch(&self, topic: &Topic, payload: &[u8], now: i64) -> Option<Ack> {
+    fn handle_batch(&self, topic: &Topic, payload: &[u8], now: i64) -> Option<(Ack, Appended)> {
         let device = topic.device.as_str();
         let batch = match RecordBatch::decode_checked(payload, &topic.device) {
             Ok(b) => b,
@@ -147,11 +178,14 @@ impl Ingest {
                 // not decode names no records to refuse.
                 let raw = RecordBatch::decode(payload).ok()?;
                 let (first, last) = (raw.records.first()?.seq, raw.records.last()?.seq);
-                return Some(Ack {
-                    first_seq: first.min(last),
-                    last_seq: first.max(last),
-                    rejected: Some(e.to_string()),
-                });
+                return Some((
+                    Ack {
+                        first_seq: first.min(last),
+                        last_seq: first.max(last),
+                        rejected: Some(e.to_string()),
+                    },
+                    Appended::default(),
+                ));
             }
         };
         let metrics = &self.state.metrics;
@@ -181,11 +215,14 @@ impl Ingest {
                     registry.on_prediction(device, r, now);
                 }
                 drop(registry);
-                Some(Ack {
-                    first_seq: first,
-                    last_seq: last,
-                    rejected: None,
-                })
+                Some((
+                    Ack {
+                        first_seq: first,
+                        last_seq: last,
+                        rejected: None,
+                    },
+                    appended,
+                ))
             }
             Err(e) => {
                 // Not the device's fault, and not acknowledged: the agent

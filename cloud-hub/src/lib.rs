@@ -7,6 +7,7 @@
 //! hub with real edge agents. See ARCHITECTURE.md for the invariants.
 
 pub mod api;
+pub mod api_results;
 pub mod broker;
 pub mod cascade;
 pub mod config;
@@ -16,4 +17,5 @@ pub mod inference;
 pub mod ingest;
 pub mod metrics;
 pub mod registry;
+pub mod results_store;
 pub mod store;

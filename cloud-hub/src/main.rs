@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cloud_hub::config::HubConfig;
 use cloud_hub::demo::{self, DemoArgs};
+use cloud_hub::cascade::report::ReportArgs;
 use cloud_hub::hub::Hub;
+use cloud_hub::inference::{Device, InferenceService};
 
 use edge_agent::cli::EXIT_CONFIG;
 
@@ -25,12 +27,22 @@ enum Command {
         /// Path to hub.toml (default: built-in defaults on 127.0.0.1).
         #[arg(short, long, env = "CONVEYOR_HUB_CONFIG")]
         config: Option<PathBuf>,
+        /// Where the hub's models run (overrides `[inference] device`):
+        /// cpu, or cuda (needs a build with `--features cuda` and a GPU).
+        #[arg(long)]
+        device: Option<Device>,
     },
-    /// Validate a hub config file and exit.
+    /// Validate a hub config file (and load its models) and exit.
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// As for `serve`.
+        #[arg(long)]
+        device: Option<Device>,
     },
+    /// Accuracy and uplink bytes of edge-only, hub-only and the cascade at
+    /// several thresholds, on the held-out test data.
+    CascadeReport(ReportArgs),
     /// Start a hub and several real edge agents replaying public sensor data.
     Demo(DemoArgs),
     /// Run the edge agent built into this binary (used by `demo`); takes
@@ -42,12 +54,24 @@ enum Command {
     },
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<HubConfig, ExitCode> {
+fn load_config(path: Option<&PathBuf>, device: Option<Device>) -> Result<HubConfig, ExitCode> {
     let loaded = match path {
         Some(p) => HubConfig::load(p),
         None => Ok(HubConfig::default()),
     };
-    loaded.map_err(|e| {
+    let mut config = loaded.map_err(|e| {
+        eprintln!("cloud-hub: invalid config: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    if let Some(d) = device {
+        config.inference.device = d;
+    }
+    Ok(config)
+}
+
+/// Loads the configured models: every check before any port is bound.
+fn load_models(config: &HubConfig) -> Result<InferenceService, ExitCode> {
+    InferenceService::start(&config.inference, Default::default()).map_err(|e| {
         eprintln!("cloud-hub: invalid config: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -66,21 +90,49 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     match cli.command {
-        Command::Check { config } => match load_config(Some(&config)) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
+        Command::Check { config, device } => {
+            match load_config(Some(&config), device).and_then(|c| load_models(&c)) {
+                Ok(models) => {
+                    println!(
+                        "{}: ok ({} models on {})",
+                        config.display(),
+                        models.model_ids().len(),
+                        models.device()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Command::CascadeReport(args) => match cloud_hub::cascade::report::run(&args) {
+            Ok(report) => {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("report serialises")
+                    );
+                } else {
+                    cloud_hub::cascade::report::print_table(&report);
+                }
                 ExitCode::SUCCESS
             }
-            Err(code) => code,
+            Err(e) => {
+                eprintln!("cloud-hub cascade-report: {e:#}");
+                ExitCode::FAILURE
+            }
         },
-        Command::Serve { config } => {
-            let config = match load_config(config.as_ref()) {
+        Command::Serve { config, device } => {
+            let config = match load_config(config.as_ref(), device) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             edge_agent::cli::init_tracing("info,rumqttd=off");
+            let models = match load_models(&config) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
             runtime().block_on(async move {
-                let hub = match Hub::start(&config).await {
+                let hub = match Hub::start(&config, models).await {
                     Ok(hub) => hub,
                     Err(e) => {
                         tracing::error!("cannot start the hub: {e}");

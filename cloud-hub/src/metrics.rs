@@ -24,6 +24,7 @@ pub struct HubMetrics {
     pub records_received: Counter,
     pub records_duplicate: Counter,
     pub batches_received: Counter,
+    pub results_published: Counter,
     pub rejected: Family<Labels, Counter>,
     pub devices_online: Gauge,
     pub devices_known: Gauge,
@@ -42,11 +43,13 @@ pub struct LatencySummary {
 }
 
 impl HubMetrics {
-    pub fn new() -> Self {
+    /// The hub's metrics, with the inference service's families registered.
+    pub fn new(inference: &crate::inference::stats::InferenceMetrics) -> Self {
         let mut registry = Registry::with_prefix("conveyor_hub");
         let records_received = Counter::default();
         let records_duplicate = Counter::default();
         let batches_received = Counter::default();
+        let results_published = Counter::default();
         let rejected = Family::default();
         let devices_online = Gauge::default();
         let devices_known = Gauge::default();
@@ -67,6 +70,12 @@ impl HubMetrics {
             "Record batches stored",
             batches_received.clone(),
         );
+        registry.register(
+            "results_published",
+            "Final predictions published on devices' results topics",
+            results_published.clone(),
+        );
+        inference.register(&mut registry);
         registry.register(
             "payloads_rejected",
             "Payloads on device topics that could not be decoded, by reason",
@@ -93,6 +102,7 @@ impl HubMetrics {
             records_received,
             records_duplicate,
             batches_received,
+            results_published,
             rejected,
             devices_online,
             devices_known,
@@ -159,7 +169,7 @@ impl HubMetrics {
 
 impl Default for HubMetrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(&Default::default())
     }
 }
 
@@ -184,7 +194,7 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let m = HubMetrics::new();
+        let m = HubMetrics::new(&Default::default());
         m.records_received.inc_by(3);
         m.reject("not_protobuf");
         m.observe_latency([1000, 2000, 3000].into_iter());

@@ -70,8 +70,24 @@ pub struct DeviceEntry {
     /// Edge predictions received, by model (`id@version`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub predictions: BTreeMap<String, PredictionTally>,
+    /// Final predictions (after the cascade) published for this device.
+    #[serde(default)]
+    pub finals: FinalTally,
     #[serde(default)]
     rate: RateMeter,
+}
+
+/// How the device's final predictions were made and how they fared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinalTally {
+    pub results: u64,
+    /// Decided by a hub model (escalated by the edge and answered).
+    pub by_hub: u64,
+    /// Escalated, but the hub could not answer (the edge's answer stands).
+    pub hub_errors: u64,
+    /// Results whose record carried a ground-truth label, and the right ones.
+    pub scored: u64,
+    pub correct: u64,
 }
 
 /// How one model's predictions from one device fared. Only windows whose
@@ -193,6 +209,18 @@ impl Registry {
         }
         t.last_label.clone_from(&p.label);
         t.last_confidence = p.confidence;
+    }
+
+    /// Counts a final prediction published for the device.
+    pub fn on_final(&mut self, device: &str, result: &conveyor_shared::FinalPrediction, now_us: i64) {
+        let t = &mut self.entry(device, now_us).finals;
+        t.results += 1;
+        t.by_hub += u64::from(result.decider() == conveyor_shared::Decider::Hub);
+        t.hub_errors += u64::from(!result.hub_error.is_empty());
+        if let Some(ok) = result.correct() {
+            t.scored += 1;
+            t.correct += u64::from(ok);
+        }
     }
 
     pub fn on_status(&mut self, device: &str, status: DeviceStatus, now_us: i64) {

@@ -7,13 +7,16 @@
 //! a second copy (an MQTT redelivery after a reconnect) is counted and
 //! dropped without touching the first.
 //! The value is the record's receive time (8 bytes, big-endian µs) followed
-//! by the protobuf-encoded `Record`.
+//! by the protobuf-encoded `Record`. Final predictions live beside the
+//! records under the same keys ([`crate::results_store`]).
 
 use std::path::Path;
 
-use conveyor_shared::{DeviceId, Record};
+use conveyor_shared::{DeviceId, FinalPrediction, Record};
 use prost::Message;
 use serde::Serialize;
+
+use crate::results_store::ResultsStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,13 +39,18 @@ pub struct Store {
     writer: std::sync::Arc<std::sync::Mutex<()>>,
     records: sled::Tree,
     devices: sled::Tree,
+    pub results: ResultsStore,
 }
 
 /// What appending one batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Appended {
     pub new: u64,
     pub duplicates: u64,
+    /// Final predictions of the new prediction records the edge decided.
+    pub edge_results: Vec<FinalPrediction>,
+    /// New records escalated to a hub model (now pending).
+    pub escalated: Vec<Record>,
 }
 
 /// A record as the API returns it.
@@ -69,9 +77,15 @@ pub struct StoredRecord {
     /// `name@version` of each WASM transform that made the record.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub transforms: Vec<String>,
+    /// Sent with a prediction the edge escalated to a hub model.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub escalation: Option<conveyor_shared::Escalation>,
+    /// The final prediction of a prediction record (filled in on read).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<FinalPrediction>,
 }
 
-fn key(device: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn key(device: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(device.len() + 9);
     k.extend_from_slice(device.as_bytes());
     k.push(0);
@@ -79,10 +93,18 @@ fn key(device: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-fn prefix(device: &str) -> Vec<u8> {
+pub(crate) fn prefix(device: &str) -> Vec<u8> {
     let mut p = device.as_bytes().to_vec();
     p.push(0);
     p
+}
+
+/// `(device, seq)` of a key; None for a malformed one.
+pub(crate) fn split_key(k: &[u8]) -> Option<(String, u64)> {
+    let split = k.len().checked_sub(9)?;
+    let device = String::from_utf8_lossy(&k[..split]).into_owned();
+    let seq = u64::from_be_bytes(k[split + 1..].try_into().ok()?);
+    Some((device, seq))
 }
 
 impl Store {
@@ -98,11 +120,13 @@ impl Store {
             })?;
         let records = db.open_tree("records")?;
         let devices = db.open_tree("devices")?;
+        let results = ResultsStore::open(&db)?;
         Ok(Store {
             db,
             writer: Default::default(),
             records,
             devices,
+            results,
         })
     }
 
@@ -119,6 +143,7 @@ impl Store {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
         let mut batch = sled::Batch::default();
+        let mut new = Vec::new();
         for r in records {
             let k = key(device.as_str(), r.seq);
             if self.records.contains_key(&k)? {
@@ -131,11 +156,41 @@ impl Store {
             batch.insert(k, value);
             out.new += 1;
             on_new(r);
+            new.push(r);
         }
+        // Results and pending marks first: a stored record always has one.
+        out.edge_results = self
+            .results
+            .prepare(device.as_str(), &new, received_at_us)?;
+        out.escalated = new
+            .into_iter()
+            .filter(|r| r.escalation.is_some() && r.prediction.is_some())
+            .cloned()
+            .collect();
         // One atomic write per MQTT batch: either all its new records are
         // stored or none (and the error is reported), never half.
         self.records.apply_batch(batch)?;
         Ok(out)
+    }
+
+    /// One record, as it was received.
+    pub fn record(&self, device: &str, seq: u64) -> Result<Option<Record>, StoreError> {
+        let k = key(device, seq);
+        let Some(v) = self.records.get(&k)? else {
+            return Ok(None);
+        };
+        if v.len() < 8 {
+            return Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "value shorter than its timestamp".into(),
+            });
+        }
+        Record::decode(&v[8..])
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })
     }
 
     /// Up to `limit` records of `device` with seq >= `from`, in sequence order.
@@ -152,9 +207,16 @@ impl Store {
             .take(limit)
         {
             let (k, v) = item?;
-            out.push(decode(&k, &v)?);
+            out.push(self.with_result(device, decode(&k, &v)?)?);
         }
         Ok(out)
+    }
+
+    fn with_result(&self, device: &str, mut r: StoredRecord) -> Result<StoredRecord, StoreError> {
+        if r.prediction.is_some() {
+            r.result = self.results.get(device, r.seq)?;
+        }
+        Ok(r)
     }
 
     /// The last `limit` records of `device`, in sequence order.
@@ -162,7 +224,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.records.scan_prefix(prefix(device)).rev().take(limit) {
             let (k, v) = item?;
-            out.push(decode(&k, &v)?);
+            out.push(self.with_result(device, decode(&k, &v)?)?);
         }
         out.reverse();
         Ok(out)
@@ -176,12 +238,9 @@ impl Store {
     ) -> Result<std::collections::BTreeMap<String, (u64, u64)>, StoreError> {
         let mut out = std::collections::BTreeMap::<String, (u64, u64)>::new();
         for item in self.records.iter().keys() {
-            let k = item?;
-            let Some(split) = k.len().checked_sub(9) else {
+            let Some((device, seq)) = split_key(&item?) else {
                 continue;
             };
-            let device = String::from_utf8_lossy(&k[..split]).into_owned();
-            let seq = u64::from_be_bytes(k[split + 1..].try_into().expect("8 bytes"));
             let entry = out.entry(device).or_default();
             entry.0 += 1;
             entry.1 = entry.1.max(seq);
@@ -238,6 +297,8 @@ fn decode(k: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
         prediction: r.prediction,
         payload: r.payload,
         transforms: r.transforms,
+        escalation: r.escalation,
+        result: None,
     })
 }
 
@@ -262,20 +323,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let a = DeviceId::new("a").unwrap();
         let ab = DeviceId::new("ab").unwrap();
-        assert_eq!(
-            store.append(&a, &[rec(2), rec(1)], 7, |_| ()).unwrap(),
-            Appended {
-                new: 2,
-                duplicates: 0
-            }
-        );
-        assert_eq!(
-            store.append(&a, &[rec(2), rec(3)], 8, |_| ()).unwrap(),
-            Appended {
-                new: 1,
-                duplicates: 1
-            }
-        );
+        let n = store.append(&a, &[rec(2), rec(1)], 7, |_| ()).unwrap();
+        assert_eq!((n.new, n.duplicates), (2, 0));
+        let n = store.append(&a, &[rec(2), rec(3)], 8, |_| ()).unwrap();
+        assert_eq!((n.new, n.duplicates), (1, 1));
         // A device whose id extends another's must not leak into its scans.
         store.append(&ab, &[rec(0)], 9, |_| ()).unwrap();
         let all = store.records_from("a", 0, 100).unwrap();
@@ -308,5 +359,75 @@ mod tests {
             store.append(&a, &[rec(5)], 2, |_| ()).unwrap().duplicates,
             1
         );
+    }
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+    use conveyor_shared::{Decider, Escalation, Prediction};
+
+    fn prediction_record(seq: u64, escalated: bool) -> Record {
+        Record {
+            stream: "m.predictions".into(),
+            seq,
+            label: "Walking".into(),
+            prediction: Some(Prediction {
+                label: "Running".into(),
+                confidence: 0.4,
+                ..Default::default()
+            }),
+            escalation: escalated.then(|| Escalation {
+                hub_model: "hub".into(),
+                threshold: 0.9,
+                channels: 1,
+                window: vec![1.0, 2.0],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn edge_results_are_stored_with_their_records_and_escalations_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceId::new("a").unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let batch = [prediction_record(1, false), prediction_record(2, true), {
+                let mut r = prediction_record(3, false);
+                r.prediction = None;
+                r
+            }];
+            let n = store.append(&a, &batch, 5, |_| ()).unwrap();
+            assert_eq!(n.edge_results.len(), 1);
+            assert_eq!(n.edge_results[0].decider(), Decider::Edge);
+            assert_eq!(n.escalated.len(), 1);
+            assert_eq!(n.escalated[0].seq, 2);
+            // A redelivery is neither a new result nor a new escalation.
+            let again = store.append(&a, &batch, 6, |_| ()).unwrap();
+            assert!(again.edge_results.is_empty() && again.escalated.is_empty());
+            store.flush().unwrap();
+        }
+        // After a restart the escalation is still pending.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.results.pending().unwrap(), vec![("a".to_string(), 2)]);
+        let rec = store.record("a", 2).unwrap().unwrap();
+        let hub = Prediction {
+            label: "Walking".into(),
+            confidence: 0.99,
+            ..Default::default()
+        };
+        store
+            .results
+            .put("a", &FinalPrediction::by_hub(&rec, hub, 9))
+            .unwrap();
+        assert!(store.results.pending().unwrap().is_empty());
+        let all = store.records_from("a", 0, 10).unwrap();
+        assert_eq!(all[0].result.as_ref().unwrap().decider(), Decider::Edge);
+        let two = all[1].result.as_ref().unwrap();
+        assert_eq!((two.decider(), two.correct()), (Decider::Hub, Some(true)));
+        assert!(all[2].result.is_none(), "no prediction, no result");
+        assert_eq!(store.results.latest("a", 1).unwrap()[0].seq, 2);
+        assert_eq!(store.results.from("a", 0, 10).unwrap().len(), 2);
     }
 }

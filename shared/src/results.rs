@@ -9,7 +9,7 @@
 
 use prost::Message;
 
-use crate::records::{Prediction, WireError, MAX_BATCH_BYTES, WIRE_VERSION};
+use crate::records::{Prediction, Record, WireError, MAX_BATCH_BYTES, WIRE_VERSION};
 
 /// `conveyor.v1.ResultBatch`.
 #[derive(Clone, PartialEq, Message, serde::Serialize, serde::Deserialize)]
@@ -71,6 +71,47 @@ pub struct FinalPrediction {
 }
 
 impl FinalPrediction {
+    fn of(record: &Record, decided_by: Decider, prediction: Prediction, at_us: i64) -> Self {
+        FinalPrediction {
+            seq: record.seq,
+            stream: record.stream.clone(),
+            source_ts_us: record.source_ts_us,
+            prediction: Some(prediction),
+            decided_by: decided_by as i32,
+            edge: record.prediction.clone(),
+            label: record.label.clone(),
+            hub_error: String::new(),
+            decided_at_us: at_us,
+        }
+    }
+
+    /// The edge's answer is final: a prediction record that was not
+    /// escalated. None for a record without a prediction.
+    pub fn by_edge(record: &Record, at_us: i64) -> Option<Self> {
+        let p = record.prediction.clone()?;
+        Some(Self::of(record, Decider::Edge, p, at_us))
+    }
+
+    /// The hub model's answer for an escalated record; the window fields
+    /// are the edge prediction's (the same window).
+    pub fn by_hub(record: &Record, mut hub: Prediction, at_us: i64) -> Self {
+        if let Some(edge) = &record.prediction {
+            hub.window_start_us = edge.window_start_us;
+            hub.window_len = edge.window_len;
+        }
+        Self::of(record, Decider::Hub, hub, at_us)
+    }
+
+    /// An escalation the hub could not answer: the edge's answer stays
+    /// final, with the reason.
+    pub fn hub_failed(record: &Record, error: String, at_us: i64) -> Self {
+        let edge = record.prediction.clone().unwrap_or_default();
+        FinalPrediction {
+            hub_error: error,
+            ..Self::of(record, Decider::Edge, edge, at_us)
+        }
+    }
+
     /// Who decided, as the enum (an unknown value reads as `Unspecified`).
     pub fn decider(&self) -> Decider {
         Decider::try_from(self.decided_by).unwrap_or(Decider::Unspecified)

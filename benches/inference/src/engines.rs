@@ -123,7 +123,8 @@ pub fn version_from_library_name(path: &Path) -> Option<String> {
 
 pub struct OrtEngine {
     session: ort::session::Session,
-    shape: [usize; 3],
+    /// `[channels, window]` of one input window.
+    window: [usize; 2],
 }
 
 impl OrtEngine {
@@ -163,7 +164,7 @@ impl OrtEngine {
             Ok((
                 OrtEngine {
                     session,
-                    shape: [1, meta.channels, meta.window],
+                    window: [meta.channels, meta.window],
                 },
                 took,
             ))
@@ -171,13 +172,23 @@ impl OrtEngine {
     }
 }
 
-impl Engine for OrtEngine {
-    fn run(&mut self, input: Vec<f32>) -> Result<Vec<f32>> {
+impl OrtEngine {
+    /// `n` windows in one call (input `[n, channels, window]`, NCW; the
+    /// model's batch dimension must be dynamic for `n > 1`): `n x classes`
+    /// probabilities, row by row.
+    pub fn run_batch(&mut self, n: usize, input: Vec<f32>) -> Result<Vec<f32>> {
+        let [c, w] = self.window;
         // takes the Vec without copying it, like a zero-copy tract input would
-        let tensor = ort::value::Tensor::from_array((self.shape, input))?;
+        let tensor = ort::value::Tensor::from_array(([n, c, w], input))?;
         let outputs = self.session.run(ort::inputs![tensor])?;
         let (_, data) = outputs[0].try_extract_tensor::<f32>()?;
         Ok(data.to_vec())
+    }
+}
+
+impl Engine for OrtEngine {
+    fn run(&mut self, input: Vec<f32>) -> Result<Vec<f32>> {
+        self.run_batch(1, input)
     }
 }
 

@@ -12,6 +12,7 @@ mod avx;
 mod bench;
 mod engines;
 mod fastq;
+mod hub;
 mod profile;
 mod qdq;
 mod reference;
@@ -52,6 +53,10 @@ enum Command {
     /// Where tract spends its time: per-op profile and loader variants
     /// (tract only).
     Profile(profile::ProfileArgs),
+    /// Hub inference at batch sizes 1, 8, 32, 128: one model call of B
+    /// windows, and the hub's dynamic batcher under a closed loop of
+    /// clients; tract against ONNX Runtime in the same run.
+    Hub(hub::HubArgs),
 }
 
 #[derive(Args, Clone)]
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Some(Command::Profile(args)) => profile::run(&args),
+        Some(Command::Hub(args)) => hub::run(&args),
         Some(Command::Bench(args)) => run_bench(&args),
         None => run_bench(&cli.bench),
     };
@@ -112,6 +118,11 @@ fn main() -> ExitCode {
 /// The metadata files to measure: those given, or the default ones that
 /// exist under `--models-dir` (sorted by dataset).
 pub fn model_paths(args: &ModelArgs) -> Result<Vec<PathBuf>> {
+    model_paths_named(args, &DEFAULT_MODELS)
+}
+
+/// Like [`model_paths`], with other default file names.
+pub fn model_paths_named(args: &ModelArgs, names: &[&str]) -> Result<Vec<PathBuf>> {
     if !args.metadata.is_empty() {
         return Ok(args.metadata.clone());
     }
@@ -120,11 +131,11 @@ pub fn model_paths(args: &ModelArgs) -> Result<Vec<PathBuf>> {
         // run from elsewhere than the repository root
         dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
     }
-    let found = discover(&dir)?;
+    let found = discover_named(&dir, names)?;
     if found.is_empty() {
         anyhow::bail!(
             "no models: none of {} in {}/*/",
-            DEFAULT_MODELS.join(", "),
+            names.join(", "),
             dir.display()
         );
     }
@@ -133,6 +144,11 @@ pub fn model_paths(args: &ModelArgs) -> Result<Vec<PathBuf>> {
 
 /// `dir/*/{edge.int8,edge.fp32,hub.fp32}.json` that exist.
 pub fn discover(dir: &Path) -> Result<Vec<PathBuf>> {
+    discover_named(dir, &DEFAULT_MODELS)
+}
+
+/// `dir/*/<name>` for each of `names` that exist, by dataset.
+pub fn discover_named(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
     let mut datasets: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -141,7 +157,7 @@ pub fn discover(dir: &Path) -> Result<Vec<PathBuf>> {
     datasets.sort();
     Ok(datasets
         .iter()
-        .flat_map(|d| DEFAULT_MODELS.iter().map(move |m| d.join(m)))
+        .flat_map(|d| names.iter().map(move |m| d.join(m)))
         .filter(|p| p.is_file())
         .collect())
 }
@@ -162,15 +178,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn run_bench(args: &BenchArgs) -> Result<()> {
-    let paths = model_paths(&args.models)?;
-    let plan = bench::Plan {
-        seconds: args.seconds,
-        rounds: args.rounds.max(1),
-        warmup_seconds: args.warmup,
-    };
-
-    let (ort_rt, ort_status) = match &args.ort_lib {
+/// ONNX Runtime from `lib` (if given), and what to report about it; the
+/// status line goes to stderr. Never fails: without ORT, tract is still
+/// measured.
+pub fn load_ort(lib: Option<&Path>) -> (Option<OrtRuntime>, OrtStatus) {
+    let (ort_rt, ort_status) = match lib {
         None => (
             None,
             OrtStatus {
@@ -209,6 +221,30 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
         ),
         Some(r) => eprintln!("ONNX Runtime unavailable: {r}; measuring tract only"),
     }
+    (ort_rt, ort_status)
+}
+
+/// `ONNX Runtime 1.32.0 (/path)`, or why it is unavailable.
+pub fn ort_line(ort: &OrtStatus) -> String {
+    match &ort.reason {
+        None => format!(
+            "ONNX Runtime {} ({})",
+            ort.version.as_deref().unwrap_or("?"),
+            ort.library.as_deref().unwrap_or("?")
+        ),
+        Some(r) => format!("ONNX Runtime unavailable: {r}"),
+    }
+}
+
+fn run_bench(args: &BenchArgs) -> Result<()> {
+    let paths = model_paths(&args.models)?;
+    let plan = bench::Plan {
+        seconds: args.seconds,
+        rounds: args.rounds.max(1),
+        warmup_seconds: args.warmup,
+    };
+
+    let (ort_rt, ort_status) = load_ort(args.ort_lib.as_deref());
 
     let mut report = Report {
         machine: Machine {
@@ -238,14 +274,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
         report.models.push(m);
     }
 
-    let ort_line = match &report.ort.reason {
-        None => format!(
-            "ONNX Runtime {} ({})",
-            report.ort.version.as_deref().unwrap_or("?"),
-            report.ort.library.as_deref().unwrap_or("?")
-        ),
-        Some(r) => format!("ONNX Runtime unavailable: {r}"),
-    };
+    let ort_line = ort_line(&report.ort);
     println!(
         "Single-thread latency per window, batch 1; {} cpus ({}); {}; {:.1} s per engine per model in {} alternating rounds; p50/p99 over all timed calls, windows/s = 1/mean.\n",
         report.machine.cpus, report.machine.cpu_model, ort_line, plan.seconds, plan.rounds
@@ -510,5 +539,23 @@ mod tests {
         assert_eq!(c.bench.models.metadata, vec![PathBuf::from("x.json")]);
         let c = Cli::try_parse_from(["inference-bench", "profile", "x.json"]).unwrap();
         assert!(matches!(c.command, Some(Command::Profile(_))));
+        let c = Cli::try_parse_from([
+            "inference-bench",
+            "hub",
+            "--batches",
+            "1,8",
+            "--models",
+            "a.json,b.json",
+            "--seconds",
+            "0.5",
+        ])
+        .unwrap();
+        let Some(Command::Hub(h)) = c.command else {
+            panic!("not the hub subcommand")
+        };
+        assert_eq!(h.batches, vec![1, 8]);
+        assert_eq!(h.models, vec![PathBuf::from("a.json"), PathBuf::from("b.json")]);
+        assert_eq!(h.workers, vec![1, 2]);
+        assert_eq!(h.seconds, 0.5);
     }
 }

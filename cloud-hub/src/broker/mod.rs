@@ -43,7 +43,7 @@ pub enum BrokerError {
     Embedded(String),
 }
 
-/// Publishes hub -> device messages (acks). Never blocks: a message that
+/// Publishes hub -> device messages (acks, results). Never blocks: a message that
 /// cannot be queued is logged and dropped, which the protocol tolerates
 /// (an agent re-sends what stays unacknowledged).
 #[derive(Clone)]
@@ -53,7 +53,20 @@ pub enum Publisher {
 }
 
 impl Publisher {
+    /// Publishes an ack. QoS 0 on an external broker: a lost ack only
+    /// costs a re-send, and QoS 1 would make the hub track delivery of
+    /// every ack.
     pub fn publish(&self, topic: String, payload: Vec<u8>) {
+        self.publish_with(topic, payload, rumqttc::QoS::AtMostOnce)
+    }
+
+    /// Publishes final predictions: QoS 1 on an external broker, so
+    /// subscribers with a QoS 1 subscription get them at least once.
+    pub fn publish_reliable(&self, topic: String, payload: Vec<u8>) {
+        self.publish_with(topic, payload, rumqttc::QoS::AtLeastOnce)
+    }
+
+    fn publish_with(&self, topic: String, payload: Vec<u8>, qos: rumqttc::QoS) {
         let result = match self {
             Publisher::Embedded(link) => link
                 .lock()
@@ -62,9 +75,7 @@ impl Publisher {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Publisher::External(client) => client
-                // QoS 0: a lost ack only costs a re-send, and QoS 1 would
-                // make the hub track delivery of every ack.
-                .try_publish(topic, rumqttc::QoS::AtMostOnce, false, payload)
+                .try_publish(topic, qos, false, payload)
                 .map_err(|e| e.to_string()),
         };
         if let Err(e) = result {

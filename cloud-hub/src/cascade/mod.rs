@@ -9,4 +9,6 @@
 //! measures accuracy and uplink bytes of edge-only, hub-only and the
 //! cascade on the held-out test data; [`split`] reads that data.
 
+pub mod report;
+pub mod router;
 pub mod split;
