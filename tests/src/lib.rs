@@ -253,12 +253,37 @@ pub struct Hub {
     pub http: SocketAddr,
     pub mqtt_port: u16,
     pub dir: PathBuf,
+    /// Appended to hub.toml (kept across restarts).
+    extra: String,
+}
+
+/// `[inference]` serving both committed hub models, for [`Hub::start_serving`].
+pub fn hub_models_toml() -> String {
+    let mut t = String::from("[inference]\n");
+    for ds in ["basicmotions", "acsf1"] {
+        t += &format!(
+            "[[inference.models]]\nmetadata = {:?}\nmax_batch = 32\nmax_delay_ms = 5\n",
+            repo_root().join("models").join(ds).join("hub.fp32.json")
+        );
+    }
+    t
 }
 
 impl Hub {
-    /// Starts a hub with its embedded broker; `extra` is appended to hub.toml.
+    /// Starts a hub with its embedded broker.
     pub fn start(dir: &Path) -> Hub {
         Self::start_with(dir, None)
+    }
+
+    /// Starts a hub with its embedded broker and `extra` appended to
+    /// hub.toml (e.g. [`hub_models_toml`]).
+    pub fn start_serving(dir: &Path, extra: &str) -> Hub {
+        for _ in 0..4 {
+            if let Ok(hub) = Self::try_start_on(dir, None, free_port(), free_port(), extra) {
+                return hub;
+            }
+        }
+        Self::start_on(dir, None, free_port(), free_port(), extra)
     }
 
     /// Starts a hub; with `external` it uses that broker port instead of
@@ -268,11 +293,11 @@ impl Hub {
         // connection) before the hub binds it; then the hub exits with
         // "address in use" and we try again on other ports.
         for _ in 0..4 {
-            if let Ok(hub) = Self::try_start_on(dir, external, free_port(), free_port()) {
+            if let Ok(hub) = Self::try_start_on(dir, external, free_port(), free_port(), "") {
                 return hub;
             }
         }
-        Self::start_on(dir, external, free_port(), free_port())
+        Self::start_on(dir, external, free_port(), free_port(), "")
     }
 
     /// Stops this hub (SIGTERM) and starts a new one on the same ports and
@@ -284,8 +309,9 @@ impl Hub {
             self.proc.log()
         );
         let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
+        let extra = std::mem::take(&mut self.extra);
         drop(self);
-        Self::start_on(&dir, None, http, mqtt)
+        Self::start_on(&dir, None, http, mqtt, &extra)
     }
 
     /// SIGKILLs this hub (no goodbye, no flush) and starts a new one on
@@ -294,17 +320,24 @@ impl Hub {
         self.proc.signal(libc::SIGKILL);
         self.proc.wait();
         let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
+        let extra = std::mem::take(&mut self.extra);
         drop(self);
-        Self::start_on(&dir, None, http, mqtt)
+        Self::start_on(&dir, None, http, mqtt, &extra)
     }
 
     /// Starts a hub whose embedded broker listens on `mqtt_port`.
     pub fn start_at(dir: &Path, mqtt_port: u16) -> Hub {
-        Self::start_on(dir, None, free_port(), mqtt_port)
+        Self::start_on(dir, None, free_port(), mqtt_port, "")
     }
 
-    fn start_on(dir: &Path, external: Option<u16>, http_port: u16, embedded_mqtt_port: u16) -> Hub {
-        Self::try_start_on(dir, external, http_port, embedded_mqtt_port)
+    fn start_on(
+        dir: &Path,
+        external: Option<u16>,
+        http_port: u16,
+        embedded_mqtt_port: u16,
+        extra: &str,
+    ) -> Hub {
+        Self::try_start_on(dir, external, http_port, embedded_mqtt_port, extra)
             .unwrap_or_else(|log| panic!("the hub exited before it was healthy:\n{log}"))
     }
 
@@ -315,6 +348,7 @@ impl Hub {
         external: Option<u16>,
         http_port: u16,
         embedded_mqtt_port: u16,
+        extra: &str,
     ) -> Result<Hub, String> {
         let (broker, mqtt_port) = match external {
             Some(port) => (
@@ -329,7 +363,7 @@ impl Hub {
         let config = dir.join("hub.toml");
         std::fs::write(
             &config,
-            format!("{broker}[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"hub-store\"\n"),
+            format!("{broker}[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"hub-store\"\n{extra}"),
         )
         .unwrap();
         let mut cmd = Command::new(hub_bin());
@@ -351,6 +385,7 @@ impl Hub {
             http,
             mqtt_port,
             dir: dir.to_path_buf(),
+            extra: extra.to_string(),
         })
     }
 

@@ -1,0 +1,322 @@
+//! The edge-to-hub cascade with real processes: an agent runs the int8
+//! edge model on the ACSF1 test split and escalates every prediction under
+//! its threshold; the hub's fp32 model decides those. Every prediction gets
+//! exactly one final result, routed by the threshold, stored with its
+//! record, published on the device's results topic (read by a plain
+//! `mosquitto_sub`, decoded by `protoc` with the published schema) and on
+//! the live Server-Sent Events stream. Bad requests (an unknown hub model,
+//! malformed API calls, CUDA where there is none) are refused alone.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use conveyor_e2e::*;
+use conveyor_shared::{Decider, FinalPrediction, ResultBatch};
+use serde_json::Value;
+
+const THRESHOLD: f32 = 0.9;
+
+fn agent_toml(hub: &Hub, device: &str, dataset: &str, escalate_to: &str, threshold: f32) -> String {
+    let (stream, file) = match dataset {
+        "acsf1" => ("power", "ACSF1/ACSF1_TEST.ts"),
+        _ => ("motion", "BasicMotions/BasicMotions_TEST.ts"),
+    };
+    format!(
+        r#"
+device_id = "{device}"
+data_dir = "state-{device}"
+[uplink]
+url = "{url}"
+heartbeat_secs = 0.5
+[[sources]]
+type = "replay"
+name = "{stream}"
+path = {data:?}
+rate = 0
+[[stages]]
+type = "inference"
+model = {model:?}
+escalate_below = {threshold:?}
+escalate_to = "{escalate_to}"
+"#,
+        url = hub.mqtt_url(),
+        data = data_file(file).display().to_string(),
+        model = repo_root()
+            .join("models")
+            .join(dataset)
+            .join("edge.int8.json")
+            .display()
+            .to_string(),
+    )
+}
+
+fn protoc_decode(message: &str, payload: &[u8]) -> String {
+    let mut child = Command::new("protoc")
+        .arg(format!(
+            "--proto_path={}",
+            repo_root().join("shared/proto").display()
+        ))
+        .arg(format!("--decode={message}"))
+        .arg("conveyor.proto")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("protoc must be installed (.ci/run installs protobuf-compiler)");
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "protoc: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Reads `mosquitto_sub` output (one hex payload per line) until `n`
+/// results have arrived; checks each against protoc's decoding.
+fn read_mqtt_results(lines: impl Iterator<Item = String>, n: usize) -> Vec<FinalPrediction> {
+    let mut out = Vec::new();
+    for line in lines {
+        let (topic, hex) = line.split_once(' ').expect("topic and payload");
+        assert_eq!(topic, "conveyor/v1/plug-1/down/results");
+        let bytes = hex_decode(hex);
+        let ours = ResultBatch::decode_checked(&bytes).unwrap();
+        let text = protoc_decode("conveyor.v1.ResultBatch", &bytes);
+        assert!(text.contains("device_id: \"plug-1\""), "{text}");
+        assert_eq!(text.matches("results {").count(), ours.results.len(), "{text}");
+        // (proto3 leaves a zero out of the encoding: seq 0 shows no line.)
+        for r in ours.results.iter().filter(|r| r.seq > 0) {
+            assert!(text.contains(&format!("seq: {}", r.seq)), "{text}");
+        }
+        let by_hub = ours.results.iter().filter(|r| r.decider() == Decider::Hub).count();
+        assert_eq!(text.matches("decided_by: DECIDER_HUB").count(), by_hub, "{text}");
+        out.extend(ours.results);
+        if out.len() >= n {
+            break;
+        }
+    }
+    out
+}
+
+/// Subscribes to the live results stream (HTTP/1.0, so the body is the
+/// raw event stream) and returns the results of `n` notifications' worth.
+fn sse_results(hub: &Hub, device: &str) -> impl Iterator<Item = Value> {
+    let mut s = TcpStream::connect(hub.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET /api/v1/results/stream?device={device} HTTP/1.0\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    reader
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("data:").map(|d| d.trim().to_string()))
+        .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+        .flat_map(|v| v["results"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn the_cascade_routes_by_threshold_and_every_result_goes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_serving(dir.path(), &hub_models_toml());
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &hub.mqtt_port.to_string()])
+        .args(["-t", "conveyor/v1/+/down/results", "-F", "%t %x", "-q", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub must be installed (.ci/run installs mosquitto-clients)");
+    let mut sub = scopeguard(sub);
+    let sub_lines = BufReader::new(sub.0.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let sse = std::thread::spawn({
+        let stream = sse_results(&hub, "plug-1");
+        move || stream.take(100).collect::<Vec<Value>>()
+    });
+    // Let both subscriptions land before the first result.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut agent = start_agent(
+        dir.path(),
+        "plug",
+        &agent_toml(&hub, "plug-1", "acsf1", "acsf1-hub", THRESHOLD),
+    );
+    // 100 series x 1460 readings, replayed once: 100 windows.
+    assert!(agent.wait().success(), "{}", agent.log());
+    let mqtt = read_mqtt_results(sub_lines, 100);
+    let results = wait_for("100 final results", || {
+        let page = hub.get("/api/v1/devices/plug-1/results?from=0&limit=1000");
+        let r = page["results"].as_array().cloned().unwrap_or_default();
+        (r.len() == 100).then_some(r)
+    });
+    let records = hub.all_records("plug-1");
+    assert_eq!(records.len(), 100, "prediction records only");
+
+    // Routing: decided by the hub exactly when the edge was unsure.
+    let mut by_hub = 0;
+    let mut correct = (0, 0);
+    for (rec, res) in records.iter().zip(&results) {
+        assert_eq!(rec["seq"], res["seq"]);
+        assert_eq!(&rec["result"], res, "stored with its record");
+        let edge = rec["prediction"]["confidence"].as_f64().unwrap() as f32;
+        let escalated = edge < THRESHOLD;
+        assert_eq!(rec.get("escalation").is_some(), escalated, "{rec}");
+        if escalated {
+            let window = rec["escalation"]["window"].as_array().unwrap().len();
+            assert_eq!(window, 1460, "the whole raw window travels");
+        }
+        let decided = res["decided_by"].as_str().unwrap();
+        assert_eq!(decided, if escalated { "hub" } else { "edge" }, "{res}");
+        assert!(res.get("hub_error").is_none(), "{res}");
+        let model = res["prediction"]["model_id"].as_str().unwrap();
+        assert_eq!(model, if escalated { "acsf1-hub" } else { "acsf1-edge" });
+        assert_eq!(res["prediction"]["window_len"], 1460);
+        by_hub += usize::from(escalated);
+        correct.0 += usize::from(res["prediction"]["label"] == res["label"]);
+        correct.1 += usize::from(rec["prediction"]["label"] == rec["label"]);
+    }
+    assert!(
+        by_hub > 0 && by_hub < 100,
+        "a threshold of {THRESHOLD} escalates some ACSF1 windows, not all: {by_hub}"
+    );
+    eprintln!(
+        "cascade at {THRESHOLD}: {by_hub}/100 escalated; final {} right, edge alone {} right",
+        correct.0, correct.1
+    );
+    let hb = wait_for("the agent's final heartbeat", || {
+        let d = hub.device("plug-1")?;
+        let s = d["last_heartbeat"]["stages"][0].clone();
+        (s["records_out"] == 100).then_some(s)
+    });
+    assert_eq!(hb["escalated"].as_u64(), Some(by_hub as u64));
+    let device = hub.device("plug-1").unwrap();
+    assert_eq!(device["finals"]["results"], 100);
+    assert_eq!(device["finals"]["by_hub"].as_u64(), Some(by_hub as u64));
+
+    // The same 100 results on MQTT and on the live stream.
+    let seqs = |it: &mut dyn Iterator<Item = (u64, String)>| it.collect::<BTreeMap<u64, String>>();
+    let want = seqs(&mut results.iter().map(|r| {
+        (r["seq"].as_u64().unwrap(), r["decided_by"].as_str().unwrap().to_string())
+    }));
+    let got_mqtt = seqs(&mut mqtt.iter().map(|r| {
+        let d = if r.decider() == Decider::Hub { "hub" } else { "edge" };
+        (r.seq, d.to_string())
+    }));
+    assert_eq!(got_mqtt, want, "MQTT results");
+    let live = sse.join().unwrap();
+    let got_sse = seqs(&mut live.iter().map(|r| {
+        (r["seq"].as_u64().unwrap(), r["decided_by"].as_str().unwrap().to_string())
+    }));
+    assert_eq!(got_sse, want, "SSE results");
+    let metrics = hub.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "conveyor_hub_inference_requests_total{{model=\"acsf1-hub\",outcome=\"ok\"}} {by_hub}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("conveyor_hub_results_published_total 100"), "{metrics}");
+}
+
+/// Kills the child on drop.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+
+#[test]
+fn bad_requests_are_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_serving(dir.path(), &hub_models_toml());
+
+    // An agent escalating everything to a model the hub does not serve:
+    // every window keeps the edge's answer, with the reason.
+    let mut agent = start_agent(
+        dir.path(),
+        "watch",
+        &agent_toml(&hub, "watch-1", "basicmotions", "no-such-model", 1.0),
+    );
+    assert!(agent.wait().success(), "{}", agent.log());
+    let results = wait_for("40 final results", || {
+        let page = hub.get("/api/v1/devices/watch-1/results?from=0&limit=1000");
+        let r = page["results"].as_array().cloned().unwrap_or_default();
+        (r.len() == 40).then_some(r)
+    });
+    for r in &results {
+        assert_eq!(r["decided_by"], "edge", "{r}");
+        assert_eq!(r["prediction"]["model_id"], "basicmotions-edge");
+        let e = r["hub_error"].as_str().unwrap();
+        assert!(e.contains("unknown model \"no-such-model\""), "{e}");
+    }
+    let metrics = hub.metrics();
+    assert!(
+        metrics.contains(
+            "conveyor_hub_inference_requests_total{model=\"unknown\",outcome=\"unknown_model\"} 40"
+        ),
+        "{metrics}"
+    );
+
+    // The one-off inference API.
+    let window: Vec<Vec<f32>> = vec![vec![0.5; 6]; 100];
+    let body = serde_json::json!({ "window": window }).to_string();
+    let (status, text) =
+        http(hub.http, "POST", "/api/v1/models/basicmotions-hub/infer", Some(&body)).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let p: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(p["model_id"], "basicmotions-hub");
+    assert_eq!(p["probabilities"].as_array().unwrap().len(), 4);
+    let wrong: Vec<Vec<f32>> = vec![vec![0.5; 3]; 100];
+    let cases = [
+        ("basicmotions-hub", serde_json::json!({ "window": wrong }).to_string(), 400, "takes windows of 100 readings x 6 channels"),
+        ("nope", body.clone(), 404, "unknown model"),
+        ("basicmotions-hub", "{\"window\": 7}".to_string(), 400, "invalid request body"),
+        ("basicmotions-hub", "{\"window\": [[1, 2], [3]]}".to_string(), 400, "every reading needs the same channels"),
+    ];
+    for (model, body, want, says) in cases {
+        let (status, text) =
+            http(hub.http, "POST", &format!("/api/v1/models/{model}/infer"), Some(&body)).unwrap();
+        assert_eq!(status, want, "{model} {body}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert!(e["error"].as_str().unwrap().contains(says), "{text}");
+    }
+    let models = hub.get("/api/v1/models");
+    let bm = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "basicmotions-hub")
+        .unwrap()
+        .clone();
+    assert_eq!(bm["requests_ok"], 1, "{bm}");
+    assert_eq!(bm["backend"], "tract-cpu");
+    assert!(hub.get("/healthz")["status"] == "ok", "the hub keeps serving");
+
+    // CUDA on a build or machine without it: a clear error, exit 64,
+    // before any port is bound.
+    let out = Command::new(hub_bin())
+        .args(["check", "--config"])
+        .arg(dir.path().join("hub.toml"))
+        .args(["--device", "cuda"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("device \"cuda\""), "{stderr}");
+}
