@@ -494,13 +494,19 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             }
         }
     }
-    // Let ingest catch up with what is still in flight.
+    // Let ingest and the hub's models catch up with what is in flight.
+    let progress = || {
+        (
+            crate::api::stats_of(&state).records_received,
+            state.metrics.results_published.get(),
+        )
+    };
     let settle = Instant::now();
     let mut stable_since = Instant::now();
-    let mut last = crate::api::stats_of(&state).records_received;
+    let mut last = progress();
     while settle.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = crate::api::stats_of(&state).records_received;
+        let now = progress();
         if now != last {
             last = now;
             stable_since = Instant::now();

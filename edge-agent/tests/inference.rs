@@ -208,6 +208,14 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Feeds a recording, row by row, through a pipeline holding one inference
 /// stage built from config, and returns the prediction records.
 fn run_pipeline(model: &Path, recording: &Recording) -> Vec<Reading> {
+    run_pipeline_with(model, recording, None)
+}
+
+fn run_pipeline_with(
+    model: &Path,
+    recording: &Recording,
+    escalate_below: Option<f32>,
+) -> Vec<Reading> {
     let stage = StageConfig::Inference(InferenceConfig {
         name: None,
         model: model.to_path_buf(),
@@ -215,6 +223,8 @@ fn run_pipeline(model: &Path, recording: &Recording) -> Vec<Reading> {
         output_stream: None,
         stride: None,
         forward_readings: false,
+        escalate_below,
+        escalate_to: escalate_below.map(|_| "hub-model".to_string()),
     });
     let (mut pipeline, _handles) =
         Pipeline::build(&[stage], &StageContext::new(Path::new("unused"))).unwrap();
@@ -231,6 +241,56 @@ fn run_pipeline(model: &Path, recording: &Recording) -> Vec<Reading> {
         pipeline.process(reading, &mut out);
     }
     out
+}
+
+#[test]
+fn predictions_below_the_threshold_carry_their_raw_window() {
+    let path = trained_dir().join("acsf1/edge.int8.json");
+    let meta = ModelMetadata::load(&path).unwrap();
+    let recording = Recording::load(&test_split(&meta), None).unwrap();
+    let plain = run_pipeline(&path, &recording);
+    let threshold = 0.9;
+    let cascaded = run_pipeline_with(&path, &recording, Some(threshold));
+    assert_eq!(plain.len(), cascaded.len());
+    let mut escalated = 0;
+    for (i, (p, c)) in plain.iter().zip(&cascaded).enumerate() {
+        assert_eq!(p.prediction, c.prediction, "the edge's answer is the same");
+        assert!(p.escalation.is_none());
+        let confidence = c.prediction.as_ref().unwrap().confidence;
+        match &c.escalation {
+            None => assert!(confidence >= threshold, "window {i}: {confidence}"),
+            Some(e) => {
+                escalated += 1;
+                assert!(confidence < threshold, "window {i}: {confidence}");
+                assert_eq!((e.hub_model.as_str(), e.threshold, e.channels), ("hub-model", threshold, 1));
+                let rows = &recording.rows[i * meta.window..(i + 1) * meta.window];
+                let raw: Vec<f32> = rows.iter().map(|r| r.values[0] as f32).collect();
+                assert_eq!(e.window, raw, "window {i}: the raw readings, in order");
+            }
+        }
+    }
+    assert!(escalated > 0 && escalated < plain.len(), "{escalated}");
+}
+
+#[test]
+fn escalation_settings_are_checked() {
+    let base = |below: Option<f32>, to: Option<&str>| InferenceConfig {
+        name: None,
+        model: "m.json".into(),
+        stream: None,
+        output_stream: None,
+        stride: None,
+        forward_readings: false,
+        escalate_below: below,
+        escalate_to: to.map(str::to_string),
+    };
+    let err = |c: InferenceConfig| c.validate("stages[0]").unwrap_err().to_string();
+    assert!(err(base(Some(1.5), Some("hub"))).starts_with("stages[0].escalate_below"));
+    assert!(err(base(Some(0.5), None)).starts_with("stages[0].escalate_to: is required"));
+    assert!(err(base(None, Some("hub"))).starts_with("stages[0].escalate_below: is required"));
+    assert!(err(base(Some(0.5), Some(""))).starts_with("stages[0].escalate_to"));
+    base(Some(0.5), Some("hub")).validate("stages[0]").unwrap();
+    base(None, None).validate("stages[0]").unwrap();
 }
 
 #[test]
@@ -432,6 +492,8 @@ fn readings_of_the_wrong_shape_are_counted_and_dropped() {
         output_stream: None,
         stride: None,
         forward_readings: false,
+        escalate_below: None,
+        escalate_to: None,
     };
     let built = config.build(0, "stages[0]").unwrap();
     let mut stage = built.stage;
@@ -479,6 +541,8 @@ fn a_swapped_model_takes_over_between_windows_and_no_window_is_lost() {
         output_stream: None,
         stride: None,
         forward_readings: false,
+        escalate_below: None,
+        escalate_to: None,
     };
     let built = config.build(0, "stages[0]").unwrap();
     let StageControl::Model(slot) = built.control.clone() else {

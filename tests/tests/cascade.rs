@@ -320,3 +320,68 @@ fn bad_requests_are_refused_alone() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("device \"cuda\""), "{stderr}");
 }
+
+#[test]
+fn escalations_left_pending_are_answered_after_a_restart() {
+    use cloud_hub::cascade::split::test_windows;
+    use cloud_hub::store::Store;
+    use conveyor_shared::{DeviceId, Escalation, ModelMetadata, Prediction, Record};
+
+    // A store as a hub killed right after storing three escalated records
+    // leaves it: the records and their pending marks, no results.
+    let dir = tempfile::tempdir().unwrap();
+    let meta = ModelMetadata::load(&repo_root().join("models/acsf1/hub.fp32.json")).unwrap();
+    let windows = test_windows(&repo_root().join("models/data"), &meta).unwrap();
+    {
+        let store = Store::open(&dir.path().join("hub-store")).unwrap();
+        let records: Vec<Record> = windows[..3]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Record {
+                stream: "power.predictions".into(),
+                seq: i as u64 + 1,
+                source_ts_us: 1_700_000_000_000_000 + i as i64,
+                label: w.label.clone(),
+                prediction: Some(Prediction {
+                    model_id: "acsf1-edge".into(),
+                    label: "0".into(),
+                    confidence: 0.3,
+                    window_len: 1460,
+                    ..Default::default()
+                }),
+                escalation: Some(Escalation {
+                    hub_model: "acsf1-hub".into(),
+                    threshold: 0.9,
+                    channels: 1,
+                    window: w.values.clone(),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let n = store
+            .append(&DeviceId::new("plug-9").unwrap(), &records, 1, |_| ())
+            .unwrap();
+        assert_eq!(n.escalated.len(), 3);
+        store.flush().unwrap();
+        assert_eq!(store.results.pending().unwrap().len(), 3);
+    }
+    let hub = Hub::start_serving(dir.path(), &hub_models_toml());
+    let results = wait_for("the pending escalations answered", || {
+        let page = hub.get("/api/v1/devices/plug-9/results?from=0&limit=10");
+        let r = page["results"].as_array().cloned().unwrap_or_default();
+        (r.len() == 3).then_some(r)
+    });
+    for (r, w) in results.iter().zip(&windows) {
+        assert_eq!(r["decided_by"], "hub", "{r}");
+        assert_eq!(r["prediction"]["model_id"], "acsf1-hub");
+        assert_eq!(r["edge"]["confidence"].as_f64(), Some(0.3f32 as f64));
+        assert_eq!(r["label"], w.label.as_str());
+    }
+    // Answered for good: a second restart asks nothing again.
+    let hub = hub.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !hub.metrics().contains("conveyor_hub_inference_requests_total{model=\"acsf1-hub\""),
+        "nothing left pending"
+    );
+}

@@ -54,6 +54,16 @@ fn demo_runs_and_loses_nothing() {
         }
     }
     assert!(s["predictions_correct"].as_u64().unwrap() > 0, "{s}");
+    // Every edge prediction got exactly one final result (the cascade is
+    // on: unsure windows were decided by the hub's models).
+    assert_eq!(s["final_results"], s["predictions"], "{s}");
+    for d in s["devices"].as_array().unwrap() {
+        assert_eq!(d["finals"]["results"], d["predictions"], "{d}");
+        assert_eq!(d["finals"]["hub_errors"], 0, "{d}");
+    }
+    // And the offline cascade table, for both data sets.
+    let report = s["cascade_report"]["datasets"].as_array().unwrap();
+    assert_eq!(report.len(), 2, "{s}");
     assert!(s["latency_p99_ms"].as_f64().unwrap() >= s["latency_p50_ms"].as_f64().unwrap());
 }
 
