@@ -670,6 +670,6 @@ pub fn print_summary(s: &Summary) {
     if let Some(report) = &s.cascade_report {
         eprintln!();
         eprintln!("Cascade on the whole held-out test splits (`cloud-hub cascade-report`):");
-        crate::cascade::report::print_table(report);
+        eprint!("{}", crate::cascade::report::render_table(report));
     }
 }

@@ -61,7 +61,11 @@ fn threshold_zero_is_edge_only() {
         assert_eq!(edge.escalated, 0, "{}", d.dataset);
         assert_eq!(zero.accuracy, edge.accuracy, "{}", d.dataset);
         assert_eq!(zero.uplink_bytes, edge.uplink_bytes, "{}", d.dataset);
-        assert_eq!(zero.bytes_per_window, edge.bytes_per_window, "{}", d.dataset);
+        assert_eq!(
+            zero.bytes_per_window, edge.bytes_per_window,
+            "{}",
+            d.dataset
+        );
     }
 }
 
@@ -75,7 +79,11 @@ fn above_one_escalates_everything_and_is_as_accurate_as_hub_only() {
         assert_eq!(all.accuracy, hub.accuracy, "{}", d.dataset);
         // Escalating every window still sends each window once, as f32s
         // in one record instead of f64s in a record per reading.
-        assert!(all.uplink_bytes < hub.uplink_bytes, "{}: {all:?} vs {hub:?}", d.dataset);
+        assert!(
+            all.uplink_bytes < hub.uplink_bytes,
+            "{}: {all:?} vs {hub:?}",
+            d.dataset
+        );
         assert!(all.uplink_bytes > row(d, "edge-only", None).uplink_bytes);
     }
 }
@@ -85,14 +93,30 @@ fn escalations_and_bytes_never_decrease_as_the_threshold_grows() {
     for d in &report().datasets {
         let cascade: Vec<&ReportRow> = d.rows.iter().filter(|r| r.strategy == "cascade").collect();
         let thresholds: Vec<f32> = cascade.iter().map(|r| r.threshold.unwrap()).collect();
-        assert_eq!(thresholds, THRESHOLDS, "{}: rows in the order asked", d.dataset);
+        assert_eq!(
+            thresholds, THRESHOLDS,
+            "{}: rows in the order asked",
+            d.dataset
+        );
         for pair in cascade.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            assert!(b.escalated >= a.escalated, "{}: {a:?} then {b:?}", d.dataset);
-            assert!(b.uplink_bytes >= a.uplink_bytes, "{}: {a:?} then {b:?}", d.dataset);
+            assert!(
+                b.escalated >= a.escalated,
+                "{}: {a:?} then {b:?}",
+                d.dataset
+            );
+            assert!(
+                b.uplink_bytes >= a.uplink_bytes,
+                "{}: {a:?} then {b:?}",
+                d.dataset
+            );
             // More escalations must cost bytes: each carries a window.
             if b.escalated > a.escalated {
-                assert!(b.uplink_bytes > a.uplink_bytes, "{}: {a:?} then {b:?}", d.dataset);
+                assert!(
+                    b.uplink_bytes > a.uplink_bytes,
+                    "{}: {a:?} then {b:?}",
+                    d.dataset
+                );
             }
         }
         for r in &d.rows {

@@ -63,7 +63,11 @@ fn with_gpu(metadata: &Path) {
     let input: Vec<f32> = (0..N * per_window)
         .map(|i| ((i as f32) * 0.37).sin() * (1.0 + (i / per_window) as f32 * 0.5))
         .collect();
-    let on_cpu = cpu.runner().unwrap().run(N, input.clone()).expect("CPU run");
+    let on_cpu = cpu
+        .runner()
+        .unwrap()
+        .run(N, input.clone())
+        .expect("CPU run");
     let mut runner = cuda.runner().unwrap();
     // Twice: the second run reuses the worker's stream and state.
     for _ in 0..2 {
@@ -84,7 +88,9 @@ fn with_gpu(metadata: &Path) {
         }
     }
     // A batch of another size goes through the same plan.
-    let one = runner.run(1, input[..per_window].to_vec()).expect("GPU run of 1");
+    let one = runner
+        .run(1, input[..per_window].to_vec())
+        .expect("GPU run of 1");
     for (g, c) in one.iter().zip(&on_cpu[..classes]) {
         assert!((g - c).abs() <= 1e-4, "batch of 1: GPU {g} vs CPU {c}");
     }

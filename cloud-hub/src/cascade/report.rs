@@ -200,7 +200,12 @@ fn prediction_record(
 
 /// Uplink bytes of window `index`'s raw readings, one record each, as an
 /// agent without inference sends them (`seq` = reading number).
-fn raw_readings_bytes(stream: &str, index: usize, window: &TestWindow, meta: &ModelMetadata) -> u64 {
+fn raw_readings_bytes(
+    stream: &str,
+    index: usize,
+    window: &TestWindow,
+    meta: &ModelMetadata,
+) -> u64 {
     window
         .values
         .chunks_exact(meta.channels)
@@ -283,7 +288,11 @@ fn evaluate_dataset(
     );
     let windows = test_windows(data_dir, &edge_meta)
         .with_context(|| format!("reading the test split {}", split.display()))?;
-    ensure!(!windows.is_empty(), "{} holds no complete window", split.display());
+    ensure!(
+        !windows.is_empty(),
+        "{} holds no complete window",
+        split.display()
+    );
 
     // The hub model: every window in one dynamic batch.
     let n = windows.len();
@@ -342,17 +351,18 @@ fn evaluate_dataset(
     }
 
     let hub_only_bytes: u64 = outcomes.iter().map(|o| o.hub_only_bytes).sum();
-    let row = |strategy: &str, threshold: Option<f32>, escalated: usize, correct: usize, bytes: u64| {
-        ReportRow {
-            strategy: strategy.to_string(),
-            threshold,
-            escalated,
-            accuracy: correct as f64 / n as f64,
-            uplink_bytes: bytes,
-            bytes_per_window: bytes as f64 / n as f64,
-            bytes_vs_hub_only: bytes as f64 / hub_only_bytes as f64,
-        }
-    };
+    let row =
+        |strategy: &str, threshold: Option<f32>, escalated: usize, correct: usize, bytes: u64| {
+            ReportRow {
+                strategy: strategy.to_string(),
+                threshold,
+                escalated,
+                accuracy: correct as f64 / n as f64,
+                uplink_bytes: bytes,
+                bytes_per_window: bytes as f64 / n as f64,
+                bytes_vs_hub_only: bytes as f64 / hub_only_bytes as f64,
+            }
+        };
     let mut rows = vec![
         row(
             "edge-only",
@@ -396,7 +406,11 @@ fn evaluate_dataset(
 /// Runs the edge and hub models of every data set in [`DATASETS`] on its
 /// test split and derives edge-only, hub-only and one cascade row per
 /// threshold (in the order given).
-pub fn evaluate(models_dir: &Path, data_dir: &Path, thresholds: &[f32]) -> anyhow::Result<CascadeReport> {
+pub fn evaluate(
+    models_dir: &Path,
+    data_dir: &Path,
+    thresholds: &[f32],
+) -> anyhow::Result<CascadeReport> {
     if let Some(bad) = thresholds.iter().find(|t| !t.is_finite()) {
         bail!("threshold {bad} is not a number; thresholds are edge confidences, e.g. 0.9");
     }
@@ -445,7 +459,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<CascadeReport> {
 }
 
 fn percent(share: f64) -> String {
-    if share >= 0.1 {
+    if share == 0.0 {
+        "0%".to_string()
+    } else if share >= 0.1 {
         format!("{:.1}%", share * 100.0)
     } else {
         format!("{:.2}%", share * 100.0)
@@ -466,7 +482,9 @@ pub fn render_table(report: &CascadeReport) -> String {
              |---|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &d.rows {
-            let threshold = r.threshold.map_or_else(|| "-".to_string(), |t| t.to_string());
+            let threshold = r
+                .threshold
+                .map_or_else(|| "-".to_string(), |t| t.to_string());
             let _ = writeln!(
                 out,
                 "| {} | {} | {} ({}) | {} | {} | {:.1} | {} |",

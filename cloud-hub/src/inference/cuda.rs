@@ -191,3 +191,26 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         "(no message)"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_tract_cuda_comes_back_as_an_error() {
+        let caught = guarded(|| -> u32 { panic!("Could not create CUDA context: {}", 7) });
+        assert_eq!(
+            caught,
+            Err("tract-cuda panicked: Could not create CUDA context: 7".to_string())
+        );
+        assert_eq!(guarded(|| 3), Ok(3));
+        // Nested: the outer guard still holds after the inner one.
+        let nested = guarded(|| {
+            let inner = guarded::<()>(|| panic!("inner"));
+            assert!(inner.is_err());
+            panic!("outer")
+        });
+        assert_eq!(nested, Err::<(), _>("tract-cuda panicked: outer".into()));
+        assert!(!GUARDED.with(Cell::get));
+    }
+}
