@@ -164,7 +164,8 @@ async fn paged<T: Serialize + Send + 'static>(
             format!("limit must be between 1 and {MAX_RECORDS_PER_REQUEST}, got {limit}"),
         );
     }
-    let result = tokio::task::spawn_blocking(move || read(&id, q.from, limit).map(|r| (id, r))).await;
+    let result =
+        tokio::task::spawn_blocking(move || read(&id, q.from, limit).map(|r| (id, r))).await;
     match result {
         Ok(Ok((id, items))) => Json(json!({"device_id": id, what: items})).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -57,7 +57,10 @@ pub async fn infer(
                 },
                 "wrong_shape",
             );
-            return error(StatusCode::BAD_REQUEST, format!("invalid request body: {}", e.body_text()));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {}", e.body_text()),
+            );
         }
     };
     let channels = req.window.first().map_or(0, Vec::len);

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{self, BrokerError};
 use crate::cascade::router::Router;
-use crate::inference::InferenceService;
 use crate::config::{BrokerMode, HubConfig};
+use crate::inference::InferenceService;
 use crate::ingest::{HubState, Ingest};
 use crate::metrics::HubMetrics;
 use crate::registry::{DeviceEntry, Registry};
@@ -98,7 +98,9 @@ impl Hub {
             let router = router.clone();
             tokio::spawn(async move { router.resume_pending().await });
         }
-        tokio::spawn(Ingest::new(state.clone(), connection.publisher, router).run(connection.inbound));
+        tokio::spawn(
+            Ingest::new(state.clone(), connection.publisher, router).run(connection.inbound),
+        );
         let mut stoppable = vec![tokio::spawn(housekeeping(state.clone(), stop_rx.clone()))];
         let app = crate::api::router(state.clone());
         let mut http_stop = stop_rx;

@@ -88,7 +88,8 @@ impl Ingest {
                 continue;
             }
             for s in stored {
-                self.publisher.publish(s.ack_topic.to_string(), s.ack.encode());
+                self.publisher
+                    .publish(s.ack_topic.to_string(), s.ack.encode());
                 if s.ack.rejected.is_none() {
                     self.router
                         .dispatch(&s.device, s.edge_results, s.escalated)

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cloud_hub::cascade::report::ReportArgs;
 use cloud_hub::config::HubConfig;
 use cloud_hub::demo::{self, DemoArgs};
-use cloud_hub::cascade::report::ReportArgs;
 use cloud_hub::hub::Hub;
 use cloud_hub::inference::{Device, InferenceService};
 

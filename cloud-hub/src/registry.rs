@@ -212,7 +212,12 @@ impl Registry {
     }
 
     /// Counts a final prediction published for the device.
-    pub fn on_final(&mut self, device: &str, result: &conveyor_shared::FinalPrediction, now_us: i64) {
+    pub fn on_final(
+        &mut self,
+        device: &str,
+        result: &conveyor_shared::FinalPrediction,
+        now_us: i64,
+    ) {
         let t = &mut self.entry(device, now_us).finals;
         t.results += 1;
         t.by_hub += u64::from(result.decider() == conveyor_shared::Decider::Hub);

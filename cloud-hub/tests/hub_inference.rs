@@ -51,7 +51,11 @@ fn serve(
     .unwrap()
 }
 
-async fn one_by_one(s: &InferenceService, meta: &ModelMetadata, w: &[TestWindow]) -> Vec<Prediction> {
+async fn one_by_one(
+    s: &InferenceService,
+    meta: &ModelMetadata,
+    w: &[TestWindow],
+) -> Vec<Prediction> {
     let mut out = Vec::new();
     for x in w {
         out.push(s.infer(&meta.id, meta.channels, &x.values).await.unwrap());
@@ -59,12 +63,19 @@ async fn one_by_one(s: &InferenceService, meta: &ModelMetadata, w: &[TestWindow]
     out
 }
 
-async fn all_at_once(s: &InferenceService, meta: &ModelMetadata, w: &[TestWindow]) -> Vec<Prediction> {
-    join_all(w.iter().map(|x| s.infer(&meta.id, meta.channels, &x.values)))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect()
+async fn all_at_once(
+    s: &InferenceService,
+    meta: &ModelMetadata,
+    w: &[TestWindow],
+) -> Vec<Prediction> {
+    join_all(
+        w.iter()
+            .map(|x| s.infer(&meta.id, meta.channels, &x.values)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +83,11 @@ async fn batched_answers_equal_unbatched_answers_and_the_card_accuracy() {
     for dataset in ["basicmotions", "acsf1"] {
         let (meta, backend) = backend::load(&hub_model(dataset), Device::Cpu).unwrap();
         let windows = test_windows(&repo().join("models/data"), &meta).unwrap();
-        assert_eq!(windows.len(), meta.metrics.as_ref().unwrap().test_windows as usize, "{dataset}");
+        assert_eq!(
+            windows.len(),
+            meta.metrics.as_ref().unwrap().test_windows,
+            "{dataset}"
+        );
 
         let single = serve(&meta, backend.clone(), 1, 0, 1, 1024);
         let batched = serve(&meta, backend, 32, 50, 2, 1024);
@@ -112,9 +127,15 @@ async fn bad_requests_fail_alone_and_are_counted() {
     let windows = test_windows(&repo().join("models/data"), &meta).unwrap();
     let s = serve(&meta, backend, 8, 1, 1, 64);
 
-    let e = s.infer("no-such-model", 6, &windows[0].values).await.unwrap_err();
+    let e = s
+        .infer("no-such-model", 6, &windows[0].values)
+        .await
+        .unwrap_err();
     assert!(matches!(e, InferError::UnknownModel { .. }), "{e}");
-    assert!(e.to_string().contains("basicmotions-hub"), "names what is served: {e}");
+    assert!(
+        e.to_string().contains("basicmotions-hub"),
+        "names what is served: {e}"
+    );
 
     let e = s.infer(&meta.id, 3, &windows[0].values).await.unwrap_err();
     assert!(matches!(e, InferError::WrongShape { .. }), "{e}");
@@ -122,7 +143,11 @@ async fn bad_requests_fail_alone_and_are_counted() {
         .infer(&meta.id, 6, &windows[0].values[..599])
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("takes windows of 100 readings x 6 channels"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("takes windows of 100 readings x 6 channels"),
+        "{e}"
+    );
 
     let mut nan = windows[0].values.clone();
     nan[17] = f32::NAN;
@@ -239,7 +264,10 @@ async fn a_full_queue_refuses_new_requests_instead_of_growing() {
         }
     }
     assert!(overloaded > 0, "nothing was refused ({ok} answered)");
-    assert!(ok >= 3, "the queued requests are answered once the model frees up");
+    assert!(
+        ok >= 3,
+        "the queued requests are answered once the model frees up"
+    );
     assert_eq!(s.metrics().requests(&meta.id, "overloaded"), overloaded);
 }
 
@@ -249,7 +277,10 @@ fn cuda_is_a_clear_error_where_it_cannot_be_used() {
         return; // tests/cuda_unavailable.rs covers that build
     }
     let e = backend::check_device(Device::Cuda).unwrap_err().to_string();
-    assert!(e.contains("built without CUDA support") && e.contains("--features cuda"), "{e}");
+    assert!(
+        e.contains("built without CUDA support") && e.contains("--features cuda"),
+        "{e}"
+    );
     let e = InferenceService::start(
         &toml::from_str(&format!(
             "device = \"cuda\"\n[[models]]\nmetadata = {:?}\n",
@@ -281,7 +312,10 @@ fn a_broken_model_or_duplicate_id_refuses_to_start_naming_the_entry() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.starts_with("inference.models[1]:") && e.contains("model_sha256"), "{e}");
+    assert!(
+        e.starts_with("inference.models[1]:") && e.contains("model_sha256"),
+        "{e}"
+    );
     let e = InferenceService::start(
         &config(&[&hub_model("acsf1"), &hub_model("acsf1")]),
         Default::default(),

@@ -262,7 +262,10 @@ fn predictions_below_the_threshold_carry_their_raw_window() {
             Some(e) => {
                 escalated += 1;
                 assert!(confidence < threshold, "window {i}: {confidence}");
-                assert_eq!((e.hub_model.as_str(), e.threshold, e.channels), ("hub-model", threshold, 1));
+                assert_eq!(
+                    (e.hub_model.as_str(), e.threshold, e.channels),
+                    ("hub-model", threshold, 1)
+                );
                 let rows = &recording.rows[i * meta.window..(i + 1) * meta.window];
                 let raw: Vec<f32> = rows.iter().map(|r| r.values[0] as f32).collect();
                 assert_eq!(e.window, raw, "window {i}: the raw readings, in order");

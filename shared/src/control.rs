@@ -207,6 +207,10 @@ impl Heartbeat {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,8 +245,4 @@ mod tests {
         assert!(err.to_string().contains("malformed heartbeat"), "{err}");
         assert!(DeviceStatus::decode(b"\x00\x01").is_err());
     }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

@@ -68,7 +68,11 @@ fn protoc_decode(message: &str, payload: &[u8]) -> String {
         .expect("protoc must be installed (.ci/run installs protobuf-compiler)");
     child.stdin.take().unwrap().write_all(payload).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "protoc: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "protoc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -90,13 +94,25 @@ fn read_mqtt_results(lines: impl Iterator<Item = String>, n: usize) -> Vec<Final
         let ours = ResultBatch::decode_checked(&bytes).unwrap();
         let text = protoc_decode("conveyor.v1.ResultBatch", &bytes);
         assert!(text.contains("device_id: \"plug-1\""), "{text}");
-        assert_eq!(text.matches("results {").count(), ours.results.len(), "{text}");
+        assert_eq!(
+            text.matches("results {").count(),
+            ours.results.len(),
+            "{text}"
+        );
         // (proto3 leaves a zero out of the encoding: seq 0 shows no line.)
         for r in ours.results.iter().filter(|r| r.seq > 0) {
             assert!(text.contains(&format!("seq: {}", r.seq)), "{text}");
         }
-        let by_hub = ours.results.iter().filter(|r| r.decider() == Decider::Hub).count();
-        assert_eq!(text.matches("decided_by: DECIDER_HUB").count(), by_hub, "{text}");
+        let by_hub = ours
+            .results
+            .iter()
+            .filter(|r| r.decider() == Decider::Hub)
+            .count();
+        assert_eq!(
+            text.matches("decided_by: DECIDER_HUB").count(),
+            by_hub,
+            "{text}"
+        );
         out.extend(ours.results);
         if out.len() >= n {
             break;
@@ -139,7 +155,9 @@ fn the_cascade_routes_by_threshold_and_every_result_goes_out() {
         .spawn()
         .expect("mosquitto_sub must be installed (.ci/run installs mosquitto-clients)");
     let mut sub = scopeguard(sub);
-    let sub_lines = BufReader::new(sub.0.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let sub_lines = BufReader::new(sub.0.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
     let sse = std::thread::spawn({
         let stream = sse_results(&hub, "plug-1");
         move || stream.take(100).collect::<Vec<Value>>()
@@ -207,16 +225,26 @@ fn the_cascade_routes_by_threshold_and_every_result_goes_out() {
     // The same 100 results on MQTT and on the live stream.
     let seqs = |it: &mut dyn Iterator<Item = (u64, String)>| it.collect::<BTreeMap<u64, String>>();
     let want = seqs(&mut results.iter().map(|r| {
-        (r["seq"].as_u64().unwrap(), r["decided_by"].as_str().unwrap().to_string())
+        (
+            r["seq"].as_u64().unwrap(),
+            r["decided_by"].as_str().unwrap().to_string(),
+        )
     }));
     let got_mqtt = seqs(&mut mqtt.iter().map(|r| {
-        let d = if r.decider() == Decider::Hub { "hub" } else { "edge" };
+        let d = if r.decider() == Decider::Hub {
+            "hub"
+        } else {
+            "edge"
+        };
         (r.seq, d.to_string())
     }));
     assert_eq!(got_mqtt, want, "MQTT results");
     let live = sse.join().unwrap();
     let got_sse = seqs(&mut live.iter().map(|r| {
-        (r["seq"].as_u64().unwrap(), r["decided_by"].as_str().unwrap().to_string())
+        (
+            r["seq"].as_u64().unwrap(),
+            r["decided_by"].as_str().unwrap().to_string(),
+        )
     }));
     assert_eq!(got_sse, want, "SSE results");
     let metrics = hub.metrics();
@@ -226,7 +254,10 @@ fn the_cascade_routes_by_threshold_and_every_result_goes_out() {
         )),
         "{metrics}"
     );
-    assert!(metrics.contains("conveyor_hub_results_published_total 100"), "{metrics}");
+    assert!(
+        metrics.contains("conveyor_hub_results_published_total 100"),
+        "{metrics}"
+    );
 }
 
 /// Kills the child on drop.
@@ -276,22 +307,47 @@ fn bad_requests_are_refused_alone() {
     // The one-off inference API.
     let window: Vec<Vec<f32>> = vec![vec![0.5; 6]; 100];
     let body = serde_json::json!({ "window": window }).to_string();
-    let (status, text) =
-        http(hub.http, "POST", "/api/v1/models/basicmotions-hub/infer", Some(&body)).unwrap();
+    let (status, text) = http(
+        hub.http,
+        "POST",
+        "/api/v1/models/basicmotions-hub/infer",
+        Some(&body),
+    )
+    .unwrap();
     assert_eq!(status, 200, "{text}");
     let p: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(p["model_id"], "basicmotions-hub");
     assert_eq!(p["probabilities"].as_array().unwrap().len(), 4);
     let wrong: Vec<Vec<f32>> = vec![vec![0.5; 3]; 100];
     let cases = [
-        ("basicmotions-hub", serde_json::json!({ "window": wrong }).to_string(), 400, "takes windows of 100 readings x 6 channels"),
+        (
+            "basicmotions-hub",
+            serde_json::json!({ "window": wrong }).to_string(),
+            400,
+            "takes windows of 100 readings x 6 channels",
+        ),
         ("nope", body.clone(), 404, "unknown model"),
-        ("basicmotions-hub", "{\"window\": 7}".to_string(), 400, "invalid request body"),
-        ("basicmotions-hub", "{\"window\": [[1, 2], [3]]}".to_string(), 400, "every reading needs the same channels"),
+        (
+            "basicmotions-hub",
+            "{\"window\": 7}".to_string(),
+            400,
+            "invalid request body",
+        ),
+        (
+            "basicmotions-hub",
+            "{\"window\": [[1, 2], [3]]}".to_string(),
+            400,
+            "every reading needs the same channels",
+        ),
     ];
     for (model, body, want, says) in cases {
-        let (status, text) =
-            http(hub.http, "POST", &format!("/api/v1/models/{model}/infer"), Some(&body)).unwrap();
+        let (status, text) = http(
+            hub.http,
+            "POST",
+            &format!("/api/v1/models/{model}/infer"),
+            Some(&body),
+        )
+        .unwrap();
         assert_eq!(status, want, "{model} {body}: {text}");
         let e: Value = serde_json::from_str(&text).unwrap();
         assert!(e["error"].as_str().unwrap().contains(says), "{text}");
@@ -306,7 +362,10 @@ fn bad_requests_are_refused_alone() {
         .clone();
     assert_eq!(bm["requests_ok"], 1, "{bm}");
     assert_eq!(bm["backend"], "tract-cpu");
-    assert!(hub.get("/healthz")["status"] == "ok", "the hub keeps serving");
+    assert!(
+        hub.get("/healthz")["status"] == "ok",
+        "the hub keeps serving"
+    );
 
     // CUDA on a build or machine without it: a clear error, exit 64,
     // before any port is bound.
@@ -381,7 +440,8 @@ fn escalations_left_pending_are_answered_after_a_restart() {
     let hub = hub.restart();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        !hub.metrics().contains("conveyor_hub_inference_requests_total{model=\"acsf1-hub\""),
+        !hub.metrics()
+            .contains("conveyor_hub_inference_requests_total{model=\"acsf1-hub\""),
         "nothing left pending"
     );
 }

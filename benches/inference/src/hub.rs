@@ -29,6 +29,7 @@ use cloud_hub::inference::batcher::BatchPolicy;
 use cloud_hub::inference::service::{normalise, InferenceService, ServeSpec};
 use cloud_hub::inference::stats::InferenceMetrics;
 use conveyor_shared::ModelMetadata;
+use edge_agent::inference::model::{BatchSize, ModelRunner, OnnxModel};
 use serde::Serialize;
 
 use crate::engines::{OrtEngine, OrtRuntime};
@@ -85,6 +86,11 @@ pub struct HubArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also time tract loaded with a fixed batch of B (a plan built for each
+    /// batch size, `OnnxModel::load_with(.., BatchSize::Fixed(B))`) in the
+    /// model-call rounds: what the dynamic batch dimension costs.
+    #[arg(long)]
+    pub tract_fixed_batch: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -122,6 +128,24 @@ impl Backend for OrtBackend {
 }
 
 struct OrtRunner(OrtEngine);
+
+/// tract with the plan built for exactly `B` windows (`--tract-fixed-batch`).
+struct FixedBatchRunner(ModelRunner);
+
+impl BatchRunner for FixedBatchRunner {
+    fn run(&mut self, _n: usize, input: Vec<f32>) -> Result<Vec<f32>, BackendError> {
+        let rows = self.0.run(input).map_err(|e| BackendError(e.to_string()))?;
+        Ok(rows.concat())
+    }
+}
+
+fn fixed_batch_runner(path: &Path, b: usize) -> Result<Box<dyn BatchRunner>> {
+    let model = Arc::new(
+        OnnxModel::load_with(path, BatchSize::Fixed(b))
+            .with_context(|| format!("tract with a fixed batch of {b}"))?,
+    );
+    Ok(Box::new(FixedBatchRunner(model.runner()?)))
+}
 
 impl BatchRunner for OrtRunner {
     fn run(&mut self, n: usize, input: Vec<f32>) -> Result<Vec<f32>, BackendError> {
@@ -197,6 +221,10 @@ pub struct CallRow {
     /// windows/s at this batch / windows/s at batch 1, same engine.
     pub tract_gain: Option<f64>,
     pub ort_gain: Option<f64>,
+    /// With `--tract-fixed-batch`: tract with a plan built for exactly B.
+    pub tract_fixed: Option<CallStats>,
+    /// tract_fixed windows/s / tract windows/s.
+    pub fixed_over_dynamic: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -337,7 +365,15 @@ pub fn run(args: &HubArgs) -> Result<()> {
             metadata: path.display().to_string(),
             ..Default::default()
         };
-        if let Err(e) = bench_model(path, &data_dir, ort_rt.as_ref(), &plan, args, &tokio, &mut m) {
+        if let Err(e) = bench_model(
+            path,
+            &data_dir,
+            ort_rt.as_ref(),
+            &plan,
+            args,
+            &tokio,
+            &mut m,
+        ) {
             m.error = Some(error_chain(&e));
             eprintln!("   error: {}", error_chain(&e));
         }
@@ -373,7 +409,11 @@ fn bench_model(
 ) -> Result<()> {
     let t = Instant::now();
     let (meta, tract) = backend::load(path, Device::Cpu).context("tract")?;
-    eprintln!("   tract ({}): loaded in {:.1} ms", tract.name(), ms(t.elapsed()));
+    eprintln!(
+        "   tract ({}): loaded in {:.1} ms",
+        tract.name(),
+        ms(t.elapsed())
+    );
     m.id = meta.id.clone();
     m.version = meta.version.clone();
     m.precision = meta.precision.clone();
@@ -391,15 +431,21 @@ fn bench_model(
     }
     m.test_windows = raw.len();
     let inputs: Vec<Vec<f32>> = raw.iter().map(|w| normalise(&meta, w)).collect();
-    eprintln!("   {} test windows ({}x{})", raw.len(), meta.channels, meta.window);
+    eprintln!(
+        "   {} test windows ({}x{})",
+        raw.len(),
+        meta.channels,
+        meta.window
+    );
 
     let mut engines = Engines {
         names: vec!["tract"],
         backends: vec![tract],
     };
     // One runner per engine for the model calls, built once.
-    let mut runners: Vec<Box<dyn BatchRunner>> =
-        vec![engines.backends[0].runner().map_err(|e| anyhow!("tract runner: {e}"))?];
+    let mut runners: Vec<Box<dyn BatchRunner>> = vec![engines.backends[0]
+        .runner()
+        .map_err(|e| anyhow!("tract runner: {e}"))?];
     m.ort_status = "unavailable".into();
     if let Some(rt) = ort_rt {
         let ort: Arc<dyn Backend> = Arc::new(OrtBackend::new(rt.clone(), path, &meta));
@@ -442,11 +488,22 @@ fn bench_model(
             batch: b,
             ..Default::default()
         };
-        match measure_calls(&mut runners, &inputs, b, plan) {
-            Ok(stats) => {
+        let engines_now = runners.len();
+        let measured = if args.tract_fixed_batch {
+            fixed_batch_runner(path, b).map(|r| runners.push(r))
+        } else {
+            Ok(())
+        }
+        .and_then(|()| measure_calls(&mut runners, &inputs, b, plan));
+        runners.truncate(engines_now);
+        match measured {
+            Ok(mut stats) => {
+                if args.tract_fixed_batch {
+                    row.tract_fixed = stats.pop().flatten();
+                }
                 let mut it = stats.into_iter();
-                row.tract = it.next();
-                row.ort = it.next();
+                row.tract = it.next().flatten();
+                row.ort = it.next().flatten();
             }
             Err(e) => {
                 eprintln!("      error: {}", error_chain(&e));
@@ -454,16 +511,26 @@ fn bench_model(
             }
         }
         eprintln!(
-            "      tract {} windows/s, ORT {} windows/s",
-            row.tract.as_ref().map_or("n/a".into(), |s| fmt_thousands(s.windows_per_s)),
-            row.ort.as_ref().map_or("n/a".into(), |s| fmt_thousands(s.windows_per_s)),
+            "      tract {} windows/s, ORT {} windows/s{}",
+            row.tract
+                .as_ref()
+                .map_or("n/a".into(), |s| fmt_thousands(s.windows_per_s)),
+            row.ort
+                .as_ref()
+                .map_or("n/a".into(), |s| fmt_thousands(s.windows_per_s)),
+            row.tract_fixed.as_ref().map_or(String::new(), |s| format!(
+                ", tract with a fixed batch {} windows/s",
+                fmt_thousands(s.windows_per_s)
+            )),
         );
         // a ramp long enough for a few full batches to have gone through
         let call = [&row.tract, &row.ort]
             .iter()
             .filter_map(|s| s.as_ref().map(|s| s.p50_us))
             .fold(0.0f64, f64::max);
-        let ramp = Duration::from_secs_f64((4.0 * call / 1e6 + 2.0 * args.max_delay_ms / 1e3).clamp(0.05, 1.0));
+        let ramp = Duration::from_secs_f64(
+            (4.0 * call / 1e6 + 2.0 * args.max_delay_ms / 1e3).clamp(0.05, 1.0),
+        );
         m.model_call.push(row);
 
         for &workers in &args.workers {
@@ -479,7 +546,9 @@ fn bench_model(
                 max_batch: b,
                 max_delay: Duration::from_secs_f64(args.max_delay_ms.max(0.0) / 1e3),
             };
-            match measure_served(&engines, &meta, &raw, policy, workers, clients, ramp, plan, tokio) {
+            match measure_served(
+                &engines, &meta, &raw, policy, workers, clients, ramp, plan, tokio,
+            ) {
                 Ok(stats) => {
                     let mut it = stats.into_iter();
                     row.tract = it.next();
@@ -518,6 +587,7 @@ fn finish(m: &mut HubModel) {
     for r in &mut m.model_call {
         let (t, o) = (wps(&r.tract), wps(&r.ort));
         r.tract_over_ort = ratio_of(t, o);
+        r.fixed_over_dynamic = ratio_of(wps(&r.tract_fixed), t);
         if let Some(one) = &one {
             r.tract_gain = ratio_of(t, wps(&one.tract));
             r.ort_gain = ratio_of(o, wps(&one.ort));
@@ -571,7 +641,13 @@ pub fn agreement(a: &[f32], b: &[f32], batch: usize, classes: usize) -> Agreemen
     let argmax = |row: &[f32]| {
         row.iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
             .0
     };
     let same_class = a
@@ -602,7 +678,11 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 /// `b` windows per call over per-call timings (ns).
-pub fn call_stats(b: usize, samples_ns: &[u64], rounds: &[std::ops::Range<usize>]) -> Option<CallStats> {
+pub fn call_stats(
+    b: usize,
+    samples_ns: &[u64],
+    rounds: &[std::ops::Range<usize>],
+) -> Option<CallStats> {
     let s = summarize(samples_ns)?;
     let per_s = |ns: &[u64]| {
         let t: Vec<f64> = ns.iter().map(|&n| n.max(1) as f64).collect();
@@ -623,13 +703,14 @@ pub fn call_stats(b: usize, samples_ns: &[u64], rounds: &[std::ops::Range<usize>
     })
 }
 
-/// (a): calls of `b` windows on every runner, in alternating rounds.
+/// (a): calls of `b` windows on every runner, in alternating rounds; one
+/// summary per runner, in order.
 fn measure_calls(
     runners: &mut [Box<dyn BatchRunner>],
     inputs: &[Vec<f32>],
     b: usize,
     plan: &Plan,
-) -> Result<Vec<CallStats>> {
+) -> Result<Vec<Option<CallStats>>> {
     let n = runners.len();
     let mut next = vec![0usize; n];
     for (e, runner) in runners.iter_mut().enumerate() {
@@ -664,7 +745,7 @@ fn measure_calls(
         }
     }
     Ok((0..n)
-        .filter_map(|e| call_stats(b, &samples[e], &rounds[e]))
+        .map(|e| call_stats(b, &samples[e], &rounds[e]))
         .collect())
 }
 
@@ -833,7 +914,8 @@ async fn closed_loop(
             }
             Err(e) => {
                 all.errors += 1;
-                all.first_error.get_or_insert_with(|| format!("client task: {e}"));
+                all.first_error
+                    .get_or_insert_with(|| format!("client task: {e}"));
             }
         }
     }
@@ -889,11 +971,7 @@ pub fn render(r: &HubReport) -> String {
         }
         out.push_str(&format!(
             " ({}, {}x{}, {} classes; ORT {})\n",
-            m.precision,
-            m.channels,
-            m.window,
-            m.classes,
-            m.ort_status
+            m.precision, m.channels, m.window, m.classes, m.ort_status
         ));
         if let Some(a) = &m.agreement {
             out.push_str(&format!(
@@ -903,6 +981,12 @@ pub fn render(r: &HubReport) -> String {
         }
         out.push_str("\nModel call (one call of B windows):\n\n");
         out.push_str(&call_table(m));
+        if let Some(t) = fixed_table(m) {
+            out.push_str(
+                "\ntract with the plan built for exactly B windows (--tract-fixed-batch), timed in the same rounds:\n\n",
+            );
+            out.push_str(&t);
+        }
         for w in r.settings.workers.iter().copied() {
             out.push_str(&format!(
                 "\nThrough the hub's batcher (max_batch B, max_delay {} ms, {w} worker{}, {} x B clients):\n\n",
@@ -939,7 +1023,11 @@ fn call_table(m: &HubModel) -> String {
     };
     for r in &m.model_call {
         if let Some(e) = &r.error {
-            out.push_str(&format!("| {} | error: {} | | | | | | |\n", r.batch, one_line(e)));
+            out.push_str(&format!(
+                "| {} | error: {} | | | | | | |\n",
+                r.batch,
+                one_line(e)
+            ));
             continue;
         }
         let (tw, tl) = show(&r.tract, "n/a");
@@ -957,6 +1045,35 @@ fn call_table(m: &HubModel) -> String {
         ));
     }
     out
+}
+
+/// With `--tract-fixed-batch`: tract's dynamic-batch plan against a plan
+/// built for each B.
+fn fixed_table(m: &HubModel) -> Option<String> {
+    if m.model_call.iter().all(|r| r.tract_fixed.is_none()) {
+        return None;
+    }
+    let mut out = String::from(
+        "| B | tract (dynamic batch) windows/s | tract (fixed batch B) windows/s | fixed/dynamic | dynamic p50 / p99 ms | fixed p50 / p99 ms |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let show = |s: &Option<CallStats>| match s {
+        Some(s) => (
+            fmt_thousands(s.windows_per_s),
+            format!("{} / {}", fmt_ms(s.p50_us), fmt_ms(s.p99_us)),
+        ),
+        None => ("n/a".to_string(), "n/a".to_string()),
+    };
+    for r in m.model_call.iter().filter(|r| r.error.is_none()) {
+        let (dw, dl) = show(&r.tract);
+        let (fw, fl) = show(&r.tract_fixed);
+        out.push_str(&format!(
+            "| {} | {dw} | {fw} | {} | {dl} | {fl} |\n",
+            r.batch,
+            fmt_ratio(r.fixed_over_dynamic),
+        ));
+    }
+    Some(out)
 }
 
 fn serve_table(m: &HubModel, workers: usize) -> String {
@@ -1022,7 +1139,10 @@ mod tests {
     #[test]
     fn batches_cycle_through_the_windows() {
         let inputs = vec![vec![1.0, 1.5], vec![2.0, 2.5], vec![3.0, 3.5]];
-        assert_eq!(batch_input(&inputs, 2, 3), vec![3.0, 3.5, 1.0, 1.5, 2.0, 2.5]);
+        assert_eq!(
+            batch_input(&inputs, 2, 3),
+            vec![3.0, 3.5, 1.0, 1.5, 2.0, 2.5]
+        );
         assert_eq!(batch_input(&inputs, 0, 1), vec![1.0, 1.5]);
     }
 
@@ -1085,6 +1205,7 @@ mod tests {
                     batch: 8,
                     tract: call(3000.0),
                     ort: call(3000.0),
+                    tract_fixed: call(3300.0),
                     ..Default::default()
                 },
             ],
@@ -1117,6 +1238,14 @@ mod tests {
         assert_eq!(m.model_call[1].ort_gain, Some(1.5));
         assert_eq!(m.batcher[2].tract_gain, Some(3.0));
         assert_eq!(m.batcher[2].ort_gain, None);
+        assert_eq!(m.model_call[0].fixed_over_dynamic, None);
+        assert!((m.model_call[1].fixed_over_dynamic.unwrap() - 1.1).abs() < 1e-9);
+        let t = fixed_table(&m).unwrap();
+        assert!(
+            t.contains("| 8 | 3,000 | 3,300 | 1.10x | 0.333 / 0.667 | 0.303 / 0.606 |"),
+            "{t}"
+        );
+        assert!(t.contains("| 1 | 1,000 | n/a | n/a |"), "{t}");
     }
 
     #[test]
@@ -1145,7 +1274,9 @@ mod tests {
         };
         let t = call_table(&m);
         assert!(
-            t.contains("| 1 | 2,000 | unavailable | n/a | 0.500 / 1.00 | unavailable | 1.00x | n/a |"),
+            t.contains(
+                "| 1 | 2,000 | unavailable | n/a | 0.500 / 1.00 | unavailable | 1.00x | n/a |"
+            ),
             "{t}"
         );
         let t = serve_table(&m, 1);
@@ -1153,7 +1284,12 @@ mod tests {
             t.contains("| 1 | 2 | 1,500 | unavailable | n/a | 2.50 / 12.3 | unavailable | 1.0 | unavailable |"),
             "{t}"
         );
-        assert_eq!(serve_table(&m, 2).lines().count(), 2, "no rows for 2 workers");
+        assert_eq!(
+            serve_table(&m, 2).lines().count(),
+            2,
+            "no rows for 2 workers"
+        );
+        assert!(fixed_table(&m).is_none());
         assert_eq!(fmt_ms(163.0), "0.163");
         assert_eq!(fmt_ms(123_456.0), "123");
     }

@@ -554,7 +554,10 @@ mod tests {
             panic!("not the hub subcommand")
         };
         assert_eq!(h.batches, vec![1, 8]);
-        assert_eq!(h.models, vec![PathBuf::from("a.json"), PathBuf::from("b.json")]);
+        assert_eq!(
+            h.models,
+            vec![PathBuf::from("a.json"), PathBuf::from("b.json")]
+        );
         assert_eq!(h.workers, vec![1, 2]);
         assert_eq!(h.seconds, 0.5);
     }

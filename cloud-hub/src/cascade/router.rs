@@ -193,7 +193,9 @@ impl Outlet {
         match stored {
             Ok(Ok(())) => {}
             // Still pending: the next start asks again.
-            Ok(Err(e)) => tracing::error!(device, seq = record.seq, "cannot store a hub result: {e}"),
+            Ok(Err(e)) => {
+                tracing::error!(device, seq = record.seq, "cannot store a hub result: {e}")
+            }
             Err(e) => tracing::error!(device, seq = record.seq, "storing a hub result: {e}"),
         }
         self.publish(&device, vec![result]);
@@ -212,8 +214,12 @@ impl Outlet {
         };
         let topic = Topic::new(id, TopicKind::Results).to_string();
         let batch = ResultBatch::new(device, results);
-        self.publisher.publish_reliable(topic, batch.encode_to_vec());
-        self.state.metrics.results_published.inc_by(batch.results.len() as u64);
+        self.publisher
+            .publish_reliable(topic, batch.encode_to_vec());
+        self.state
+            .metrics
+            .results_published
+            .inc_by(batch.results.len() as u64);
         // No subscriber is fine.
         let _ = self.state.results.send(Arc::new(DeviceResults {
             device_id: device.to_string(),

@@ -61,7 +61,9 @@ impl FromStr for Device {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda),
-            other => Err(format!("unknown device {other:?}; expected \"cpu\" or \"cuda\"")),
+            other => Err(format!(
+                "unknown device {other:?}; expected \"cpu\" or \"cuda\""
+            )),
         }
     }
 }
@@ -111,8 +113,7 @@ pub fn load(
         }
         #[cfg(feature = "cuda")]
         Device::Cuda => {
-            let checked =
-                edge_agent::inference::model::load_checked(metadata, BatchSize::Dynamic)?;
+            let checked = edge_agent::inference::model::load_checked(metadata, BatchSize::Dynamic)?;
             let meta = checked.meta.clone();
             Ok((meta, super::cuda::prepare(checked)?))
         }

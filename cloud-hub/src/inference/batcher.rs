@@ -101,7 +101,10 @@ mod tests {
         q.push(t0 + Duration::from_millis(3), 2);
         assert_eq!(q.deadline(), Some(t0 + Duration::from_millis(5)));
         assert_eq!(q.take_ready(t0 + Duration::from_millis(4)), None);
-        assert_eq!(q.take_ready(t0 + Duration::from_millis(5)), Some(vec![1, 2]));
+        assert_eq!(
+            q.take_ready(t0 + Duration::from_millis(5)),
+            Some(vec![1, 2])
+        );
         assert!(q.is_empty());
         assert_eq!(q.deadline(), None);
     }

@@ -6,7 +6,7 @@
 //!
 //! [[inference.models]]
 //! metadata = "models/basicmotions/hub.fp32.json"
-//! max_batch = 32            # most windows per model call
+//! max_batch = 8             # most windows per model call
 //! max_delay_ms = 5          # longest a request waits for others to join
 //! workers = 2               # threads running batches of this model
 //! queue = 1024              # requests waiting before new ones are refused
@@ -56,8 +56,10 @@ impl ServedModelConfig {
     }
 }
 
+/// On a CPU, batches beyond 8-32 windows bring no throughput and cost
+/// latency (tract slows down at 128): BENCHMARKS.md, hub inference.
 fn default_max_batch() -> usize {
-    32
+    8
 }
 fn default_max_delay_ms() -> u64 {
     5
@@ -91,7 +93,10 @@ impl InferenceConfig {
             if !(1..=MAX_BATCH_LIMIT).contains(&m.max_batch) {
                 return Err((
                     field("max_batch"),
-                    format!("must be between 1 and {MAX_BATCH_LIMIT}, got {}", m.max_batch),
+                    format!(
+                        "must be between 1 and {MAX_BATCH_LIMIT}, got {}",
+                        m.max_batch
+                    ),
                 ));
             }
             if m.max_delay_ms > 10_000 {

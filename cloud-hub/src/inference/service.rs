@@ -79,7 +79,9 @@ pub enum StartError {
     },
     #[error(transparent)]
     Device(DeviceError),
-    #[error("inference.models[{index}]: model id {id:?} is already served by inference.models[{first}]")]
+    #[error(
+        "inference.models[{index}]: model id {id:?} is already served by inference.models[{first}]"
+    )]
     DuplicateId {
         index: usize,
         first: usize,
@@ -234,7 +236,11 @@ impl InferenceService {
             Err(e) => {
                 let n = self.metrics.request(label, e.kind());
                 if n <= 10 || n % 1000 == 0 {
-                    tracing::warn!(model = model_id, failed_so_far = n, "inference request refused: {e}");
+                    tracing::warn!(
+                        model = model_id,
+                        failed_so_far = n,
+                        "inference request refused: {e}"
+                    );
                 }
             }
         }
@@ -492,19 +498,24 @@ impl Worker {
             input.extend_from_slice(&r.input);
         }
         let runner = &mut self.runner;
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(n, input)))
-            .unwrap_or_else(|_| Err(super::backend::BackendError("the model call panicked".into())))
-            .and_then(|out| {
-                if out.len() == n * self.classes {
-                    Ok(out)
-                } else {
-                    Err(super::backend::BackendError(format!(
-                        "the model returned {} values for {n} windows of {} classes",
-                        out.len(),
-                        self.classes
-                    )))
-                }
-            });
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(n, input)))
+                .unwrap_or_else(|_| {
+                    Err(super::backend::BackendError(
+                        "the model call panicked".into(),
+                    ))
+                })
+                .and_then(|out| {
+                    if out.len() == n * self.classes {
+                        Ok(out)
+                    } else {
+                        Err(super::backend::BackendError(format!(
+                            "the model returned {} values for {n} windows of {} classes",
+                            out.len(),
+                            self.classes
+                        )))
+                    }
+                });
         self.metrics.batch(&self.model, n);
         let done = Instant::now();
         match outcome {
