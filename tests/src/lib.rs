@@ -479,3 +479,34 @@ pub fn start_mosquitto_at(dir: &Path, port: u16) -> Proc {
     });
     proc
 }
+
+/// Decodes `payload` as protobuf `message` with `protoc` and nothing but
+/// the published `shared/proto/conveyor.proto`: what an outsider does.
+pub fn protoc_decode(message: &str, payload: &[u8]) -> String {
+    let proto_dir = repo_root().join("shared/proto");
+    let mut child = Command::new("protoc")
+        .arg(format!("--proto_path={}", proto_dir.display()))
+        .arg(format!("--decode={message}"))
+        .arg("conveyor.proto")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("protoc must be installed (.ci/run installs protobuf-compiler)");
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "protoc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The bytes of a hex string (as `mosquitto_sub -F %x` prints payloads).
+pub fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}

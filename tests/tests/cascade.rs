@@ -53,36 +53,6 @@ escalate_to = "{escalate_to}"
     )
 }
 
-fn protoc_decode(message: &str, payload: &[u8]) -> String {
-    let mut child = Command::new("protoc")
-        .arg(format!(
-            "--proto_path={}",
-            repo_root().join("shared/proto").display()
-        ))
-        .arg(format!("--decode={message}"))
-        .arg("conveyor.proto")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("protoc must be installed (.ci/run installs protobuf-compiler)");
-    child.stdin.take().unwrap().write_all(payload).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "protoc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// Reads `mosquitto_sub` output (one hex payload per line) until `n`
 /// results have arrived; checks each against protoc's decoding.
 fn read_mqtt_results(lines: impl Iterator<Item = String>, n: usize) -> Vec<FinalPrediction> {

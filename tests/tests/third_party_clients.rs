@@ -2,7 +2,6 @@
 //! uplink off the hub's embedded broker, and `protoc --decode` decodes it
 //! with nothing but the published `shared/proto/conveyor.proto`.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use conveyor_e2e::*;
@@ -25,34 +24,6 @@ loop = true
 "#,
         path = data_file("BasicMotions/BasicMotions_TRAIN.ts")
     )
-}
-
-fn protoc_decode(message: &str, payload: &[u8]) -> String {
-    let proto_dir = repo_root().join("shared/proto");
-    let mut child = Command::new("protoc")
-        .arg(format!("--proto_path={}", proto_dir.display()))
-        .arg(format!("--decode={message}"))
-        .arg("conveyor.proto")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("protoc must be installed (.ci/run installs protobuf-compiler)");
-    child.stdin.take().unwrap().write_all(payload).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "protoc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 #[test]

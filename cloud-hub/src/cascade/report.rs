@@ -318,15 +318,7 @@ fn evaluate_dataset(
         let scores = edge_runner
             .classify(normalise(&edge_meta, &w.values))
             .with_context(|| format!("running the edge model {} on window {i}", edge_meta.id))?;
-        let edge = Prediction {
-            model_id: edge_meta.id.clone(),
-            model_version: edge_meta.version.clone(),
-            label: edge_meta.labels[scores.class_index].clone(),
-            class_index: scores.class_index as u32,
-            confidence: scores.confidence,
-            probabilities: scores.probabilities,
-            ..Prediction::default()
-        };
+        let edge = scores.into_prediction(&edge_meta);
         let hub = prediction(&hub_meta, hub_row.to_vec());
         let record = |escalation| prediction_record(stream, i, w, &edge_meta, &edge, escalation);
         let escalated_bytes = thresholds

@@ -378,16 +378,7 @@ pub fn normalise(meta: &ModelMetadata, window: &[f32]) -> Vec<f32> {
 
 /// The model's probabilities as a prediction (argmax; first of equals).
 pub fn prediction(meta: &ModelMetadata, probabilities: Vec<f32>) -> Prediction {
-    let scores = edge_agent::inference::Scores::from_probabilities(probabilities);
-    Prediction {
-        model_id: meta.id.clone(),
-        model_version: meta.version.clone(),
-        label: meta.labels[scores.class_index].clone(),
-        class_index: scores.class_index as u32,
-        confidence: scores.confidence,
-        probabilities: scores.probabilities,
-        ..Prediction::default()
-    }
+    edge_agent::inference::Scores::from_probabilities(probabilities).into_prediction(meta)
 }
 
 /// Starts a model's dispatcher and workers.

@@ -385,6 +385,20 @@ impl ModelRunner {
 }
 
 impl Scores {
+    /// The wire prediction of `meta`'s model (the window fields are left
+    /// to the caller).
+    pub fn into_prediction(self, meta: &ModelMetadata) -> conveyor_shared::Prediction {
+        conveyor_shared::Prediction {
+            model_id: meta.id.clone(),
+            model_version: meta.version.clone(),
+            label: meta.labels[self.class_index].clone(),
+            class_index: self.class_index as u32,
+            confidence: self.confidence,
+            probabilities: self.probabilities,
+            ..Default::default()
+        }
+    }
+
     pub fn from_probabilities(probabilities: Vec<f32>) -> Self {
         let (class_index, confidence) = probabilities.iter().copied().enumerate().fold(
             (0, f32::NEG_INFINITY),

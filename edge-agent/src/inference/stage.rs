@@ -419,14 +419,9 @@ impl Stage for InferenceStage {
                     values: Vec::new(),
                     label: truth,
                     prediction: Some(Prediction {
-                        model_id: meta.id.clone(),
-                        model_version: meta.version.clone(),
-                        label: meta.labels[scores.class_index].clone(),
-                        class_index: scores.class_index as u32,
-                        confidence: scores.confidence,
-                        probabilities: scores.probabilities,
                         window_start_us: start_us,
                         window_len,
+                        ..scores.into_prediction(meta)
                     }),
                     escalation,
                     ..Reading::default()
