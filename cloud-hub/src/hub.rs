@@ -94,9 +94,12 @@ impl Hub {
 
         let (stop, stop_rx) = watch::channel(false);
         let router = Router::start(state.clone(), connection.publisher.clone());
+        // Read before ingest starts: what is pending now was left by the
+        // last run.
+        let pending = state.store.results.pending()?;
         {
             let router = router.clone();
-            tokio::spawn(async move { router.resume_pending().await });
+            tokio::spawn(async move { router.resume(pending).await });
         }
         tokio::spawn(
             Ingest::new(state.clone(), connection.publisher, router).run(connection.inbound),

@@ -9,8 +9,7 @@
 //! back-pressure reaches ingest. Each answer (or, if the hub cannot
 //! answer, the edge's prediction with the reason) is stored, which clears
 //! the record's pending mark, and then published. At start,
-//! [`Router::resume_pending`] re-asks for records a stopped hub left
-//! pending.
+//! [`Router::resume`] re-asks for records a stopped hub left pending.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,15 +99,9 @@ impl Router {
 
     /// Re-asks the hub's models for escalations a stopped hub left
     /// pending (their records are durable, their results were not).
-    pub async fn resume_pending(&self) {
-        let results = &self.state.store.results;
-        let pending = match results.pending() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("cannot read pending escalations: {e}");
-                return;
-            }
-        };
+    /// `pending` is read before ingest starts, so a record escalated by
+    /// this run is never asked about twice.
+    pub async fn resume(&self, pending: Vec<(String, u64)>) {
         if !pending.is_empty() {
             tracing::info!(records = pending.len(), "resuming escalations left pending");
         }
@@ -126,7 +119,7 @@ impl Router {
                 }
                 // The mark was written, its record never was (crash).
                 Ok(None) => {
-                    let _ = results.forget_pending(&device, seq);
+                    let _ = self.state.store.results.forget_pending(&device, seq);
                 }
                 Err(e) => tracing::error!(device, seq, "cannot read a pending record: {e}"),
             }
