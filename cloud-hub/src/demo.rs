@@ -445,9 +445,11 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         }
         let stats = crate::api::stats_of(&state);
         let now_count = stats.records_received;
-        let tally = prediction_totals(&state.registry().list(conveyor_shared::time::now_us()));
+        let devices = state.registry().list(conveyor_shared::time::now_us());
+        let tally = prediction_totals(&devices);
+        let by_hub: u64 = devices.iter().map(|d| d.entry.finals.by_hub).sum();
         let line = format!(
-            "[{:>5.0}s] devices online {}/{} | {:>7} rec/s | stored {} | predictions {} ({}) | duplicates {} | rejected {} | p50 {:.1} ms",
+            "[{:>5.0}s] devices online {}/{} | {:>7} rec/s | stored {} | predictions {} ({}), {} decided by the hub | duplicates {} | rejected {} | p50 {:.1} ms",
             started.elapsed().as_secs_f64(),
             stats.devices_online,
             args.agents,
@@ -455,6 +457,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             now_count,
             tally.predictions,
             tally.accuracy_text(),
+            by_hub,
             stats.records_duplicate,
             stats.payloads_rejected,
             stats.latency.p50_us as f64 / 1000.0,

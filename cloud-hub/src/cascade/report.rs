@@ -96,8 +96,8 @@ pub struct ReportArgs {
         default_values_t = DEFAULT_THRESHOLDS
     )]
     pub thresholds: Vec<f32>,
-    /// Print the report as JSON on stdout instead of the Markdown table
-    /// (the caller prints: [`run`] returns the report).
+    /// Print the report as JSON on stdout instead of the Markdown table.
+    // (`run` only returns the report; the command prints it.)
     #[arg(long)]
     pub json: bool,
 }
