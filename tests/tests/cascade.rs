@@ -91,6 +91,40 @@ fn read_mqtt_results(lines: impl Iterator<Item = String>, n: usize) -> Vec<Final
     out
 }
 
+/// The lines `mosquitto_sub` prints, once its subscription is known to be
+/// in place: a probe published on a matching topic (that no device uses)
+/// has come back. Fails, rather than hangs, if a line is slow to come.
+fn subscribed_lines(hub: &Hub, stdout: std::process::ChildStdout) -> impl Iterator<Item = String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let probe = "conveyor/v1/probe-0/down/results";
+    wait_for("mosquitto_sub's subscription", || {
+        let _ = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &hub.mqtt_port.to_string()])
+            .args(["-t", probe, "-m", "probe", "-q", "1"])
+            .status();
+        let line = rx.recv_timeout(Duration::from_millis(300)).ok()?;
+        line.starts_with(probe).then_some(())
+    });
+    std::iter::from_fn(move || {
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a results message from mosquitto_sub within 60 s");
+            // Late copies of the probe are not results.
+            if !line.starts_with(probe) {
+                return Some(line);
+            }
+        }
+    })
+}
+
 /// Subscribes to the live results stream (HTTP/1.0, so the body is the
 /// raw event stream) and returns the results of `n` notifications' worth.
 fn sse_results(hub: &Hub, device: &str) -> impl Iterator<Item = Value> {
@@ -125,15 +159,12 @@ fn the_cascade_routes_by_threshold_and_every_result_goes_out() {
         .spawn()
         .expect("mosquitto_sub must be installed (.ci/run installs mosquitto-clients)");
     let mut sub = scopeguard(sub);
-    let sub_lines = BufReader::new(sub.0.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
+    let sub_lines = subscribed_lines(&hub, sub.0.stdout.take().unwrap());
+    // The SSE subscription is in place once its response has begun.
     let sse = std::thread::spawn({
         let stream = sse_results(&hub, "plug-1");
         move || stream.take(100).collect::<Vec<Value>>()
     });
-    // Let both subscriptions land before the first result.
-    std::thread::sleep(Duration::from_millis(500));
 
     let mut agent = start_agent(
         dir.path(),
