@@ -28,8 +28,8 @@ use cloud_hub::inference::backend::{self, Backend, BackendError, BatchRunner, De
 use cloud_hub::inference::batcher::BatchPolicy;
 use cloud_hub::inference::service::{normalise, InferenceService, ServeSpec};
 use cloud_hub::inference::stats::InferenceMetrics;
+use conveyor_model::{BatchSize, ModelRunner, OnnxModel};
 use conveyor_shared::ModelMetadata;
-use edge_agent::inference::model::{BatchSize, ModelRunner, OnnxModel};
 use serde::Serialize;
 
 use crate::engines::{OrtEngine, OrtRuntime};

@@ -8,7 +8,6 @@
 //! tract/ORT ratio. `profile` looks inside tract: per-op time and loader
 //! variants (see `profile.rs`).
 
-mod avx;
 mod bench;
 mod engines;
 mod fastq;
@@ -259,7 +258,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
             input_clone: "each call's input Vec is cloned from the prepared reference window before the clock starts; \
                           the timed region is the engine's run(Vec<f32>) -> Vec<f32> (wrap input, run, copy output out)",
             ort_session: "intra-op 1, inter-op 1, sequential, GraphOptimizationLevel::All (ORT_ENABLE_ALL), CPU EP",
-            tract_loader: "edge_agent::inference::OnnxModel::load(metadata, batch 1) + runner(); ModelRunner::run",
+            tract_loader: "conveyor_model::OnnxModel::load(metadata, batch 1) + runner(); ModelRunner::run",
         },
         ort: ort_status,
         models: Vec::new(),

@@ -237,8 +237,10 @@ impl Engine for PlanEngine {
     fn run(&mut self, input: Vec<f32>) -> Result<Vec<f32>> {
         let t = self.tensor(input)?;
         let out = if self.vzeroupper {
-            self.state
-                .run_plan_with_eval(tvec!(t.into_tvalue()), crate::avx::eval_then_vzeroupper)?
+            self.state.run_plan_with_eval(
+                tvec!(t.into_tvalue()),
+                conveyor_model::avx::eval_then_vzeroupper,
+            )?
         } else {
             self.state.run(tvec!(t.into_tvalue()))?
         };
@@ -287,7 +289,7 @@ fn op_profile(
             let t = Instant::now();
             let r = tract_onnx::tract_core::plan::eval(session, op_state, node, input);
             if engine.vzeroupper {
-                crate::avx::vzeroupper();
+                conveyor_model::avx::vzeroupper();
             }
             if !warm {
                 times[node.id].push(t.elapsed().as_nanos() as u64);

@@ -378,7 +378,7 @@ pub fn normalise(meta: &ModelMetadata, window: &[f32]) -> Vec<f32> {
 
 /// The model's probabilities as a prediction (argmax; first of equals).
 pub fn prediction(meta: &ModelMetadata, probabilities: Vec<f32>) -> Prediction {
-    edge_agent::inference::Scores::from_probabilities(probabilities).into_prediction(meta)
+    conveyor_model::Scores::from_probabilities(probabilities).into_prediction(meta)
 }
 
 /// Starts a model's dispatcher and workers.

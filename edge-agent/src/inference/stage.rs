@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use conveyor_model::{ModelError, ModelRunner, OnnxModel};
 use conveyor_shared::control::StageStats;
 use conveyor_shared::{Escalation, Prediction};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::model::{ModelError, ModelRunner, OnnxModel};
 use super::window::{Row, StreamWindows, Windower};
 use crate::config::ConfigError;
 use crate::pipeline::{BuiltStage, Stage, StageControl, StageMonitor};

@@ -11,7 +11,6 @@ mod http;
 mod json_reading;
 mod mqtt;
 mod replay;
-pub mod replay_file;
 
 use std::collections::BTreeMap;
 use std::future::Future;
