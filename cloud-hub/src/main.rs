@@ -10,7 +10,7 @@ use cloud_hub::demo::{self, DemoArgs};
 use cloud_hub::hub::Hub;
 use cloud_hub::inference::{Device, InferenceService};
 
-use edge_agent::cli::EXIT_CONFIG;
+use conveyor_process::EXIT_CONFIG;
 
 /// Conveyor hub: MQTT ingest, storage, HTTP API and the demo.
 #[derive(Debug, Parser)]
@@ -85,7 +85,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() -> ExitCode {
-    let cli = match edge_agent::cli::parse_or_exit_code(Cli::try_parse()) {
+    let cli = match conveyor_process::parse_or_exit_code(Cli::try_parse()) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            edge_agent::cli::init_tracing("info,rumqttd=off");
+            conveyor_process::init_tracing("info,rumqttd=off");
             let models = match load_models(&config) {
                 Ok(m) => m,
                 Err(code) => return code,
@@ -143,14 +143,14 @@ fn main() -> ExitCode {
                     "cloud-hub: HTTP API on http://{}, MQTT on {}",
                     hub.http_addr, hub.state.device_url
                 );
-                edge_agent::signal::shutdown_signal().await;
+                conveyor_process::shutdown_signal().await;
                 tracing::info!("shutting down");
                 hub.shutdown().await;
                 ExitCode::SUCCESS
             })
         }
         Command::Demo(args) => {
-            edge_agent::cli::init_tracing("warn,rumqttd=off");
+            conveyor_process::init_tracing("warn,rumqttd=off");
             let json = args.json;
             match runtime().block_on(demo::run(args)) {
                 Ok(summary) => {
