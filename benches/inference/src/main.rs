@@ -16,7 +16,6 @@ mod profile;
 mod qdq;
 mod reference;
 mod report;
-mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -461,32 +460,32 @@ fn bench_model_into(
             1 => &mut m.ort,
             _ => m.proposed.get_or_insert_with(Default::default),
         };
-        r.latency = stats::summarize(&timings.samples_ns[e]);
+        r.latency = bench_stats::summarize(&timings.samples_ns[e]);
         r.round_p50_us = timings.rounds[e]
             .iter()
-            .filter_map(|range| stats::summarize(&timings.samples_ns[e][range.clone()]))
+            .filter_map(|range| bench_stats::summarize(&timings.samples_ns[e][range.clone()]))
             .map(|s| s.p50_us)
             .collect();
     }
     if let (Some(t), Some(o)) = (&m.tract.latency, &m.ort.latency) {
-        m.ratio_p50 = stats::ratio(t.p50_us, o.p50_us);
+        m.ratio_p50 = bench_stats::ratio(t.p50_us, o.p50_us);
     }
     if let (Some(p), Some(o)) = (
         m.proposed.as_ref().and_then(|p| p.latency.as_ref()),
         &m.ort.latency,
     ) {
-        m.ratio_proposed_p50 = stats::ratio(p.p50_us, o.p50_us);
+        m.ratio_proposed_p50 = bench_stats::ratio(p.p50_us, o.p50_us);
     }
     eprintln!(
         "   p50: tract {} us{}",
         m.tract
             .latency
             .as_ref()
-            .map_or("n/a".into(), |s| stats::fmt_us(s.p50_us)),
+            .map_or("n/a".into(), |s| bench_stats::fmt_us(s.p50_us)),
         m.ort.latency.as_ref().map_or(String::new(), |s| format!(
             ", ORT {} us ({})",
-            stats::fmt_us(s.p50_us),
-            stats::fmt_ratio(m.ratio_p50)
+            bench_stats::fmt_us(s.p50_us),
+            bench_stats::fmt_ratio(m.ratio_p50)
         )),
     );
     Ok(())

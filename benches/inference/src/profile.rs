@@ -18,8 +18,8 @@ use tract_onnx::prelude::*;
 use crate::bench;
 use crate::engines::Engine;
 use crate::reference;
-use crate::stats::{self, fmt_ratio, fmt_us};
 use crate::ModelArgs;
+use bench_stats::{self as stats, fmt_ratio, fmt_us, median_u64};
 
 #[derive(Args, Clone)]
 pub struct ProfileArgs {
@@ -259,19 +259,6 @@ struct OpProfile {
     iterations: usize,
 }
 
-fn median_ns(v: &mut [u64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_unstable();
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m] as f64
-    } else {
-        (v[m - 1] + v[m]) as f64 / 2.0
-    }
-}
-
 fn op_profile(
     plan: &Arc<TypedRunnableModel>,
     engine: &mut PlanEngine,
@@ -309,7 +296,7 @@ fn op_profile(
                 n.id,
                 n.name.clone(),
                 n.op.name().to_string(),
-                median_ns(&mut times[n.id]),
+                median_u64(&times[n.id]),
                 shape,
             )
         })
@@ -373,7 +360,7 @@ fn input_handoff(input: &[f32], shape: [usize; 3]) -> Result<(f64, f64)> {
         moved.push(t.elapsed().as_nanos() as u64);
         std::hint::black_box(tensor);
     }
-    Ok((median_ns(&mut copy), median_ns(&mut moved)))
+    Ok((median_u64(&copy), median_u64(&moved)))
 }
 
 pub fn run(args: &ProfileArgs) -> Result<()> {
