@@ -2,7 +2,7 @@
 //! loader could do differently.
 //!
 //! Every variant is built here from the model's bytes, the way
-//! `edge_agent::inference::model::prepare` builds its plan, with one thing
+//! `conveyor_model::OnnxModel::load` builds its plan, with one thing
 //! changed; each is checked against the loader's plan on the reference
 //! windows and timed in alternating rounds, like the main benchmark.
 
@@ -175,7 +175,7 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
-/// The loader's steps up to the typed model (edge_agent's `prepare`,
+/// The loader's steps up to the typed model (`conveyor_model::load_checked`,
 /// minus the checks).
 pub fn loader_typed(bytes: &[u8], meta: &ModelMetadata) -> TractResult<TypedModel> {
     let onnx = tract_onnx::onnx().with_ignore_value_info(true);
