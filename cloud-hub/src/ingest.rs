@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use conveyor_process::LogEvery;
 use conveyor_shared::control::{Ack, DeviceStatus, Heartbeat};
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
@@ -106,7 +107,7 @@ impl Ingest {
         }
         // Log the first few of each reason in full, then one in a thousand,
         // so a misbehaving device cannot flood the log.
-        if n <= 10 || n % 1000 == 0 {
+        if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(n) {
             tracing::warn!(
                 device = device.unwrap_or("?"),
                 reason,

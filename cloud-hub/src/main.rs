@@ -6,13 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cloud_hub::cascade::report::ReportArgs;
 use cloud_hub::config::HubConfig;
-use cloud_hub::demo::{self, DemoArgs};
 use cloud_hub::hub::Hub;
 use cloud_hub::inference::{Device, InferenceService};
+use conveyor_process::EXIT_CONFIG;
 
-use edge_agent::cli::EXIT_CONFIG;
-
-/// Conveyor hub: MQTT ingest, storage, HTTP API and the demo.
+/// Conveyor hub: MQTT ingest, storage, HTTP API, inference.
 #[derive(Debug, Parser)]
 #[command(name = "cloud-hub", version, about)]
 struct Cli {
@@ -43,16 +41,19 @@ enum Command {
     /// Accuracy and uplink bytes of edge-only, hub-only and the cascade at
     /// several thresholds, on the held-out test data.
     CascadeReport(ReportArgs),
-    /// Start a hub and several real edge agents replaying public sensor data.
-    Demo(DemoArgs),
-    /// Run the edge agent built into this binary (used by `demo`); takes
-    /// the same arguments as `edge-agent`.
-    #[command(hide = true)]
-    Agent {
+    /// The demo moved to its own binary; this only says where (any
+    /// arguments are ignored).
+    #[command(hide = true, disable_help_flag = true)]
+    Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
 }
+
+/// What `cloud-hub demo` says, and its exit code (a usage error, as clap's own).
+const DEMO_MOVED: &str =
+    "cloud-hub: the demo is its own binary now: run `cargo run --release -p conveyor-demo` (same options)";
+const EXIT_DEMO_MOVED: u8 = 2;
 
 fn load_config(path: Option<&PathBuf>, device: Option<Device>) -> Result<HubConfig, ExitCode> {
     let loaded = match path {
@@ -85,7 +86,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() -> ExitCode {
-    let cli = match edge_agent::cli::parse_or_exit_code(Cli::try_parse()) {
+    let cli = match conveyor_process::parse_or_exit_code(Cli::try_parse()) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            edge_agent::cli::init_tracing("info,rumqttd=off");
+            conveyor_process::init_tracing("info,rumqttd=off");
             let models = match load_models(&config) {
                 Ok(m) => m,
                 Err(code) => return code,
@@ -143,39 +144,15 @@ fn main() -> ExitCode {
                     "cloud-hub: HTTP API on http://{}, MQTT on {}",
                     hub.http_addr, hub.state.device_url
                 );
-                edge_agent::signal::shutdown_signal().await;
+                conveyor_process::shutdown_signal().await;
                 tracing::info!("shutting down");
                 hub.shutdown().await;
                 ExitCode::SUCCESS
             })
         }
-        Command::Demo(args) => {
-            edge_agent::cli::init_tracing("warn,rumqttd=off");
-            let json = args.json;
-            match runtime().block_on(demo::run(args)) {
-                Ok(summary) => {
-                    demo::print_summary(&summary);
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&summary).expect("summary serialises")
-                        );
-                    }
-                    if summary.agents_failed > 0 {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    eprintln!("cloud-hub demo: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Agent { args } => {
-            let argv = std::iter::once(std::ffi::OsString::from("edge-agent")).chain(args);
-            edge_agent::cli::main_with_args(argv)
+        Command::Demo { .. } => {
+            eprintln!("{DEMO_MOVED}");
+            ExitCode::from(EXIT_DEMO_MOVED)
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The `edge-agent` command line. Kept in the library so that `cloud-hub
-//! demo` can run the very same agent as a child process of its own binary.
+//! The `edge-agent` command line. Kept in the library so that
+//! `conveyor-demo` can run the very same agent as a child process of its
+//! own binary.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,11 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use conveyor_process::{init_tracing, parse_or_exit_code, EXIT_CONFIG};
+
 use crate::agent::Agent;
 use crate::config::AgentConfig;
-
-/// Exit code for an invalid config or command line (BSD `EX_USAGE`).
-pub const EXIT_CONFIG: u8 = 64;
 
 /// Conveyor edge agent: reads sensors, runs the pipeline, streams records to the hub.
 #[derive(Debug, Parser)]
@@ -62,36 +62,11 @@ enum TransformCommand {
     Test(crate::transform::test_tool::TestArgs),
 }
 
-/// Logs to stderr, filtered by `CONVEYOR_LOG` or else by `default`.
-/// (Shared with the hub's command line.)
-pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn load(config: &PathBuf) -> Result<Agent, ExitCode> {
     let built = AgentConfig::load(config).and_then(Agent::build);
     built.map_err(|e| {
         eprintln!("edge-agent: invalid config: {e}");
         ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-/// A clap parse result as the process should see it: a usage error prints
-/// and becomes exit code 64; `--help`/`--version` print and exit 0.
-/// (Shared with the hub's command line.)
-pub fn parse_or_exit_code<T>(parsed: Result<T, clap::Error>) -> Result<T, ExitCode> {
-    parsed.map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            ExitCode::from(EXIT_CONFIG)
-        } else {
-            ExitCode::SUCCESS
-        }
     })
 }
 
@@ -185,7 +160,7 @@ where
             runtime.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    crate::signal::shutdown_signal().await;
+                    conveyor_process::shutdown_signal().await;
                     tracing::info!("signal received; draining and shutting down");
                     let _ = stop_tx.send(true);
                 });
@@ -213,7 +188,7 @@ where
 /// On every SIGHUP: re-reads the config file and applies what can be
 /// applied while running (new models); says what needs a restart.
 async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
-    let mut hangups = match crate::signal::hangups() {
+    let mut hangups = match conveyor_process::signal::hangups() {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!("config reload on SIGHUP is unavailable: {e}");

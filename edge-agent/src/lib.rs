@@ -16,7 +16,6 @@ pub mod log;
 mod mqtt_client;
 pub mod pipeline;
 pub mod reload;
-pub mod signal;
 pub mod sources;
 pub mod transform;
 pub mod uplink;

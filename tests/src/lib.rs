@@ -1,6 +1,6 @@
 //! Harness for Conveyor's end-to-end tests: it builds and starts the real
-//! `cloud-hub` and `edge-agent` binaries (and, where a test needs one, a
-//! real mosquitto), on free loopback ports, and stops them on drop.
+//! `cloud-hub` and `edge-agent` binaries (and `conveyor-demo`; where a test
+//! needs one, a real mosquitto), on free loopback ports, and stops them on drop.
 //!
 //! Nothing here sleeps for a fixed time to let something happen: waits poll
 //! a condition with a generous deadline and fail with what they last saw.
@@ -31,9 +31,10 @@ pub fn data_file(rel: &str) -> PathBuf {
 struct Binaries {
     hub: PathBuf,
     agent: PathBuf,
+    demo: PathBuf,
 }
 
-/// Builds the two binaries (once per test process) in the profile the
+/// Builds the three binaries (once per test process) in the profile the
 /// tests run in, and returns their paths.
 fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
@@ -48,6 +49,8 @@ fn binaries() -> &'static Binaries {
                 "cloud-hub",
                 "-p",
                 "edge-agent",
+                "-p",
+                "conveyor-demo",
                 "--bins",
                 "--message-format=json",
             ])
@@ -59,6 +62,7 @@ fn binaries() -> &'static Binaries {
         assert!(out.status.success(), "cargo build of the binaries failed");
         let mut hub = None;
         let mut agent = None;
+        let mut demo = None;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Ok(msg) = serde_json::from_str::<Value>(line) else {
                 continue;
@@ -71,12 +75,14 @@ fn binaries() -> &'static Binaries {
             match name {
                 "cloud-hub" => hub = Some(PathBuf::from(exe)),
                 "edge-agent" => agent = Some(PathBuf::from(exe)),
+                "conveyor-demo" => demo = Some(PathBuf::from(exe)),
                 _ => {}
             }
         }
         Binaries {
             hub: hub.expect("cargo reported no cloud-hub executable"),
             agent: agent.expect("cargo reported no edge-agent executable"),
+            demo: demo.expect("cargo reported no conveyor-demo executable"),
         }
     })
 }
@@ -87,6 +93,10 @@ pub fn hub_bin() -> &'static Path {
 
 pub fn agent_bin() -> &'static Path {
     &binaries().agent
+}
+
+pub fn demo_bin() -> &'static Path {
+    &binaries().demo
 }
 
 /// A port nobody listens on right now, on 127.0.0.1.

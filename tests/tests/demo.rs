@@ -1,4 +1,4 @@
-//! The README's one command: `cloud-hub demo` starts a hub and real agents,
+//! The README's one command: `conveyor-demo` starts a hub and real agents,
 //! and its `--json` summary accounts for every record.
 
 use std::process::Command;
@@ -7,9 +7,8 @@ use conveyor_e2e::*;
 
 #[test]
 fn demo_runs_and_loses_nothing() {
-    let out = Command::new(hub_bin())
+    let out = Command::new(demo_bin())
         .args([
-            "demo",
             "--agents",
             "3",
             "--duration",
@@ -91,8 +90,8 @@ fn alive(pid: u32) -> bool {
 fn ctrl_c_stops_every_process_the_demo_started() {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
-    let mut cmd = Command::new(hub_bin());
-    cmd.args(["demo", "--agents", "2", "--rate", "50"])
+    let mut cmd = Command::new(demo_bin());
+    cmd.args(["--agents", "2", "--rate", "50"])
         .args([
             "--mqtt-port",
             &free_port().to_string(),
@@ -119,4 +118,32 @@ fn ctrl_c_stops_every_process_the_demo_started() {
             (!alive(pid)).then_some(())
         });
     }
+}
+
+/// The demo moved out of the hub: `cloud-hub demo` says where it went, and
+/// the demo's own binary explains its options.
+#[test]
+fn cloud_hub_demo_points_to_conveyor_demo() {
+    let out = Command::new(hub_bin())
+        .args(["demo", "--agents", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cargo run --release -p conveyor-demo"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let help = Command::new(demo_bin()).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for option in ["--agents", "--rate", "--duration", "--json", "--broker-url"] {
+        assert!(help.contains(option), "{help}");
+    }
+    assert!(
+        !help.contains("\n  agent"),
+        "the agent subcommand is hidden:\n{help}"
+    );
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use conveyor_model::{ModelRunner, OnnxModel};
 use conveyor_shared::ModelMetadata;
-use edge_agent::inference::{ModelRunner, OnnxModel};
 
 pub trait Engine {
     /// One window (`channels x window` values, NCW) in, probabilities out.

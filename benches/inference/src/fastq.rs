@@ -312,7 +312,10 @@ mod model_tests {
         let x = Tensor::from_shape(&[1, 2, 8], &crate::qdq::testmodel::input()).unwrap();
         let mut state = plan.spawn().unwrap();
         let out = state
-            .run_plan_with_eval(tvec!(x.into_tvalue()), crate::avx::eval_then_vzeroupper)
+            .run_plan_with_eval(
+                tvec!(x.into_tvalue()),
+                conveyor_model::avx::eval_then_vzeroupper,
+            )
             .unwrap();
         out[0]
             .try_as_plain_ram()

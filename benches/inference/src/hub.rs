@@ -28,14 +28,14 @@ use cloud_hub::inference::backend::{self, Backend, BackendError, BatchRunner, De
 use cloud_hub::inference::batcher::BatchPolicy;
 use cloud_hub::inference::service::{normalise, InferenceService, ServeSpec};
 use cloud_hub::inference::stats::InferenceMetrics;
+use conveyor_model::{BatchSize, ModelRunner, OnnxModel};
 use conveyor_shared::ModelMetadata;
-use edge_agent::inference::model::{BatchSize, ModelRunner, OnnxModel};
 use serde::Serialize;
 
 use crate::engines::{OrtEngine, OrtRuntime};
 use crate::report::{Machine, OrtStatus};
-use crate::stats::{fmt_ratio, fmt_thousands, ratio, summarize};
 use crate::{bench, error_chain, ModelArgs};
+use bench_stats::{fmt_ratio, fmt_thousands, median, ratio, summarize};
 
 /// The hub models measured by default, in each `models/<dataset>/`.
 const HUB_MODELS: [&str; 1] = ["hub.fp32.json"];
@@ -659,21 +659,6 @@ pub fn agreement(a: &[f32], b: &[f32], batch: usize, classes: usize) -> Agreemen
         batch,
         max_abs_diff,
         same_class,
-    }
-}
-
-/// The median of `v` (mean of the middle two for an even count); 0 for none.
-pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
 }
 

@@ -8,7 +8,6 @@
 //! tract/ORT ratio. `profile` looks inside tract: per-op time and loader
 //! variants (see `profile.rs`).
 
-mod avx;
 mod bench;
 mod engines;
 mod fastq;
@@ -17,7 +16,6 @@ mod profile;
 mod qdq;
 mod reference;
 mod report;
-mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -259,7 +257,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
             input_clone: "each call's input Vec is cloned from the prepared reference window before the clock starts; \
                           the timed region is the engine's run(Vec<f32>) -> Vec<f32> (wrap input, run, copy output out)",
             ort_session: "intra-op 1, inter-op 1, sequential, GraphOptimizationLevel::All (ORT_ENABLE_ALL), CPU EP",
-            tract_loader: "edge_agent::inference::OnnxModel::load(metadata, batch 1) + runner(); ModelRunner::run",
+            tract_loader: "conveyor_model::OnnxModel::load(metadata, batch 1) + runner(); ModelRunner::run",
         },
         ort: ort_status,
         models: Vec::new(),
@@ -462,32 +460,32 @@ fn bench_model_into(
             1 => &mut m.ort,
             _ => m.proposed.get_or_insert_with(Default::default),
         };
-        r.latency = stats::summarize(&timings.samples_ns[e]);
+        r.latency = bench_stats::summarize(&timings.samples_ns[e]);
         r.round_p50_us = timings.rounds[e]
             .iter()
-            .filter_map(|range| stats::summarize(&timings.samples_ns[e][range.clone()]))
+            .filter_map(|range| bench_stats::summarize(&timings.samples_ns[e][range.clone()]))
             .map(|s| s.p50_us)
             .collect();
     }
     if let (Some(t), Some(o)) = (&m.tract.latency, &m.ort.latency) {
-        m.ratio_p50 = stats::ratio(t.p50_us, o.p50_us);
+        m.ratio_p50 = bench_stats::ratio(t.p50_us, o.p50_us);
     }
     if let (Some(p), Some(o)) = (
         m.proposed.as_ref().and_then(|p| p.latency.as_ref()),
         &m.ort.latency,
     ) {
-        m.ratio_proposed_p50 = stats::ratio(p.p50_us, o.p50_us);
+        m.ratio_proposed_p50 = bench_stats::ratio(p.p50_us, o.p50_us);
     }
     eprintln!(
         "   p50: tract {} us{}",
         m.tract
             .latency
             .as_ref()
-            .map_or("n/a".into(), |s| stats::fmt_us(s.p50_us)),
+            .map_or("n/a".into(), |s| bench_stats::fmt_us(s.p50_us)),
         m.ort.latency.as_ref().map_or(String::new(), |s| format!(
             ", ORT {} us ({})",
-            stats::fmt_us(s.p50_us),
-            stats::fmt_ratio(m.ratio_p50)
+            bench_stats::fmt_us(s.p50_us),
+            bench_stats::fmt_ratio(m.ratio_p50)
         )),
     );
     Ok(())

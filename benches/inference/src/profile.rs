@@ -2,7 +2,7 @@
 //! loader could do differently.
 //!
 //! Every variant is built here from the model's bytes, the way
-//! `edge_agent::inference::model::prepare` builds its plan, with one thing
+//! `conveyor_model::OnnxModel::load` builds its plan, with one thing
 //! changed; each is checked against the loader's plan on the reference
 //! windows and timed in alternating rounds, like the main benchmark.
 
@@ -18,8 +18,8 @@ use tract_onnx::prelude::*;
 use crate::bench;
 use crate::engines::Engine;
 use crate::reference;
-use crate::stats::{self, fmt_ratio, fmt_us};
 use crate::ModelArgs;
+use bench_stats::{self as stats, fmt_ratio, fmt_us, median_u64};
 
 #[derive(Args, Clone)]
 pub struct ProfileArgs {
@@ -175,7 +175,7 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
-/// The loader's steps up to the typed model (edge_agent's `prepare`,
+/// The loader's steps up to the typed model (`conveyor_model::load_checked`,
 /// minus the checks).
 pub fn loader_typed(bytes: &[u8], meta: &ModelMetadata) -> TractResult<TypedModel> {
     let onnx = tract_onnx::onnx().with_ignore_value_info(true);
@@ -237,8 +237,10 @@ impl Engine for PlanEngine {
     fn run(&mut self, input: Vec<f32>) -> Result<Vec<f32>> {
         let t = self.tensor(input)?;
         let out = if self.vzeroupper {
-            self.state
-                .run_plan_with_eval(tvec!(t.into_tvalue()), crate::avx::eval_then_vzeroupper)?
+            self.state.run_plan_with_eval(
+                tvec!(t.into_tvalue()),
+                conveyor_model::avx::eval_then_vzeroupper,
+            )?
         } else {
             self.state.run(tvec!(t.into_tvalue()))?
         };
@@ -255,19 +257,6 @@ struct OpProfile {
     /// Sum of the medians.
     total_ns: f64,
     iterations: usize,
-}
-
-fn median_ns(v: &mut [u64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_unstable();
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m] as f64
-    } else {
-        (v[m - 1] + v[m]) as f64 / 2.0
-    }
 }
 
 fn op_profile(
@@ -287,7 +276,7 @@ fn op_profile(
             let t = Instant::now();
             let r = tract_onnx::tract_core::plan::eval(session, op_state, node, input);
             if engine.vzeroupper {
-                crate::avx::vzeroupper();
+                conveyor_model::avx::vzeroupper();
             }
             if !warm {
                 times[node.id].push(t.elapsed().as_nanos() as u64);
@@ -307,7 +296,7 @@ fn op_profile(
                 n.id,
                 n.name.clone(),
                 n.op.name().to_string(),
-                median_ns(&mut times[n.id]),
+                median_u64(&times[n.id]),
                 shape,
             )
         })
@@ -371,7 +360,7 @@ fn input_handoff(input: &[f32], shape: [usize; 3]) -> Result<(f64, f64)> {
         moved.push(t.elapsed().as_nanos() as u64);
         std::hint::black_box(tensor);
     }
-    Ok((median_ns(&mut copy), median_ns(&mut moved)))
+    Ok((median_u64(&copy), median_u64(&moved)))
 }
 
 pub fn run(args: &ProfileArgs) -> Result<()> {

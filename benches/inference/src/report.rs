@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::stats::{fmt_ratio, fmt_thousands, fmt_us, Summary};
+use bench_stats::{fmt_ratio, fmt_thousands, fmt_us, Summary};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -152,7 +152,7 @@ pub fn proposed_table(r: &Report) -> Option<String> {
     for m in r.models.iter().filter(|m| m.error.is_none()) {
         let Some(p) = &m.proposed else { continue };
         let speedup = match (&m.tract.latency, &p.latency) {
-            (Some(t), Some(p)) => crate::stats::ratio(p.p50_us, t.p50_us),
+            (Some(t), Some(p)) => bench_stats::ratio(p.p50_us, t.p50_us),
             _ => None,
         };
         let diff = m.agreement.as_ref().and_then(|a| a.proposed_vs_tract);

@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use bench_stats::median;
 use clap::Parser;
 use conveyor_transform_sdk::native::Runner;
 use conveyor_transform_sdk::{wire, Transform};
@@ -360,16 +361,6 @@ fn time_side(r: &mut Fed, readings: &[Reading], batch: usize, seconds: f64) -> R
     }
 }
 
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
 fn bench_throughput(cli: &Cli, dist: &Path, readings: &[Reading]) -> Result<Vec<Value>> {
     let engine = TransformEngine::new(None)?;
     // (case index, batch, [wasm, native, direct?])
@@ -429,20 +420,20 @@ fn bench_throughput(cli: &Cli, dist: &Path, readings: &[Reading]) -> Result<Vec<
     let mut rows = Vec::new();
     for (c, (i, batch, _)) in cells.iter().enumerate() {
         let s = &samples[c];
-        let mut ratios: Vec<f64> = s[0].iter().zip(&s[1]).map(|(w, n)| w / n).collect();
+        let ratios: Vec<f64> = s[0].iter().zip(&s[1]).map(|(w, n)| w / n).collect();
         let (min_ratio, max_ratio) = ratios
             .iter()
             .fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         rows.push(json!({
             "transform": cases[*i].transform,
             "batch": batch,
-            "wasm_ns_per_record": median(&mut s[0].clone()),
-            "native_ns_per_record": median(&mut s[1].clone()),
-            "direct_ns_per_record": s.get(2).map(|d| median(&mut d.clone())),
-            "ratio_wasm_native": median(&mut ratios),
+            "wasm_ns_per_record": median(&s[0]),
+            "native_ns_per_record": median(&s[1]),
+            "direct_ns_per_record": s.get(2).map(|d| median(d)),
+            "ratio_wasm_native": median(&ratios),
             "ratio_min": min_ratio,
             "ratio_max": max_ratio,
-            "wasm_fuel_per_record": median(&mut fuel[c]),
+            "wasm_fuel_per_record": median(&fuel[c]),
             "samples_ns": s,
         }));
     }
@@ -519,9 +510,9 @@ fn bench_loads(dist: &Path, reps: usize) -> Result<Vec<Value>> {
             "module": file.file_name().map(|n| n.to_string_lossy().into_owned()),
             "wasm_bytes": std::fs::metadata(file)?.len(),
             "cache_file_bytes": cwasm[f],
-            "compile_ms": median(&mut t[f][0].clone()),
-            "cached_load_ms": median(&mut t[f][1].clone()),
-            "instantiate_init_ms": median(&mut t[f][2].clone()),
+            "compile_ms": median(&t[f][0]),
+            "cached_load_ms": median(&t[f][1]),
+            "instantiate_init_ms": median(&t[f][2]),
             "samples_ms": t[f],
         }));
     }

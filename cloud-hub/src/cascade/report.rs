@@ -52,8 +52,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context};
+use conveyor_model::OnnxModel;
 use conveyor_shared::{Escalation, ModelMetadata, Prediction, Record};
-use edge_agent::inference::OnnxModel;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 

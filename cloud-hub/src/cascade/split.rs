@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use conveyor_model::recording::{Recording, ReplayFileError};
 use conveyor_shared::ModelMetadata;
-use edge_agent::sources::replay_file::{Recording, ReplayFileError};
 
 /// One window of raw readings (sensor units), reading by reading.
 #[derive(Debug, Clone, PartialEq)]

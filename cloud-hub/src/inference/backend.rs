@@ -12,7 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use edge_agent::inference::model::{BatchSize, ModelError, ModelRunner, OnnxModel};
+use conveyor_model::{BatchSize, ModelError, ModelRunner, OnnxModel};
 
 /// Runs batches of one model. Shared by the model's workers.
 pub trait Backend: Send + Sync {
@@ -113,7 +113,7 @@ pub fn load(
         }
         #[cfg(feature = "cuda")]
         Device::Cuda => {
-            let checked = edge_agent::inference::model::load_checked(metadata, BatchSize::Dynamic)?;
+            let checked = conveyor_model::load_checked(metadata, BatchSize::Dynamic)?;
             let meta = checked.meta.clone();
             Ok((meta, super::cuda::prepare(checked)?))
         }

@@ -30,7 +30,7 @@ use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 
-use edge_agent::inference::model::CheckedModel;
+use conveyor_model::CheckedModel;
 use tract_onnx::prelude::*;
 
 use super::backend::{Backend, BackendError, BatchRunner, Device, DeviceError};

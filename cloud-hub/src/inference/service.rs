@@ -22,6 +22,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use conveyor_process::LogEvery;
 use conveyor_shared::{ModelMetadata, Prediction};
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -235,7 +236,7 @@ impl InferenceService {
             }
             Err(e) => {
                 let n = self.metrics.request(label, e.kind());
-                if n <= 10 || n % 1000 == 0 {
+                if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(n) {
                     tracing::warn!(
                         model = model_id,
                         failed_so_far = n,
@@ -378,7 +379,7 @@ pub fn normalise(meta: &ModelMetadata, window: &[f32]) -> Vec<f32> {
 
 /// The model's probabilities as a prediction (argmax; first of equals).
 pub fn prediction(meta: &ModelMetadata, probabilities: Vec<f32>) -> Prediction {
-    edge_agent::inference::Scores::from_probabilities(probabilities).into_prediction(meta)
+    conveyor_model::Scores::from_probabilities(probabilities).into_prediction(meta)
 }
 
 /// Starts a model's dispatcher and workers.

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use conveyor_model::{ModelError, ModelRunner, OnnxModel};
+use conveyor_process::LogEvery;
 use conveyor_shared::control::StageStats;
 use conveyor_shared::{Escalation, Prediction};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::model::{ModelError, ModelRunner, OnnxModel};
 use super::window::{Row, StreamWindows, Windower};
 use crate::config::ConfigError;
 use crate::pipeline::{BuiltStage, Stage, StageControl, StageMonitor};
@@ -371,7 +372,7 @@ impl Stage for InferenceStage {
             Ok(true) => {}
             Err(e) => {
                 let n = self.counters.wrong_channels.fetch_add(1, Ordering::Relaxed) + 1;
-                if n <= 10 || n % 1000 == 0 {
+                if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(n) {
                     tracing::warn!(stage = %self.counters.name, stream = %stream, dropped_total = n, "dropped a reading: {e}");
                 }
                 return;
@@ -429,7 +430,7 @@ impl Stage for InferenceStage {
             }
             Err(e) => {
                 let n = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
-                if n <= 10 || n % 1000 == 0 {
+                if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(n) {
                     tracing::warn!(stage = %self.counters.name, stream = %stream, failed_total = n, "dropped a window: {e}");
                 }
             }

@@ -11,7 +11,6 @@ mod http;
 mod json_reading;
 mod mqtt;
 mod replay;
-pub mod replay_file;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,6 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use conveyor_process::LogEvery;
 use conveyor_shared::control::SourceStats;
 use conveyor_shared::DeviceId;
 use serde::Deserialize;
@@ -244,7 +244,7 @@ impl SourceOutput {
         let n = self.counters.rejected.fetch_add(1, Ordering::Relaxed) + 1;
         // The first rejections are logged in full; after that one line per
         // thousand, so a misbehaving sensor cannot flood the log.
-        if n <= 10 || n % 1000 == 0 {
+        if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(n) {
             tracing::warn!(source = %self.source, rejected_total = n, "rejected a reading: {reason}");
         }
     }

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::replay_file::Recording;
 use super::{Source, SourceContext, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
+use conveyor_model::recording::Recording;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -354,7 +354,7 @@ impl ModelRunner {
             .state
             .run_plan_with_eval(
                 tvec!(tensor.into_tvalue()),
-                super::avx::eval_then_vzeroupper,
+                crate::avx::eval_then_vzeroupper,
             )
             .map_err(|e| RunError(format!("{e:#}")))?;
         let k = m.labels.len();

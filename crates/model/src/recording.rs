@@ -240,7 +240,7 @@ mod tests {
 
     fn data_file(rel: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../models/data")
+            .join("../../models/data")
             .join(rel)
     }
 

@@ -1,6 +1,5 @@
 //! Waiting for the operator's stop: SIGINT (Ctrl-C) or SIGTERM (systemd,
-//! Kubernetes, `kill`), and for SIGHUP (reload). Shared by both binaries'
-//! command lines.
+//! Kubernetes, `kill`), and for SIGHUP (reload).
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -1,4 +1,4 @@
-//! `cloud-hub demo`: the whole system on one machine, in one command.
+//! `conveyor-demo`: the whole system on one machine, in one command.
 //!
 //! Starts a hub (embedded broker, temporary store) and N real edge-agent
 //! processes, each replaying the held-out test split of a public sensor
@@ -8,9 +8,9 @@
 //! prints a summary: sent, received, lost, duplicated, latency, and the
 //! predictions each device made and how many were right.
 //!
-//! The agents are this binary re-executed as `cloud-hub agent run ...`,
-//! which runs the edge-agent crate's own command line: `cargo run -p
-//! cloud-hub -- demo` then needs nothing else built.
+//! The agents are this binary re-executed as `conveyor-demo agent run
+//! ...`, which runs the edge-agent crate's own command line: `cargo run
+//! --release -p conveyor-demo` then needs nothing else built.
 
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -23,9 +23,9 @@ use conveyor_shared::BrokerUrl;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use crate::config::{BrokerConfig, HttpConfig, HubConfig, StoreConfig};
-use crate::hub::Hub;
-use crate::inference::{InferenceConfig, InferenceService, ServedModelConfig};
+use cloud_hub::config::{BrokerConfig, HttpConfig, HubConfig, StoreConfig};
+use cloud_hub::hub::Hub;
+use cloud_hub::inference::{InferenceConfig, InferenceService, ServedModelConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -52,7 +52,7 @@ pub struct DemoArgs {
     /// Where the hub's models run: cpu, or cuda (a build with the `cuda`
     /// feature and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
-    pub device: crate::inference::Device,
+    pub device: cloud_hub::inference::Device,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -106,7 +106,7 @@ pub struct Summary {
     pub final_correct: u64,
     pub devices: Vec<DeviceSummary>,
     /// The cascade's accuracy and uplink bytes on the whole test splits.
-    pub cascade_report: Option<crate::cascade::report::CascadeReport>,
+    pub cascade_report: Option<cloud_hub::cascade::report::CascadeReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,7 +130,7 @@ pub struct DeviceSummary {
     pub predictions_scored: u64,
     pub predictions_correct: u64,
     /// Final predictions published for the device (results topic).
-    pub finals: crate::registry::FinalTally,
+    pub finals: cloud_hub::registry::FinalTally,
 }
 
 struct DemoAgent {
@@ -157,7 +157,7 @@ fn find_data_dir(arg: Option<PathBuf>) -> Result<PathBuf> {
     let candidates = match arg {
         Some(dir) => vec![dir],
         None => vec![
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/data"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/data"),
             PathBuf::from("models/data"),
         ],
     };
@@ -266,7 +266,7 @@ fn transforms_dir(data: &Path) -> PathBuf {
 }
 
 fn spawn_agent(config: &Path, log: &Path) -> Result<Child> {
-    let exe = std::env::current_exe().context("locating the cloud-hub binary")?;
+    let exe = std::env::current_exe().context("locating the conveyor-demo binary")?;
     let log_file = std::fs::File::create(log)?;
     let mut cmd = Command::new(exe);
     cmd.arg("agent")
@@ -443,7 +443,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                 );
             }
         }
-        let stats = crate::api::stats_of(&state);
+        let stats = cloud_hub::api::stats_of(&state);
         let now_count = stats.records_received;
         let devices = state.registry().list(conveyor_shared::time::now_us());
         let tally = prediction_totals(&devices);
@@ -500,7 +500,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
     // Let ingest and the hub's models catch up with what is in flight.
     let progress = || {
         (
-            crate::api::stats_of(&state).records_received,
+            cloud_hub::api::stats_of(&state).records_received,
             state.metrics.results_published.get(),
         )
     };
@@ -518,7 +518,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         }
     }
 
-    let stats = crate::api::stats_of(&state);
+    let stats = cloud_hub::api::stats_of(&state);
     let registry = state.registry().list(conveyor_shared::time::now_us());
     let devices: Vec<DeviceSummary> = agents
         .iter()
@@ -593,8 +593,8 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
     hub.shutdown().await;
     let mut summary = summary;
     if !args.no_inference {
-        let thresholds = crate::cascade::report::DEFAULT_THRESHOLDS;
-        match crate::cascade::report::evaluate(&data.join(".."), &data, &thresholds) {
+        let thresholds = cloud_hub::cascade::report::DEFAULT_THRESHOLDS;
+        match cloud_hub::cascade::report::evaluate(&data.join(".."), &data, &thresholds) {
             Ok(report) => summary.cascade_report = Some(report),
             Err(e) => eprintln!("cascade report: {e:#}"),
         }
@@ -624,7 +624,7 @@ impl PredictionTotals {
     }
 }
 
-fn prediction_totals(devices: &[crate::registry::DeviceView]) -> PredictionTotals {
+fn prediction_totals(devices: &[cloud_hub::registry::DeviceView]) -> PredictionTotals {
     let mut t = PredictionTotals::default();
     for (model, tally) in devices.iter().flat_map(|d| &d.entry.predictions) {
         t.models.push(model.clone());
@@ -673,6 +673,6 @@ pub fn print_summary(s: &Summary) {
     if let Some(report) = &s.cascade_report {
         eprintln!();
         eprintln!("Cascade on the whole held-out test splits (`cloud-hub cascade-report`):");
-        eprint!("{}", crate::cascade::report::render_table(report));
+        eprint!("{}", cloud_hub::cascade::report::render_table(report));
     }
 }

@@ -1,5 +1,9 @@
-//! Latency summaries from per-call timings, and the number formats of the
-//! table. Plain functions, no clock: the tests feed them made-up samples.
+//! The benchmarks' statistics: medians, latency summaries from per-call
+//! timings, ratios, and the number formats of their tables. Plain
+//! functions, no clock: the tests feed them made-up samples.
+//!
+//! It exists so that the inference and transform benchmarks compute their
+//! numbers the one same way (there were three medians).
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -43,6 +47,38 @@ pub fn summarize(samples_ns: &[u64]) -> Option<Summary> {
             f64::INFINITY
         },
     })
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0
+/// for none.
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// [`median`] of integer timings (ns): the middle two are added as
+/// integers, then halved; 0 for none.
+pub fn median_u64(v: &[u64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m] as f64
+    } else {
+        (s[m - 1] + s[m]) as f64 / 2.0
+    }
 }
 
 /// `a / b`, when both are positive and finite.
@@ -91,6 +127,18 @@ pub fn fmt_thousands(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[2.0, f64::INFINITY, 1.0]), 2.0);
+        assert_eq!(median_u64(&[]), 0.0);
+        assert_eq!(median_u64(&[30, 10, 20]), 20.0);
+        assert_eq!(median_u64(&[4, 1, 2, 3]), 2.5);
+        assert_eq!(median_u64(&[7]), 7.0);
+    }
 
     #[test]
     fn percentiles_and_rate_from_samples() {
