@@ -14,8 +14,9 @@
 //! On a reconnect, or when the oldest batch stays unacknowledged for
 //! `ack_timeout_ms`, the cursor goes back to the oldest record in the log
 //! and everything unacknowledged is sent again; the hub deduplicates by seq.
+//! That window is plain data, [`window::SendWindow`]; this loop drives it
+//! with the log and the clock.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,9 @@ use crate::log::{DurableLog, LogError};
 use crate::mqtt_client::mqtt_options;
 use crate::pipeline::StageMonitor;
 use crate::sources::{stats_snapshot, Reading, SourceCounters};
+
+pub mod window;
+use window::SendWindow;
 
 /// How long a shutdown keeps trying to deliver what is in the log. What is
 /// not acknowledged by then stays in the log for the next start.
@@ -82,13 +86,6 @@ pub struct Uplink {
     pub stages: Vec<Arc<dyn StageMonitor>>,
     pub log: DurableLog,
     pub sources: Vec<(String, Arc<SourceCounters>)>,
-}
-
-/// One published, not yet acknowledged batch.
-struct InFlight {
-    first: u64,
-    last: u64,
-    sent: Instant,
 }
 
 fn status(device: &DeviceId, state: DeviceState, clean: bool) -> DeviceStatus {
@@ -155,9 +152,11 @@ impl Uplink {
             stop_loop_rx,
         ));
 
-        let mut cursor = self.log.resend_from()?;
-        let mut inflight: VecDeque<InFlight> = VecDeque::new();
-        let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        let mut window = SendWindow::new(
+            self.log.resend_from()?,
+            self.config.max_unacked_batches,
+            Duration::from_millis(self.config.ack_timeout_ms),
+        );
         let mut send_tick =
             tokio::time::interval(Duration::from_millis(self.config.batch_max_delay_ms));
         send_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,16 +191,15 @@ impl Uplink {
                     // seen is always one the agent would resend.
                     self.log.commit().await?;
                     if connected {
-                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, true).await?;
+                        self.send(&client, &topics, &mut window, &mut counters, true).await?;
                     }
                 }
                 event = link_rx.recv() => match event {
                     Some(LinkEvent::Connected) => {
                         connected = true;
                         // Go back: whatever was in flight may be lost.
-                        inflight.clear();
-                        cursor = self.log.resend_from()?;
-                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
+                        window.connected(false, self.log.first_seq()?, self.log.next_seq());
+                        self.send(&client, &topics, &mut window, &mut counters, false).await?;
                     }
                     Some(LinkEvent::Disconnected) => connected = false,
                     Some(LinkEvent::Ack(ack)) => {
@@ -215,29 +213,24 @@ impl Uplink {
                         }
                         // Acks are per batch, not cumulative: an earlier
                         // batch may have been lost and still await its own.
-                        inflight.retain(|b| b.first < ack.first_seq || b.last > ack.last_seq);
+                        window.acked(ack.first_seq, ack.last_seq);
                         if connected {
-                            self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, true).await?;
+                            self.send(&client, &topics, &mut window, &mut counters, true).await?;
                         }
                     }
                     None => break,
                 },
                 _ = send_tick.tick() => {
-                    let oldest_held = self.log.first_seq()?;
-                    let timed_out = inflight.front().is_some_and(|b| b.sent.elapsed() >= ack_timeout);
-                    // Nothing in flight, yet records below the cursor are
-                    // still held: their batch left the window without its ack.
-                    let orphaned = inflight.is_empty() && oldest_held.is_some_and(|f| f < cursor);
-                    if timed_out || orphaned {
-                        tracing::debug!(?oldest_held, "no ack in time; re-sending from the oldest record");
-                        inflight.clear();
-                        cursor = oldest_held.unwrap_or(self.log.next_seq());
+                    // An ack timeout, or records held below the cursor
+                    // with nothing in flight: go back to the oldest.
+                    if let Some(back) = window.tick(std::time::Instant::now(), self.log.first_seq()?, self.log.next_seq()) {
+                        tracing::debug!(from = back.from, reason = ?back.reason, "no ack in time; re-sending from the oldest record");
                     }
                     if self.log.expire(now_us())? > 0 {
-                        cursor = cursor.max(self.log.resend_from()?);
+                        window.expired(self.log.first_seq()?, self.log.next_seq());
                     }
                     if connected {
-                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
+                        self.send(&client, &topics, &mut window, &mut counters, false).await?;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -306,21 +299,20 @@ impl Uplink {
         })
     }
 
-    /// Publishes batches from `cursor` while the window (and the client's
-    /// queue) has room. With `full_only`, a partial batch waits for the
-    /// next tick instead.
+    /// Publishes batches from the window's cursor while the window (and
+    /// the client's queue) has room. With `full_only`, a partial batch waits
+    /// for the next tick instead.
     async fn send(
         &self,
         client: &AsyncClient,
         topics: &Topics,
-        cursor: &mut u64,
-        inflight: &mut VecDeque<InFlight>,
+        window: &mut SendWindow,
         counters: &mut Counters,
         full_only: bool,
     ) -> Result<(), UplinkError> {
         let max = self.config.batch_max_records;
-        while inflight.len() < self.config.max_unacked_batches {
-            let mut records = self.log.read(*cursor, max)?;
+        while let Some(from) = window.next_send() {
+            let mut records = self.log.read(from, max)?;
             let cut = cut_to_byte_budget(&mut records, BATCH_BYTE_BUDGET);
             if records.is_empty() || (full_only && records.len() < max && !cut) {
                 return Ok(());
@@ -337,12 +329,7 @@ impl Uplink {
             }
             counters.published += n;
             counters.batches += 1;
-            inflight.push_back(InFlight {
-                first,
-                last,
-                sent: Instant::now(),
-            });
-            *cursor = last + 1;
+            window.sent(first, last, std::time::Instant::now());
         }
         Ok(())
     }
