@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conveyor_shared::time::now_us;
+use conveyor_transport::hub::HubTransportError;
+use conveyor_transport::HubSide;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::broker::{self, BrokerError};
 use crate::cascade::router::Router;
 use crate::config::{BrokerMode, HubConfig};
 use crate::inference::InferenceService;
@@ -25,7 +26,7 @@ pub enum HubError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Broker(#[from] BrokerError),
+    Broker(#[from] HubTransportError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
         addr: SocketAddr,
@@ -67,11 +68,18 @@ impl Hub {
             .collect();
         let counts = store.device_counts()?;
         let b = &config.broker;
-        let connection = match (b.mode, &b.url) {
-            (BrokerMode::External, Some(url)) => broker::external::start(url, &b.client_id),
+        let side = match (b.mode, &b.url) {
+            (BrokerMode::External, Some(url)) => HubSide::External {
+                url: url.clone(),
+                client_id: b.client_id.clone(),
+            },
             // validate() guarantees external mode has a url.
-            _ => broker::embedded::start(b.listen, b.max_connections)?,
+            _ => HubSide::Embedded {
+                listen: b.listen,
+                max_connections: b.max_connections,
+            },
         };
+        let connection = conveyor_transport::start_hub(&side)?;
         let state = Arc::new(HubState {
             store,
             registry: Mutex::new(Registry::restore(entries, &counts)),

@@ -13,10 +13,10 @@ use conveyor_shared::control::{Ack, DeviceStatus, Heartbeat};
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
 use conveyor_shared::{DeviceId, FinalPrediction, Record, RecordBatch, Topic};
+use conveyor_transport::hub::{Inbound, Publisher, Received};
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::broker::{Inbound, Publisher};
 use crate::cascade::router::{DeviceResults, Router};
 use crate::inference::InferenceService;
 use crate::metrics::HubMetrics;
@@ -54,7 +54,6 @@ pub struct Ingest {
 
 /// A stored batch, to acknowledge and route once durable.
 pub struct Stored {
-    pub ack_topic: Topic,
     pub ack: Ack,
     pub device: DeviceId,
     pub edge_results: Vec<FinalPrediction>,
@@ -76,7 +75,7 @@ impl Ingest {
     /// Consumes inbound messages until the broker side closes. Whatever
     /// is waiting is handled as one group: stored, made durable with one
     /// fsync, and only then acknowledged to the agents.
-    pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>) {
+    pub async fn run(self, mut inbound: mpsc::Receiver<Received>) {
         let mut messages = Vec::with_capacity(COMMIT_CHUNK);
         while inbound.recv_many(&mut messages, COMMIT_CHUNK).await > 0 {
             let stored: Vec<Stored> = messages.drain(..).filter_map(|m| self.handle(&m)).collect();
@@ -89,8 +88,7 @@ impl Ingest {
                 continue;
             }
             for s in stored {
-                self.publisher
-                    .publish(s.ack_topic.to_string(), s.ack.encode());
+                self.publisher.ack(&s.device, &s.ack);
                 if s.ack.rejected.is_none() {
                     self.router
                         .dispatch(&s.device, s.edge_results, s.escalated)
@@ -120,30 +118,31 @@ impl Ingest {
     /// Handles one message; for a record batch, returns the ack to send
     /// (to the device's ack topic) and the results to route, once the
     /// store is durable.
-    pub fn handle(&self, msg: &Inbound) -> Option<Stored> {
-        let topic = match Topic::parse(&msg.topic) {
-            Ok(t) => t,
+    pub fn handle(&self, msg: &Received) -> Option<Stored> {
+        // The device side parsed the topic; one that is no device topic is
+        // counted and refused here, like any bad input.
+        let msg = match msg {
+            Ok(m) => m,
             Err(e) => {
-                self.reject(None, "bad_topic", &e);
+                self.reject(None, "bad_topic", e);
                 return None;
             }
         };
+        let Inbound { topic, payload } = msg;
         let device = topic.device.as_str();
         let now = now_us();
-        let ack = Topic::new(topic.device.clone(), TopicKind::Ack);
         match topic.kind {
             TopicKind::Records => {
                 return self
-                    .handle_batch(&topic, &msg.payload, now)
+                    .handle_batch(topic, payload, now)
                     .map(|(a, appended)| Stored {
-                        ack_topic: ack,
                         ack: a,
                         device: topic.device.clone(),
                         edge_results: appended.edge_results,
                         escalated: appended.escalated,
                     })
             }
-            TopicKind::Status => match DeviceStatus::decode(&msg.payload) {
+            TopicKind::Status => match DeviceStatus::decode(payload) {
                 Ok(s) if s.device_id == device => self.state.registry().on_status(device, s, now),
                 Ok(s) => self.reject(
                     Some(device),
@@ -152,7 +151,7 @@ impl Ingest {
                 ),
                 Err(e) => self.reject(Some(device), "bad_status", &e),
             },
-            TopicKind::Heartbeat => match Heartbeat::decode(&msg.payload) {
+            TopicKind::Heartbeat => match Heartbeat::decode(payload) {
                 Ok(h) if h.device_id == device => {
                     self.state.registry().on_heartbeat(device, h, now)
                 }

@@ -1,7 +1,7 @@
 //! Conveyor's hub.
 //!
-//! Messages arrive from the [`broker`] (embedded rumqttd, or an external
-//! broker), go through [`ingest`] into the [`store`] and the device
+//! Messages arrive from the device side (`conveyor_transport`: embedded
+//! rumqttd, or an external broker), go through [`ingest`] into the [`store`] and the device
 //! [`registry`], and are served by the [`api`] with [`metrics`]. [`hub`]
 //! starts and stops all of it from a [`config::HubConfig`] (the
 //! `conveyor-demo` package runs a hub with real edge agents). See
@@ -9,7 +9,6 @@
 
 pub mod api;
 pub mod api_results;
-pub mod broker;
 pub mod cascade;
 pub mod config;
 pub mod hub;

@@ -13,7 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod inference;
 pub mod log;
-mod mqtt_client;
 pub mod pipeline;
 pub mod reload;
 pub mod sources;

@@ -15,13 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conveyor_shared::time::now_us;
-use conveyor_shared::topics::TopicKind;
-use conveyor_shared::{DeviceId, FinalPrediction, Record, ResultBatch, Topic};
-use prost::Message;
+use conveyor_shared::{DeviceId, FinalPrediction, Record, ResultBatch};
+use conveyor_transport::hub::Publisher;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::broker::Publisher;
 use crate::inference::InferError;
 use crate::ingest::HubState;
 
@@ -205,10 +203,8 @@ impl Outlet {
         let Ok(id) = DeviceId::new(device.to_string()) else {
             return;
         };
-        let topic = Topic::new(id, TopicKind::Results).to_string();
         let batch = ResultBatch::new(device, results);
-        self.publisher
-            .publish_reliable(topic, batch.encode_to_vec());
+        self.publisher.results(&id, &batch);
         self.state
             .metrics
             .results_published

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use conveyor_shared::time::now_us;
 use conveyor_shared::BrokerUrl;
+use conveyor_transport::mqtt::options as mqtt_options;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -16,7 +17,6 @@ use tokio::sync::watch;
 use super::json_reading::JsonReadingSpec;
 use super::{Source, SourceContext, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
-use crate::mqtt_client::mqtt_options;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,12 +10,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
+use rumqttd::local::LinkTx;
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use tokio::sync::mpsc;
 
-use super::{uplink_filters, BrokerConnection, BrokerError, Inbound, INBOUND_CAPACITY};
-use conveyor_shared::records::MAX_BATCH_BYTES;
+use conveyor_shared::Topic;
+
+use crate::hub::{
+    received, HubConnection, HubTransportError as BrokerError, Outbound, Publisher,
+    INBOUND_CAPACITY, UPLINK_KINDS,
+};
 
 /// Size of one commit-log segment per topic.
 const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
@@ -25,7 +31,7 @@ const SEGMENT_COUNT: usize = 4;
 fn broker_config(listen: SocketAddr, max_connections: usize) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
-        max_payload_size: MAX_BATCH_BYTES + 4096,
+        max_payload_size: super::MAX_PACKET_BYTES,
         max_inflight_count: 100,
         auth: None,
         external_auth: None,
@@ -53,8 +59,23 @@ fn broker_config(listen: SocketAddr, max_connections: usize) -> Config {
     }
 }
 
+/// The hub's side of rumqttd's in-process link (a local link's publish
+/// takes no QoS); `try_publish` never blocks.
+struct LinkOutbound(Arc<Mutex<LinkTx>>);
+
+impl Outbound for LinkOutbound {
+    fn try_publish(&self, topic: &Topic, payload: Vec<u8>, _reliable: bool) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_publish(topic.to_string(), payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Starts rumqttd on `listen` and subscribes the hub's link to the uplinks.
-pub fn start(listen: SocketAddr, max_connections: usize) -> Result<BrokerConnection, BrokerError> {
+pub fn start(listen: SocketAddr, max_connections: usize) -> Result<HubConnection, BrokerError> {
     // rumqttd binds on its own thread and only logs a failure there; probe
     // the address first so a taken port is a clear error at startup.
     std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -74,14 +95,14 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<BrokerConnect
             }
         })
         .map_err(|e| BrokerError::Embedded(e.to_string()))?;
-    for filter in uplink_filters() {
+    for kind in UPLINK_KINDS {
         link_tx
-            .subscribe(filter)
+            .subscribe(kind.filter_all_devices())
             .map_err(|e| BrokerError::Embedded(e.to_string()))?;
     }
 
-    let link_tx = std::sync::Arc::new(std::sync::Mutex::new(link_tx));
-    let publisher = super::Publisher::Embedded(link_tx.clone());
+    let link_tx = Arc::new(Mutex::new(link_tx));
+    let publisher = Publisher::new(LinkOutbound(link_tx.clone()));
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
     // The link's receive side is blocking; it gets a thread of its own and
     // blocks on the bounded channel when ingest is behind.
@@ -92,10 +113,8 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<BrokerConnect
             loop {
                 match link_rx.recv() {
                     Ok(Some(Notification::Forward(f))) => {
-                        let inbound = Inbound {
-                            topic: String::from_utf8_lossy(&f.publish.topic).into_owned(),
-                            payload: f.publish.payload,
-                        };
+                        let topic = String::from_utf8_lossy(&f.publish.topic);
+                        let inbound = received(&topic, f.publish.payload);
                         if tx.blocking_send(inbound).is_err() {
                             return; // hub shut down
                         }
@@ -117,7 +136,7 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<BrokerConnect
         })
         .map_err(|e| BrokerError::Embedded(e.to_string()))?;
 
-    Ok(BrokerConnection {
+    Ok(HubConnection {
         inbound: rx,
         publisher,
         device_url: format!("mqtt://{listen}"),

@@ -1,4 +1,4 @@
-//! An external broker (mosquitto, EMQX, ...), reached as an MQTT client.
+//! The hub as a client of an external broker (mosquitto, EMQX, ...).
 //!
 //! The hub subscribes with QoS 1 on a persistent session (`clean_session =
 //! false`, a stable client id), so the broker queues uplinks while the hub
@@ -7,38 +7,54 @@
 
 use std::time::Duration;
 
-use conveyor_shared::records::MAX_BATCH_BYTES;
-use conveyor_shared::BrokerUrl;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use conveyor_shared::{BrokerUrl, Topic};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 
-use super::{uplink_filters, BrokerConnection, Inbound, INBOUND_CAPACITY};
+use crate::hub::{received, HubConnection, Outbound, Publisher, INBOUND_CAPACITY, UPLINK_KINDS};
 
-pub fn start(url: &BrokerUrl, client_id: &str) -> BrokerConnection {
-    let mut options = MqttOptions::new(client_id, url.host.clone(), url.port);
-    options.set_keep_alive(Duration::from_secs(10));
+/// Keep-alive of the hub's client.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+struct ClientOutbound(AsyncClient);
+
+impl Outbound for ClientOutbound {
+    fn try_publish(&self, topic: &Topic, payload: Vec<u8>, reliable: bool) -> Result<(), String> {
+        // Acks at QoS 0: a lost ack only costs a re-send. Results at QoS 1.
+        let qos = if reliable {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        self.0
+            .try_publish(topic.to_string(), qos, false, payload)
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub fn start(url: &BrokerUrl, client_id: &str) -> HubConnection {
+    let mut options = super::options(client_id, url, KEEP_ALIVE);
     options.set_clean_session(false);
-    options.set_max_packet_size(MAX_BATCH_BYTES + 4096, MAX_BATCH_BYTES + 4096);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
     let shown = url.to_string();
-    let publisher = super::Publisher::External(client.clone());
+    let publisher = Publisher::new(ClientOutbound(client.clone()));
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    if !ack.session_present {
-                        // See the agent's uplink: a pkid collision left from
-                        // the lost session would stall this client forever.
-                        eventloop.state.collision = None;
-                    }
+                    // As on the edge: a pkid collision left from the lost
+                    // session would stall this client forever (its publish
+                    // is an ack; the agent's timeout makes up for it).
+                    super::clear_stale_collision(&mut eventloop, &ack);
                     tracing::info!(broker = %shown, session_present = ack.session_present, "connected to external broker");
                     // From another task: the client's queue may be full of
                     // acks queued while the broker was away, and only this
                     // loop drains it; awaiting here would deadlock.
                     let client = client.clone();
                     tokio::spawn(async move {
-                        for filter in uplink_filters() {
+                        for kind in UPLINK_KINDS {
+                            let filter = kind.filter_all_devices();
                             if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
                                 tracing::error!("subscribe failed: {e}");
                             }
@@ -46,11 +62,10 @@ pub fn start(url: &BrokerUrl, client_id: &str) -> BrokerConnection {
                     });
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let inbound = Inbound {
-                        topic: p.topic,
-                        payload: p.payload,
-                    };
-                    if tx.send(inbound).await.is_err() {
+                    // Bounded, and awaited: ingest's back-pressure reaches
+                    // the broker. Publishing never waits on this loop
+                    // (`try_publish`), so this cannot deadlock.
+                    if tx.send(received(&p.topic, p.payload)).await.is_err() {
                         return;
                     }
                 }
@@ -62,7 +77,7 @@ pub fn start(url: &BrokerUrl, client_id: &str) -> BrokerConnection {
             }
         }
     });
-    BrokerConnection {
+    HubConnection {
         inbound: rx,
         publisher,
         device_url: url.to_string(),

@@ -2,10 +2,10 @@
 //! to the hub in batches, and deletes from the log only what the hub has
 //! acknowledged end to end (not the broker's PUBACK).
 //!
-//! Two tasks share the MQTT client. The *event loop* task only drives the
-//! connection and forwards what matters (connected, an ack arrived); the
-//! *uplink* task owns all state: the log, the send cursor, the window of
-//! unacknowledged batches, the counters.
+//! The link to the hub is a `conveyor_transport` edge link (MQTT today): it
+//! drives the connection on its own task and forwards what matters
+//! (connected, an ack arrived); the *uplink* task owns all state: the log,
+//! the send cursor, the window of unacknowledged batches, the counters.
 //!
 //! Sending is go-back-N over the log. The cursor walks forward, publishing
 //! batches while fewer than `max_unacked_batches` are unacknowledged, which
@@ -14,38 +14,34 @@
 //! On a reconnect, or when the oldest batch stays unacknowledged for
 //! `ack_timeout_ms`, the cursor goes back to the oldest record in the log
 //! and everything unacknowledged is sent again; the hub deduplicates by seq.
+//! That window is plain data, [`window::SendWindow`]; this loop drives it
+//! with the log and the clock.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use conveyor_shared::control::{Ack, DeviceState, DeviceStatus, Heartbeat};
+use conveyor_shared::control::Heartbeat;
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
-use conveyor_shared::{DeviceId, Record, RecordBatch, Topic};
-use rumqttc::{AsyncClient, Event, LastWill, Outgoing, Packet, QoS};
+use conveyor_shared::{DeviceId, Record, RecordBatch};
+use conveyor_transport::edge::{EdgeLink, EdgeLinkOptions, LinkEvent, PublishError};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::UplinkConfig;
 use crate::log::{DurableLog, LogError};
-use crate::mqtt_client::mqtt_options;
 use crate::pipeline::StageMonitor;
 use crate::sources::{stats_snapshot, Reading, SourceCounters};
+
+pub mod window;
+use window::SendWindow;
 
 /// How long a shutdown keeps trying to deliver what is in the log. What is
 /// not acknowledged by then stays in the log for the next start.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Readings taken from the pipeline channel per log append (group commit).
 const APPEND_CHUNK: usize = 2048;
-
-/// What the event loop task tells the uplink task.
-enum LinkEvent {
-    Connected,
-    Disconnected,
-    Ack(Ack),
-}
 
 /// Agent-wide counters, reported in heartbeats.
 #[derive(Debug, Default)]
@@ -71,8 +67,8 @@ pub struct UplinkSummary {
 pub enum UplinkError {
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("MQTT client queue closed: {0}")]
-    Client(#[from] rumqttc::ClientError),
+    #[error("uplink: {0}")]
+    Link(#[from] PublishError),
 }
 
 pub struct Uplink {
@@ -82,30 +78,6 @@ pub struct Uplink {
     pub stages: Vec<Arc<dyn StageMonitor>>,
     pub log: DurableLog,
     pub sources: Vec<(String, Arc<SourceCounters>)>,
-}
-
-/// One published, not yet acknowledged batch.
-struct InFlight {
-    first: u64,
-    last: u64,
-    sent: Instant,
-}
-
-fn status(device: &DeviceId, state: DeviceState, clean: bool) -> DeviceStatus {
-    DeviceStatus {
-        device_id: device.to_string(),
-        state,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        ts_us: now_us(),
-        clean,
-    }
-}
-
-struct Topics {
-    records: String,
-    status: String,
-    heartbeat: String,
-    ack: String,
 }
 
 impl Uplink {
@@ -118,46 +90,28 @@ impl Uplink {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<UplinkSummary, UplinkError> {
         let started = Instant::now();
-        let topic = |kind| Topic::new(self.device.clone(), kind).to_string();
-        let topics = Topics {
-            records: topic(TopicKind::Records),
-            status: topic(TopicKind::Status),
-            heartbeat: topic(TopicKind::Heartbeat),
-            ack: topic(TopicKind::Ack),
+        // The link never waits for this task: its events come through an
+        // unbounded channel, bounded in practice by the unacked window.
+        let parts = conveyor_transport::connect_edge(
+            &self.config.url,
+            EdgeLinkOptions {
+                device: self.device.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                keep_alive: Duration::from_secs(self.config.keep_alive_secs),
+                downlinks: vec![TopicKind::Ack],
+            },
+        );
+        let (link, mut link_rx) = (parts.link, parts.events);
+        let mut counters = Counters {
+            connects: parts.connects,
+            ..Counters::default()
         };
 
-        let mut options = mqtt_options(
-            self.device.as_str(),
-            &self.config.url,
-            Duration::from_secs(self.config.keep_alive_secs),
+        let mut window = SendWindow::new(
+            self.log.resend_from()?,
+            self.config.max_unacked_batches,
+            Duration::from_millis(self.config.ack_timeout_ms),
         );
-        options.set_last_will(LastWill::new(
-            &topics.status,
-            status(&self.device, DeviceState::Offline, false).encode(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        let (client, eventloop) = AsyncClient::new(options, 64);
-        let mut counters = Counters::default();
-        // Unbounded so that the event loop never waits for the uplink task
-        // (which may itself be waiting for the event loop to drain the
-        // client's queue). Its size is bounded by the unacked window.
-        let (link_tx, mut link_rx) = mpsc::unbounded_channel();
-        let (stop_loop_tx, stop_loop_rx) = watch::channel(false);
-        let loop_task = tokio::spawn(drive_event_loop(
-            eventloop,
-            client.clone(),
-            self.device.clone(),
-            topics.status.clone(),
-            topics.ack.clone(),
-            counters.connects.clone(),
-            link_tx,
-            stop_loop_rx,
-        ));
-
-        let mut cursor = self.log.resend_from()?;
-        let mut inflight: VecDeque<InFlight> = VecDeque::new();
-        let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms);
         let mut send_tick =
             tokio::time::interval(Duration::from_millis(self.config.batch_max_delay_ms));
         send_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,16 +146,16 @@ impl Uplink {
                     // seen is always one the agent would resend.
                     self.log.commit().await?;
                     if connected {
-                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, true).await?;
+                        self.send(&*link, &mut window, &mut counters, true).await?;
                     }
                 }
                 event = link_rx.recv() => match event {
-                    Some(LinkEvent::Connected) => {
+                    Some(LinkEvent::Connected { session_resumed }) => {
                         connected = true;
-                        // Go back: whatever was in flight may be lost.
-                        inflight.clear();
-                        cursor = self.log.resend_from()?;
-                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
+                        // Go back, with or without a session: whatever was
+                        // in flight may be lost.
+                        window.connected(session_resumed, self.log.first_seq()?, self.log.next_seq());
+                        self.send(&*link, &mut window, &mut counters, false).await?;
                     }
                     Some(LinkEvent::Disconnected) => connected = false,
                     Some(LinkEvent::Ack(ack)) => {
@@ -215,35 +169,32 @@ impl Uplink {
                         }
                         // Acks are per batch, not cumulative: an earlier
                         // batch may have been lost and still await its own.
-                        inflight.retain(|b| b.first < ack.first_seq || b.last > ack.last_seq);
+                        window.acked(ack.first_seq, ack.last_seq);
                         if connected {
-                            self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, true).await?;
+                            self.send(&*link, &mut window, &mut counters, true).await?;
                         }
                     }
+                    // Not asked for.
+                    Some(LinkEvent::Results(_) | LinkEvent::Desired(_)) => {}
                     None => break,
                 },
                 _ = send_tick.tick() => {
-                    let oldest_held = self.log.first_seq()?;
-                    let timed_out = inflight.front().is_some_and(|b| b.sent.elapsed() >= ack_timeout);
-                    // Nothing in flight, yet records below the cursor are
-                    // still held: their batch left the window without its ack.
-                    let orphaned = inflight.is_empty() && oldest_held.is_some_and(|f| f < cursor);
-                    if timed_out || orphaned {
-                        tracing::debug!(?oldest_held, "no ack in time; re-sending from the oldest record");
-                        inflight.clear();
-                        cursor = oldest_held.unwrap_or(self.log.next_seq());
+                    // An ack timeout, or records held below the cursor
+                    // with nothing in flight: go back to the oldest.
+                    if let Some(back) = window.tick(std::time::Instant::now(), self.log.first_seq()?, self.log.next_seq()) {
+                        tracing::debug!(from = back.from, reason = ?back.reason, "no ack in time; re-sending from the oldest record");
                     }
                     if self.log.expire(now_us())? > 0 {
-                        cursor = cursor.max(self.log.resend_from()?);
+                        window.expired(self.log.first_seq()?, self.log.next_seq());
                     }
                     if connected {
-                        self.send(&client, &topics, &mut cursor, &mut inflight, &mut counters, false).await?;
+                        self.send(&*link, &mut window, &mut counters, false).await?;
                     }
                 }
                 _ = heartbeat.tick() => {
                     let hb = self.heartbeat(&counters, started);
-                    // QoS 0 and non-blocking: a heartbeat is worthless late.
-                    let _ = client.try_publish(&topics.heartbeat, QoS::AtMostOnce, false, hb.encode());
+                    // Best effort and non-blocking: a heartbeat is worthless late.
+                    let _ = link.try_publish_heartbeat(&hb);
                 }
                 _ = shutdown.wait_for(|s| *s), if grace_ends.is_none() => {
                     // Sources see the same signal and stop; what they still
@@ -258,38 +209,15 @@ impl Uplink {
         // listening any more, its events are simply dropped.
         drop(link_rx);
 
-        // Goodbye: a final heartbeat and a clean offline status, then wait
-        // for their PUBACKs before DISCONNECT. (Closing the socket with
-        // PUBACKs unread resets the connection, and a reset makes the
-        // broker discard what it has not read yet.)
+        // Goodbye: a final heartbeat and a clean offline status, and the
+        // link waits until the broker confirmed them before it closes.
+        // (Closing the socket with PUBACKs unread resets the connection,
+        // and a reset makes the broker discard what it has not read yet.)
         let hb = self.heartbeat(&counters, started);
-        let hb_payload = hb.encode();
-        let goodbye = async {
-            client
-                .publish(&topics.heartbeat, QoS::AtLeastOnce, false, hb_payload)
-                .await?;
-            client
-                .publish(
-                    &topics.status,
-                    QoS::AtLeastOnce,
-                    true,
-                    status(&self.device, DeviceState::Offline, true).encode(),
-                )
-                .await?;
-            client.disconnect().await?;
-            Ok::<_, UplinkError>(())
-        };
-        if connected && tokio::time::timeout(SHUTDOWN_GRACE, goodbye).await.is_err() {
-            tracing::warn!("the broker did not take the goodbye in time");
-        }
-        let mut loop_task = loop_task;
-        if !connected
-            || tokio::time::timeout(SHUTDOWN_GRACE, &mut loop_task)
-                .await
-                .is_err()
-        {
-            let _ = stop_loop_tx.send(true);
-            let _ = loop_task.await;
+        if connected {
+            link.goodbye(hb.clone(), SHUTDOWN_GRACE).await;
+        } else {
+            link.close().await;
         }
         let left = self.log.stats().records;
         if left > 0 {
@@ -306,43 +234,36 @@ impl Uplink {
         })
     }
 
-    /// Publishes batches from `cursor` while the window (and the client's
-    /// queue) has room. With `full_only`, a partial batch waits for the
-    /// next tick instead.
+    /// Publishes batches from the window's cursor while the window (and
+    /// the client's queue) has room. With `full_only`, a partial batch waits
+    /// for the next tick instead.
     async fn send(
         &self,
-        client: &AsyncClient,
-        topics: &Topics,
-        cursor: &mut u64,
-        inflight: &mut VecDeque<InFlight>,
+        link: &dyn EdgeLink,
+        window: &mut SendWindow,
         counters: &mut Counters,
         full_only: bool,
     ) -> Result<(), UplinkError> {
         let max = self.config.batch_max_records;
-        while inflight.len() < self.config.max_unacked_batches {
-            let mut records = self.log.read(*cursor, max)?;
+        while let Some(from) = window.next_send() {
+            let mut records = self.log.read(from, max)?;
             let cut = cut_to_byte_budget(&mut records, BATCH_BYTE_BUDGET);
             if records.is_empty() || (full_only && records.len() < max && !cut) {
                 return Ok(());
             }
             let (first, last) = (records[0].seq, records[records.len() - 1].seq);
             let n = records.len() as u64;
-            let payload = RecordBatch::new(&self.device, now_us(), records).encode_to_bytes();
-            // Never wait on the client's queue: when it is full (the broker
+            let batch = RecordBatch::new(&self.device, now_us(), records);
+            // Never wait on the link's queue: when it is full (the broker
             // is slow or away), the batch stays in the log for a later tick.
-            match client.try_publish(&topics.records, QoS::AtLeastOnce, false, payload) {
+            match link.try_publish_batch(&batch) {
                 Ok(()) => {}
-                Err(rumqttc::ClientError::TryRequest(_)) => return Ok(()),
+                Err(PublishError::Full) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
             counters.published += n;
             counters.batches += 1;
-            inflight.push_back(InFlight {
-                first,
-                last,
-                sent: Instant::now(),
-            });
-            *cursor = last + 1;
+            window.sent(first, last, std::time::Instant::now());
         }
         Ok(())
     }
@@ -367,87 +288,6 @@ impl Uplink {
             rss_bytes: rss_bytes(),
             sources: stats_snapshot(&self.sources),
             stages: self.stages.iter().map(|s| s.snapshot()).collect(),
-        }
-    }
-}
-
-/// Polls the MQTT connection. On every (re)connect it subscribes to the
-/// device's ack topic and re-announces the device as online (the retained
-/// status may have been replaced by the last will while the link was down).
-#[allow(clippy::too_many_arguments)]
-async fn drive_event_loop(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
-    device: DeviceId,
-    status_topic: String,
-    ack_topic: String,
-    connects: Arc<AtomicU64>,
-    events: mpsc::UnboundedSender<LinkEvent>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let (host, port) = eventloop.mqtt_options.broker_address();
-    let broker = format!("{host}:{port}");
-    loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                if !ack.session_present {
-                    // rumqttc 0.25 keeps a pkid "collision" from the lost
-                    // session, and while it is set the event loop takes no
-                    // new requests: the connection would be up but silent
-                    // forever. Its publish is a batch the log re-sends.
-                    eventloop.state.collision = None;
-                }
-                let n = connects.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::info!(%broker, connects = n, "uplink connected");
-                // From another task: the client's queue may be full of
-                // batches queued while the broker was away, and only this
-                // loop drains it. The subscription must not be dropped.
-                let (client, ack_topic, status_topic) =
-                    (client.clone(), ack_topic.clone(), status_topic.clone());
-                let online = status(&device, DeviceState::Online, false).encode();
-                tokio::spawn(async move {
-                    if let Err(e) = client.subscribe(&ack_topic, QoS::AtLeastOnce).await {
-                        tracing::warn!("could not subscribe to acks: {e}");
-                    }
-                    if let Err(e) = client
-                        .publish(&status_topic, QoS::AtLeastOnce, true, online)
-                        .await
-                    {
-                        tracing::warn!("could not publish the online status: {e}");
-                    }
-                });
-                let _ = events.send(LinkEvent::Connected);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
-                match Ack::decode(&p.payload) {
-                    Ok(ack) => {
-                        let _ = events.send(LinkEvent::Ack(ack));
-                    }
-                    Err(e) => tracing::warn!("ignoring a malformed ack: {e}"),
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                // Let the broker close the connection first (it does on
-                // DISCONNECT), reading whatever it still sends meanwhile.
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while eventloop.poll().await.is_ok() {}
-                })
-                .await;
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(%broker, "uplink connection: {e}; reconnecting in 1 s");
-                let _ = events.send(LinkEvent::Disconnected);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
         }
     }
 }

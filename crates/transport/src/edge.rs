@@ -1,0 +1,108 @@
+//! What an edge link is, whatever carries it.
+//!
+//! The agent's uplink owns all state (the log, the send window); a link
+//! only moves messages. Its contract:
+//! - It never waits on the code it feeds: events go through an unbounded
+//!   channel (bounded in practice by the uplink's unacked window), and
+//!   [`EdgeLink::try_publish_batch`] never waits either: a full queue is
+//!   [`PublishError::Full`], and the batch stays in the log for a later try.
+//! - It (re)connects by itself and says so ([`LinkEvent::Connected`], with
+//!   whether the broker resumed the session); on every connect it
+//!   re-announces the device as online.
+//! - Its downlink messages arrive decoded into `shared` values; a malformed
+//!   one is logged and dropped (the protocol tolerates a lost ack).
+//! - [`EdgeLink::goodbye`] sends the final heartbeat and the clean offline
+//!   status and returns only once the transport has confirmed them (or the
+//!   grace period ended), so closing loses nothing already sent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use conveyor_shared::control::{Ack, DeviceState, DeviceStatus, Heartbeat};
+use conveyor_shared::time::now_us;
+use conveyor_shared::topics::TopicKind;
+use conveyor_shared::{DeviceId, RecordBatch, ResultBatch};
+use tokio::sync::mpsc;
+
+/// What the link tells the uplink.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    /// Connected (again). `session_resumed`: the broker kept the session
+    /// (subscriptions, queued messages) from before.
+    Connected { session_resumed: bool },
+    /// The connection broke; the link retries by itself.
+    Disconnected,
+    /// The hub's end-to-end acknowledgement (or refusal) of a batch.
+    Ack(Ack),
+    /// Final predictions for this device.
+    Results(ResultBatch),
+    /// Desired state (reserved for OTA; no wire type yet, so raw bytes).
+    Desired(Bytes),
+}
+
+/// Why a message was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The link's queue is full (the broker is slow or away): try later.
+    #[error("the link's queue is full")]
+    Full,
+    /// The link is gone for good.
+    #[error("the link is closed: {0}")]
+    Closed(String),
+}
+
+/// What an edge link needs to know.
+#[derive(Debug, Clone)]
+pub struct EdgeLinkOptions {
+    pub device: DeviceId,
+    /// Reported in the device's status.
+    pub agent_version: String,
+    pub keep_alive: Duration,
+    /// Downlink topics to receive (the uplink asks for [`TopicKind::Ack`]).
+    pub downlinks: Vec<TopicKind>,
+}
+
+impl EdgeLinkOptions {
+    /// The device's status message.
+    pub fn status(&self, state: DeviceState, clean: bool) -> DeviceStatus {
+        DeviceStatus {
+            device_id: self.device.to_string(),
+            state,
+            agent_version: self.agent_version.clone(),
+            ts_us: now_us(),
+            clean,
+        }
+    }
+}
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The sending half of an edge link.
+pub trait EdgeLink: Send + Sync {
+    /// Queues a record batch for reliable delivery (MQTT: QoS 1) without
+    /// waiting.
+    fn try_publish_batch(&self, batch: &RecordBatch) -> Result<(), PublishError>;
+
+    /// Queues a heartbeat, best effort (MQTT: QoS 0) and without waiting: a
+    /// heartbeat is worthless late.
+    fn try_publish_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), PublishError>;
+
+    /// The goodbye of a connected link: `heartbeat` and a retained clean
+    /// `offline` status, reliably, then the transport's orderly close,
+    /// waiting up to `grace` for each step. Events sent meanwhile are
+    /// dropped if nobody listens any more.
+    fn goodbye(self: Box<Self>, heartbeat: Heartbeat, grace: Duration) -> BoxFuture;
+
+    /// Closes without a goodbye (the link is down).
+    fn close(self: Box<Self>) -> BoxFuture;
+}
+
+/// A started link: the sending half and its events.
+pub struct EdgeLinkParts {
+    pub link: Box<dyn EdgeLink>,
+    pub events: mpsc::UnboundedReceiver<LinkEvent>,
+    /// Connections made so far (heartbeats report it).
+    pub connects: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
