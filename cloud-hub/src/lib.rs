@@ -17,5 +17,4 @@ pub mod inference;
 pub mod ingest;
 pub mod metrics;
 pub mod registry;
-pub mod results_store;
 pub mod store;
