@@ -28,7 +28,6 @@
 pub mod codec;
 mod legacy;
 pub mod redb;
-pub mod sled;
 
 use std::collections::BTreeMap;
 use std::path::Path;
