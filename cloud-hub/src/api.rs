@@ -128,7 +128,7 @@ async fn records(
 ) -> Response {
     paged(id, q, "records", move |id, from, limit| match from {
         Some(from) => s.store.records_from(id, from, limit),
-        None => s.store.latest(id, limit),
+        None => s.store.latest_records(id, limit),
     })
     .await
 }
@@ -139,8 +139,8 @@ async fn results(
     Query(q): Query<RecordsQuery>,
 ) -> Response {
     paged(id, q, "results", move |id, from, limit| match from {
-        Some(from) => s.store.results.from(id, from, limit),
-        None => s.store.results.latest(id, limit),
+        Some(from) => s.store.results_from(id, from, limit),
+        None => s.store.latest_results(id, limit),
     })
     .await
 }

@@ -123,7 +123,8 @@ fn default_http_listen() -> SocketAddr {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Directory of the hub's sled database. Relative to the config file.
+    /// Directory of the hub's store (the embedded redb database,
+    /// `hub.redb`). Relative to the config file.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
 }

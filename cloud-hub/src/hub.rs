@@ -19,7 +19,7 @@ use crate::inference::InferenceService;
 use crate::ingest::{HubState, Ingest};
 use crate::metrics::HubMetrics;
 use crate::registry::{DeviceEntry, Registry};
-use crate::store::{Store, StoreError};
+use crate::store::{self, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -54,7 +54,7 @@ impl Hub {
     /// [`InferenceService::start`], so a bad model is a config error
     /// before any port is bound).
     pub async fn start(config: &HubConfig, inference: InferenceService) -> Result<Hub, HubError> {
-        let store = Store::open(&config.store.path)?;
+        let store = store::open(&config.store.path)?;
         let entries: Vec<DeviceEntry> = store
             .devices()?
             .into_iter()
@@ -104,7 +104,7 @@ impl Hub {
         let router = Router::start(state.clone(), connection.publisher.clone());
         // Read before ingest starts: what is pending now was left by the
         // last run.
-        let pending = state.store.results.pending()?;
+        let pending = state.store.pending()?;
         {
             let router = router.clone();
             tokio::spawn(async move { router.resume(pending).await });
@@ -148,7 +148,7 @@ impl Hub {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         persist_registry(&self.state);
-        if let Err(e) = self.state.store.flush() {
+        if let Err(e) = self.state.store.commit() {
             tracing::error!("flushing the store at shutdown: {e}");
         }
     }
@@ -164,7 +164,8 @@ fn persist_registry(state: &HubState) {
     }
 }
 
-/// Once a second: refresh gauges and persist changed device entries.
+/// Once a second: refresh gauges, persist changed device entries and make
+/// the store's latest writes durable.
 async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -180,5 +181,14 @@ async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
         state.metrics.devices_known.set(known as i64);
         state.metrics.ingest_rate.set(rate);
         persist_registry(&state);
+        // What was written outside ingest's group commits (device entries,
+        // the hub's answers to escalations) becomes durable within a second;
+        // a commit with nothing new to write costs nothing.
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.commit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("could not make the store durable: {e}"),
+            Err(e) => tracing::error!("making the store durable: {e}"),
+        }
     }
 }

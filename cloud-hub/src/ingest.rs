@@ -21,7 +21,7 @@ use crate::cascade::router::{DeviceResults, Router};
 use crate::inference::InferenceService;
 use crate::metrics::HubMetrics;
 use crate::registry::Registry;
-use crate::store::{Appended, Store};
+use crate::store::{Appended, Store, StoreError};
 
 /// Everything the hub's tasks and API share.
 pub struct HubState {
@@ -82,7 +82,11 @@ impl Ingest {
             if stored.is_empty() {
                 continue;
             }
-            if let Err(e) = self.state.store.flush_async().await {
+            let store = self.state.store.clone();
+            let committed = tokio::task::spawn_blocking(move || store.commit())
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Engine(Box::new(e))));
+            if let Err(e) = committed {
                 // Not durable, so not acknowledged: the agents will re-send.
                 tracing::error!("could not make stored records durable: {e}");
                 continue;
@@ -195,7 +199,7 @@ impl Ingest {
         match self
             .state
             .store
-            .append(&topic.device, &batch.records, now, |r| {
+            .append(&topic.device, &batch.records, now, &mut |r| {
                 latencies.push(now - r.source_ts_us);
                 if r.prediction.is_some() {
                     predictions.push(r.clone());

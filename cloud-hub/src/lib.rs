@@ -16,5 +16,4 @@ pub mod inference;
 pub mod ingest;
 pub mod metrics;
 pub mod registry;
-pub mod results_store;
 pub mod store;

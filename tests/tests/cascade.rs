@@ -384,7 +384,6 @@ fn bad_requests_are_refused_alone() {
 #[test]
 fn escalations_left_pending_are_answered_after_a_restart() {
     use cloud_hub::cascade::split::test_windows;
-    use cloud_hub::store::Store;
     use conveyor_shared::{DeviceId, Escalation, ModelMetadata, Prediction, Record};
 
     // A store as a hub killed right after storing three escalated records
@@ -393,7 +392,7 @@ fn escalations_left_pending_are_answered_after_a_restart() {
     let meta = ModelMetadata::load(&repo_root().join("models/acsf1/hub.fp32.json")).unwrap();
     let windows = test_windows(&repo_root().join("models/data"), &meta).unwrap();
     {
-        let store = Store::open(&dir.path().join("hub-store")).unwrap();
+        let store = cloud_hub::store::open(&dir.path().join("hub-store")).unwrap();
         let records: Vec<Record> = windows[..3]
             .iter()
             .enumerate()
@@ -419,11 +418,11 @@ fn escalations_left_pending_are_answered_after_a_restart() {
             })
             .collect();
         let n = store
-            .append(&DeviceId::new("plug-9").unwrap(), &records, 1, |_| ())
+            .append(&DeviceId::new("plug-9").unwrap(), &records, 1, &mut |_| ())
             .unwrap();
         assert_eq!(n.escalated.len(), 3);
-        store.flush().unwrap();
-        assert_eq!(store.results.pending().unwrap().len(), 3);
+        store.commit().unwrap();
+        assert_eq!(store.pending().unwrap().len(), 3);
     }
     let hub = Hub::start_serving(dir.path(), &hub_models_toml());
     let results = wait_for("the pending escalations answered", || {

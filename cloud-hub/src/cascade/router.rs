@@ -117,7 +117,7 @@ impl Router {
                 }
                 // The mark was written, its record never was (crash).
                 Ok(None) => {
-                    let _ = self.state.store.results.forget_pending(&device, seq);
+                    let _ = self.state.store.forget_pending(&device, seq);
                 }
                 Err(e) => tracing::error!(device, seq, "cannot read a pending record: {e}"),
             }
@@ -179,7 +179,7 @@ impl Outlet {
         let store = self.state.store.clone();
         let stored = {
             let (device, result) = (device.clone(), result.clone());
-            tokio::task::spawn_blocking(move || store.results.put(&device, &result)).await
+            tokio::task::spawn_blocking(move || store.put_result(&device, &result)).await
         };
         match stored {
             Ok(Ok(())) => {}
