@@ -73,10 +73,13 @@ pub fn init_tracing(default: &str) {
         .try_init();
 }
 
+/// The one path `check` and `run` share: parse, validate every field,
+/// build every component. Prints every problem (one per line, each naming
+/// its field) and gives exit code 64 if there is any.
 fn load(config: &PathBuf) -> Result<Agent, ExitCode> {
     let built = AgentConfig::load(config).and_then(Agent::build);
     built.map_err(|e| {
-        eprintln!("edge-agent: invalid config: {e}");
+        e.eprint("edge-agent: invalid config: ");
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -261,7 +264,7 @@ fn dead_letters(config: &std::path::Path, json: bool, last: usize) -> ExitCode {
     let config = match AgentConfig::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("edge-agent: invalid config: {e}");
+            e.eprint("edge-agent: invalid config: ");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
