@@ -3,15 +3,16 @@
 //! Every field has a default, so an empty file (or none, for `demo`) gives
 //! a working hub on loopback. Parsing is strict: an unknown key is an error
 //! naming it. `cloud-hub serve` validates the whole file before it binds a
-//! port and exits with code 64 on any problem.
+//! port and exits with code 64 on any problem; every invalid field is
+//! reported at once, in the agent's format ([`ConfigErrors`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use conveyor_shared::config_file::{parse_toml, read_toml, ConfigFileError};
+use conveyor_shared::config_file::{parse_toml, read_toml};
+pub use conveyor_shared::config_file::{ConfigError, ConfigErrors};
 use conveyor_shared::BrokerUrl;
 use serde::Deserialize;
-use thiserror::Error;
 
 use crate::inference::InferenceConfig;
 
@@ -141,17 +142,11 @@ fn default_store_path() -> PathBuf {
     PathBuf::from("hub-data")
 }
 
-#[derive(Debug, Error)]
-pub enum HubConfigError {
-    #[error(transparent)]
-    File(#[from] ConfigFileError),
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
-}
-
 impl HubConfig {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, HubConfigError> {
+    /// Reads, parses and validates a config file: a file that does not
+    /// parse is one error (with its line); one that does is checked whole
+    /// and every invalid field is reported.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let mut config: HubConfig = read_toml(path)?;
         config.validate()?;
         // Paths are relative to the file, not to the working dir.
@@ -165,58 +160,54 @@ impl HubConfig {
     }
 
     /// Parses and validates config text.
-    pub fn from_toml(text: &str) -> Result<Self, HubConfigError> {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
         let config: HubConfig = parse_toml(text, Path::new("<config>"))?;
         config.validate()?;
         Ok(config)
     }
 
-    pub fn validate(&self) -> Result<(), HubConfigError> {
+    /// Checks every field; reports all the problems found.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut found = Vec::new();
         let b = &self.broker;
         match b.mode {
             BrokerMode::Embedded => {
                 if b.max_connections == 0 {
-                    return Err(HubConfigError::Invalid {
-                        field: "broker.max_connections".into(),
-                        message: "must be at least 1".into(),
-                    });
+                    found.push(ConfigError::invalid(
+                        "broker.max_connections",
+                        "must be at least 1",
+                    ));
                 }
                 if b.listen == self.http.listen && b.listen.port() != 0 {
-                    return Err(HubConfigError::Invalid {
-                        field: "http.listen".into(),
-                        message: format!(
+                    found.push(ConfigError::invalid(
+                        "http.listen",
+                        format!(
                             "{} is also broker.listen; they need different ports",
                             b.listen
                         ),
-                    });
+                    ));
                 }
                 if b.url.is_some() {
-                    return Err(HubConfigError::Invalid {
-                        field: "broker.url".into(),
-                        message: "is only used with mode = \"external\"; remove it or set the mode"
-                            .into(),
-                    });
+                    found.push(ConfigError::invalid(
+                        "broker.url",
+                        "is only used with mode = \"external\"; remove it or set the mode",
+                    ));
                 }
             }
             BrokerMode::External => {
                 if b.url.is_none() {
-                    return Err(HubConfigError::Invalid {
-                        field: "broker.url".into(),
-                        message: "is required with mode = \"external\", e.g. url = \"mqtt://127.0.0.1:1883\"".into(),
-                    });
+                    found.push(ConfigError::invalid(
+                        "broker.url",
+                        "is required with mode = \"external\", e.g. url = \"mqtt://127.0.0.1:1883\"",
+                    ));
                 }
             }
         }
-        self.inference
-            .validate()
-            .map_err(|(field, message)| HubConfigError::Invalid { field, message })?;
+        self.inference.validate(&mut found);
         if self.store.path.as_os_str().is_empty() {
-            return Err(HubConfigError::Invalid {
-                field: "store.path".into(),
-                message: "must not be empty".into(),
-            });
+            found.push(ConfigError::invalid("store.path", "must not be empty"));
         }
-        Ok(())
+        ConfigErrors::check(found)
     }
 }
 

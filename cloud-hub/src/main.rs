@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cloud_hub::cascade::report::ReportArgs;
-use cloud_hub::config::HubConfig;
+use cloud_hub::config::{ConfigErrors, HubConfig};
 use cloud_hub::hub::Hub;
 use cloud_hub::inference::{Device, InferenceService};
 use conveyor_process::EXIT_CONFIG;
@@ -61,7 +61,7 @@ fn load_config(path: Option<&PathBuf>, device: Option<Device>) -> Result<HubConf
         None => Ok(HubConfig::default()),
     };
     let mut config = loaded.map_err(|e| {
-        eprintln!("cloud-hub: invalid config: {e}");
+        e.eprint("cloud-hub: invalid config: ");
         ExitCode::from(EXIT_CONFIG)
     })?;
     if let Some(d) = device {
@@ -71,9 +71,10 @@ fn load_config(path: Option<&PathBuf>, device: Option<Device>) -> Result<HubConf
 }
 
 /// Loads the configured models: every check before any port is bound.
+/// Prints every model that does not load, as config errors.
 fn load_models(config: &HubConfig) -> Result<InferenceService, ExitCode> {
     InferenceService::start(&config.inference, Default::default()).map_err(|e| {
-        eprintln!("cloud-hub: invalid config: {e}");
+        ConfigErrors::from(e).eprint("cloud-hub: invalid config: ");
         ExitCode::from(EXIT_CONFIG)
     })
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, ConfigErrors};
 use crate::log::{DurableLog, LogError};
 use crate::pipeline::{Pipeline, StageConfig, StageContext, StageHandle};
 use crate::reload::Reloader;
@@ -42,18 +42,32 @@ pub enum AgentError {
 }
 
 impl Agent {
-    pub fn build(config: AgentConfig) -> Result<Self, ConfigError> {
+    /// Builds every source and stage of a validated config. Reports every
+    /// one that cannot be built (a file that does not load, a model that
+    /// does not fit its source), not just the first.
+    pub fn build(config: AgentConfig) -> Result<Self, ConfigErrors> {
         let ctx = SourceContext {
             device_id: config.device_id.clone(),
         };
-        let sources = config
-            .sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| s.build(&format!("sources[{i}]"), &ctx))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut found = Vec::new();
+        let mut sources = Vec::new();
+        for (i, s) in config.sources.iter().enumerate() {
+            match s.build(&format!("sources[{i}]"), &ctx) {
+                Ok(source) => sources.push(source),
+                Err(e) => found.push(e),
+            }
+        }
         let ctx = StageContext::new(&config.data_dir);
-        let (pipeline, stages) = Pipeline::build(&config.stages, &ctx)?;
+        let built = Pipeline::build(&config.stages, &ctx);
+        let (pipeline, stages) = match built {
+            Ok(built) if found.is_empty() => built,
+            // The sources' problems and the stages' together; whether the
+            // stages fit the sources needs both built.
+            other => {
+                ConfigErrors::gather(other.map(|_| ()), &mut found);
+                return Err(ConfigErrors::Invalid(found));
+            }
+        };
         check_stage_inputs(&config, &sources, &stages)?;
         Ok(Agent {
             config,
@@ -164,13 +178,15 @@ fn spawn_pipeline(
     out_rx
 }
 
-/// Refuses a config whose inference stage would read a source of another
-/// shape, where the source knows its shape (replayed files do).
+/// Refuses a config whose inference stages would read a source of another
+/// shape, where the source knows its shape (replayed files do); names
+/// every such stage.
 fn check_stage_inputs(
     config: &AgentConfig,
     sources: &[Box<dyn Source>],
     stages: &[StageHandle],
-) -> Result<(), ConfigError> {
+) -> Result<(), ConfigErrors> {
+    let mut found = Vec::new();
     for (i, stage) in stages.iter().enumerate() {
         let (StageConfig::Inference(c), Some(slot)) = (&stage.config, stage.model_slot()) else {
             continue;
@@ -184,7 +200,7 @@ fn check_stage_inputs(
             }
             if let Some(channels) = source.channels() {
                 if channels != meta.channels {
-                    return Err(ConfigError::invalid(
+                    found.push(ConfigError::invalid(
                         format!("stages[{i}].model"),
                         format!(
                             "model {}@{} takes {} channels per reading but source {:?} (stream {:?}) gives {}",
@@ -200,5 +216,5 @@ fn check_stage_inputs(
             }
         }
     }
-    Ok(())
+    ConfigErrors::check(found)
 }

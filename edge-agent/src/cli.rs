@@ -62,10 +62,13 @@ enum TransformCommand {
     Test(crate::transform::test_tool::TestArgs),
 }
 
+/// The one path `check` and `run` share: parse, validate every field,
+/// build every component. Prints every problem (one per line, each naming
+/// its field) and gives exit code 64 if there is any.
 fn load(config: &PathBuf) -> Result<Agent, ExitCode> {
     let built = AgentConfig::load(config).and_then(Agent::build);
     built.map_err(|e| {
-        eprintln!("edge-agent: invalid config: {e}");
+        e.eprint("edge-agent: invalid config: ");
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -236,7 +239,7 @@ fn dead_letters(config: &std::path::Path, json: bool, last: usize) -> ExitCode {
     let config = match AgentConfig::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("edge-agent: invalid config: {e}");
+            e.eprint("edge-agent: invalid config: ");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

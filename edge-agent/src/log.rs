@@ -28,10 +28,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigErrors};
 
 /// What to do when the log reaches `max_bytes`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
     /// Delete the oldest records (counted) to make room: telemetry.
@@ -42,7 +42,7 @@ pub enum FullPolicy {
 }
 
 /// The `[log]` table of `agent.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// Bound on the records held, in bytes (encoded size).
@@ -77,26 +77,28 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every field; reports all the problems.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut found = Vec::new();
         if self.max_bytes < 4096 {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 "log.max_bytes",
                 format!("must be at least 4096, got {}", self.max_bytes),
             ));
         }
         if self.max_age_secs == Some(0) {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 "log.max_age_secs",
                 "must be at least 1 (or left out)",
             ));
         }
         if self.cache_bytes < 64 * 1024 {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 "log.cache_bytes",
                 format!("must be at least 65536, got {}", self.cache_bytes),
             ));
         }
-        Ok(())
+        ConfigErrors::check(found)
     }
 }
 

@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use conveyor_shared::control::StageStats;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigErrors};
 use crate::inference::{InferenceConfig, ModelSlot};
 use crate::sources::Reading;
 use crate::transform::{ChainSlot, DeadLetterStore, TransformEngine, TransformStageConfig};
 
 /// A `[[stages]]` table of `agent.toml`, told apart by `type`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StageConfig {
     /// Runs an ONNX model on windows of a stream (`inference/stage.rs`).
@@ -80,8 +80,19 @@ impl StageContext {
     }
 }
 
+impl From<InferenceConfig> for StageConfig {
+    fn from(c: InferenceConfig) -> Self {
+        StageConfig::Inference(c)
+    }
+}
+impl From<TransformStageConfig> for StageConfig {
+    fn from(c: TransformStageConfig) -> Self {
+        StageConfig::Transform(c)
+    }
+}
+
 impl StageConfig {
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, field: &str) -> Result<(), ConfigErrors> {
         match self {
             StageConfig::Inference(c) => c.validate(field),
             StageConfig::Transform(c) => c.validate(field),
@@ -167,14 +178,22 @@ impl StageHandle {
 }
 
 impl Pipeline {
+    /// Builds every stage; reports every stage that cannot be built.
     pub fn build(
         configs: &[StageConfig],
         ctx: &StageContext,
-    ) -> Result<(Self, Vec<StageHandle>), ConfigError> {
+    ) -> Result<(Self, Vec<StageHandle>), ConfigErrors> {
         let mut stages = Vec::new();
         let mut handles = Vec::new();
+        let mut found = Vec::new();
         for (i, config) in configs.iter().enumerate() {
-            let built = config.build(i, &format!("stages[{i}]"), ctx)?;
+            let built = match config.build(i, &format!("stages[{i}]"), ctx) {
+                Ok(built) => built,
+                Err(e) => {
+                    found.push(e);
+                    continue;
+                }
+            };
             stages.push(built.stage);
             handles.push(StageHandle {
                 config: config.clone(),
@@ -182,6 +201,7 @@ impl Pipeline {
                 control: built.control,
             });
         }
+        ConfigErrors::check(found)?;
         Ok((Pipeline { stages }, handles))
     }
 

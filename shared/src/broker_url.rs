@@ -57,6 +57,14 @@ impl<'de> serde::Deserialize<'de> for BrokerUrl {
     }
 }
 
+/// As written in a config file: its [`Display`](fmt::Display) form, which
+/// [`BrokerUrl::parse`] reads back.
+impl serde::Serialize for BrokerUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +85,18 @@ mod tests {
             Err(BrokerUrlError::Scheme(_))
         ));
         assert!(matches!(BrokerUrl::parse("127.0.0.1:1883"), Err(_)));
+    }
+
+    #[test]
+    fn serialises_to_what_it_parses_from() {
+        for url in [
+            "mqtt://127.0.0.1:1884",
+            "mqtt://localhost",
+            "mqtt://[::1]:9",
+        ] {
+            let url = BrokerUrl::parse(url).unwrap();
+            let json = serde_json::to_string(&url).unwrap();
+            assert_eq!(serde_json::from_str::<BrokerUrl>(&json).unwrap(), url);
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod time;
 pub mod topics;
 
 pub use broker_url::BrokerUrl;
+pub use config_file::{ConfigError, ConfigErrors};
 pub use model_meta::ModelMetadata;
 pub use records::{Escalation, Prediction, Record, RecordBatch, WireError, WIRE_VERSION};
 pub use results::{Decider, FinalPrediction, ResultBatch};

@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+// The agent's config types, so that tests write typed configs (rendered to
+// the file the agent reads by `to_toml`) instead of TOML templates.
+pub use edge_agent::config::{AgentConfig, UplinkConfig};
+pub use edge_agent::inference::InferenceConfig;
+pub use edge_agent::log::{FullPolicy, LogConfig};
+pub use edge_agent::sources::{HttpSourceConfig, MqttSourceConfig, ReplayConfig};
+pub use edge_agent::transform::{ChainEntry, OnDisabled, TransformStageConfig};
+
 /// Generous upper bound for anything a test waits for (CI is slow).
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -35,7 +43,12 @@ struct Binaries {
 }
 
 /// Builds the three binaries (once per test process) in the profile the
-/// tests run in, and returns their paths.
+/// tests run in, and returns their paths. The build selects what `cargo
+/// test --workspace` selects (every package, binaries and tests), so cargo
+/// resolves the same features and reuses what the test run compiled: a
+/// plain `cargo build -p cloud-hub -p edge-agent --bins` leaves out the
+/// dev-dependencies' features (proptest's regex-syntax, for one) and would
+/// compile tract, both binaries and everything between a second time.
 fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
@@ -45,13 +58,9 @@ fn binaries() -> &'static Binaries {
             .args([
                 "build",
                 "--quiet",
-                "-p",
-                "cloud-hub",
-                "-p",
-                "edge-agent",
-                "-p",
-                "conveyor-demo",
+                "--workspace",
                 "--bins",
+                "--tests",
                 "--message-format=json",
             ])
             .stderr(Stdio::inherit());
@@ -72,6 +81,12 @@ fn binaries() -> &'static Binaries {
             else {
                 continue;
             };
+            // The binaries themselves, not their unit-test builds.
+            if msg["profile"]["test"].as_bool() != Some(false)
+                || msg["target"]["kind"][0].as_str() != Some("bin")
+            {
+                continue;
+            }
             match name {
                 "cloud-hub" => hub = Some(PathBuf::from(exe)),
                 "edge-agent" => agent = Some(PathBuf::from(exe)),
@@ -449,13 +464,50 @@ fn http_ok(addr: SocketAddr, path: &str) -> Option<()> {
     matches!(http(addr, "GET", path, None), Ok((200, _))).then_some(())
 }
 
-/// Writes `toml` to `<dir>/<name>.toml` and starts `edge-agent run` on it.
-pub fn start_agent(dir: &Path, name: &str, toml: &str) -> Proc {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, toml).unwrap();
+/// Renders `config` to `<dir>/<name>.toml`, the file the agent reads, and
+/// returns its path.
+pub fn write_agent_config(dir: &Path, name: &str, config: &AgentConfig) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config.to_toml()).unwrap();
+    path
+}
+
+/// Writes `config` to `<dir>/<name>.toml` and starts `edge-agent run` on it.
+pub fn start_agent(dir: &Path, name: &str, config: &AgentConfig) -> Proc {
+    start_agent_on(dir, name, &write_agent_config(dir, name, config))
+}
+
+/// [`start_agent`] on config text as written (for configs that are wrong
+/// on purpose, in ways a typed config cannot be).
+pub fn start_agent_toml(dir: &Path, name: &str, toml: &str) -> Proc {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    start_agent_on(dir, name, &path)
+}
+
+fn start_agent_on(dir: &Path, name: &str, config: &Path) -> Proc {
     let mut cmd = Command::new(agent_bin());
-    cmd.args(["run", "--config"]).arg(&config);
+    cmd.args(["run", "--config"]).arg(config);
     Proc::spawn(name, cmd, dir.join(format!("{name}.log")))
+}
+
+/// `edge-agent check` on `config` written to `<dir>/<name>.toml`: the exit
+/// code and stdout followed by stderr.
+pub fn check_agent(dir: &Path, name: &str, config: &AgentConfig) -> (Option<i32>, String) {
+    check_agent_file(&write_agent_config(dir, name, config))
+}
+
+/// `edge-agent check` on the config file at `path`.
+pub fn check_agent_file(path: &Path) -> (Option<i32>, String) {
+    let out = Command::new(agent_bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// A real mosquitto on a free loopback port, configured not to drop QoS 1

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use conveyor_shared::ConfigError;
 use serde::Deserialize;
 
 use super::backend::Device;
@@ -83,38 +84,43 @@ impl InferenceConfig {
         }
     }
 
-    /// Checks the numbers; returns the dotted field and the problem.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks the numbers; adds every problem (with its dotted field) to
+    /// `found`.
+    pub fn validate(&self, found: &mut Vec<ConfigError>) {
         for (i, m) in self.models.iter().enumerate() {
-            let field = |name: &str| format!("inference.models[{i}].{name}");
+            let mut invalid = |name: &str, message: String| {
+                found.push(ConfigError::invalid(
+                    format!("inference.models[{i}].{name}"),
+                    message,
+                ))
+            };
             if m.metadata.as_os_str().is_empty() {
-                return Err((field("metadata"), "must not be empty".into()));
+                invalid("metadata", "must not be empty".into());
             }
             if !(1..=MAX_BATCH_LIMIT).contains(&m.max_batch) {
-                return Err((
-                    field("max_batch"),
+                invalid(
+                    "max_batch",
                     format!(
                         "must be between 1 and {MAX_BATCH_LIMIT}, got {}",
                         m.max_batch
                     ),
-                ));
+                );
             }
             if m.max_delay_ms > 10_000 {
-                return Err((
-                    field("max_delay_ms"),
+                invalid(
+                    "max_delay_ms",
                     format!("must be at most 10000 (10 s), got {}", m.max_delay_ms),
-                ));
+                );
             }
             if !(1..=256).contains(&m.workers) {
-                return Err((
-                    field("workers"),
+                invalid(
+                    "workers",
                     format!("must be between 1 and 256, got {}", m.workers),
-                ));
+                );
             }
             if m.queue == 0 {
-                return Err((field("queue"), "must be at least 1".into()));
+                invalid("queue", "must be at least 1".into());
             }
         }
-        Ok(())
     }
 }

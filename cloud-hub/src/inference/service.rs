@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conveyor_process::LogEvery;
-use conveyor_shared::{ModelMetadata, Prediction};
+use conveyor_shared::{ConfigError, ConfigErrors, ModelMetadata, Prediction};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -90,6 +90,40 @@ pub enum StartError {
     },
     #[error("inference.models[{index}]: cannot start a worker: {cause}")]
     Worker { index: usize, cause: String },
+    /// More than one model failed to load (each a [`StartError::Model`]),
+    /// one per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Models(Vec<StartError>),
+}
+
+impl From<StartError> for ConfigErrors {
+    /// Each problem as a config error naming the entry at fault, as `check`
+    /// and `serve` report them.
+    fn from(e: StartError) -> Self {
+        fn flatten(e: StartError, found: &mut Vec<ConfigError>) {
+            let at = |index: usize| format!("inference.models[{index}]");
+            match e {
+                StartError::Model { index, source } => {
+                    found.push(ConfigError::invalid(at(index), source.to_string()))
+                }
+                StartError::Device(e) => {
+                    found.push(ConfigError::invalid("inference.device", e.to_string()))
+                }
+                StartError::DuplicateId { index, first, id } => found.push(ConfigError::invalid(
+                    at(index),
+                    format!("model id {id:?} is already served by inference.models[{first}]"),
+                )),
+                StartError::Worker { index, cause } => found.push(ConfigError::invalid(
+                    at(index),
+                    format!("cannot start a worker: {cause}"),
+                )),
+                StartError::Models(v) => v.into_iter().for_each(|e| flatten(e, found)),
+            }
+        }
+        let mut found = Vec::new();
+        flatten(e, &mut found);
+        ConfigErrors::Invalid(found)
+    }
 }
 
 struct Request {
@@ -154,12 +188,19 @@ impl InferenceService {
             backend::check_device(config.device).map_err(StartError::Device)?;
         }
         let mut specs = Vec::with_capacity(config.models.len());
+        let mut failed = Vec::new();
         for (index, m) in config.models.iter().enumerate() {
-            let (meta, backend) = backend::load(&m.metadata, config.device)
-                .map_err(|source| StartError::Model { index, source })?;
-            specs.push(spec(meta, backend, m));
+            match backend::load(&m.metadata, config.device) {
+                Ok((meta, backend)) => specs.push(spec(meta, backend, m)),
+                Err(source) => failed.push(StartError::Model { index, source }),
+            }
         }
-        Self::from_specs(config.device, specs, metrics)
+        // Every model that does not load, not just the first.
+        match failed.len() {
+            0 => Self::from_specs(config.device, specs, metrics),
+            1 => Err(failed.remove(0)),
+            _ => Err(StartError::Models(failed)),
+        }
     }
 
     /// Starts serving already prepared backends.

@@ -17,16 +17,16 @@ use conveyor_model::{ModelError, ModelRunner, OnnxModel};
 use conveyor_process::LogEvery;
 use conveyor_shared::control::StageStats;
 use conveyor_shared::{Escalation, Prediction};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::window::{Row, StreamWindows, Windower};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigErrors};
 use crate::pipeline::{BuiltStage, Stage, StageControl, StageMonitor};
 use crate::sources::Reading;
 
 /// `[[stages]] type = "inference"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InferenceConfig {
     /// Name in logs and heartbeats (default `inference-<index>`).
@@ -65,6 +65,21 @@ pub struct InferenceConfig {
 pub const MAX_ESCALATION_VALUES: usize = 64 * 1024;
 
 impl InferenceConfig {
+    /// A stage running the model whose metadata file is `model`, every
+    /// other setting at its default.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        InferenceConfig {
+            name: None,
+            model: model.into(),
+            stream: None,
+            output_stream: None,
+            stride: None,
+            forward_readings: false,
+            escalate_below: None,
+            escalate_to: None,
+        }
+    }
+
     pub fn name(&self, index: usize) -> String {
         self.name
             .clone()
@@ -77,15 +92,17 @@ impl InferenceConfig {
         }
     }
 
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    /// Checks every field; reports all the problems.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigErrors> {
+        let mut found = Vec::new();
         if self.stride == Some(0) {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.stride"),
                 "must be at least 1",
             ));
         }
         if matches!(&self.output_stream, Some(s) if s.is_empty()) {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.output_stream"),
                 "must not be empty",
             ));
@@ -94,32 +111,28 @@ impl InferenceConfig {
             (None, None) => {}
             (Some(t), Some(to)) => {
                 if !(0.0..=1.0).contains(&t) {
-                    return Err(ConfigError::invalid(
+                    found.push(ConfigError::invalid(
                         format!("{field}.escalate_below"),
                         format!("must be a confidence between 0 and 1, got {t}"),
                     ));
                 }
                 if to.is_empty() {
-                    return Err(ConfigError::invalid(
+                    found.push(ConfigError::invalid(
                         format!("{field}.escalate_to"),
                         "must name a hub model id, e.g. \"basicmotions-hub\"",
                     ));
                 }
             }
-            (Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    format!("{field}.escalate_to"),
-                    "is required with escalate_below: the id of the hub model that decides",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    format!("{field}.escalate_below"),
-                    "is required with escalate_to: the confidence under which to escalate",
-                ))
-            }
+            (Some(_), None) => found.push(ConfigError::invalid(
+                format!("{field}.escalate_to"),
+                "is required with escalate_below: the id of the hub model that decides",
+            )),
+            (None, Some(_)) => found.push(ConfigError::invalid(
+                format!("{field}.escalate_below"),
+                "is required with escalate_to: the confidence under which to escalate",
+            )),
         }
-        Ok(())
+        ConfigErrors::check(found)
     }
 
     /// The cascade settings, once validated: (threshold, hub model).

@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use conveyor_shared::time::now_us;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -25,7 +25,7 @@ use super::json_reading::{JsonReadingSpec, ReadingError};
 use super::{Source, SourceContext, SourceError, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSourceConfig {
     pub name: String,
@@ -52,6 +52,20 @@ fn default_path() -> String {
 }
 
 impl HttpSourceConfig {
+    /// An HTTP source `name` on `listen` reading `fields`, every other
+    /// setting at its default.
+    pub fn new(name: &str, listen: SocketAddr, fields: &[&str]) -> Self {
+        HttpSourceConfig {
+            name: name.into(),
+            stream: None,
+            listen,
+            path: default_path(),
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            timestamp_field: None,
+            keep_payload: false,
+        }
+    }
+
     fn spec(&self) -> JsonReadingSpec<'_> {
         JsonReadingSpec {
             fields: &self.fields,
@@ -60,14 +74,14 @@ impl HttpSourceConfig {
         }
     }
 
-    pub(super) fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, field: &str, found: &mut Vec<ConfigError>) {
         if !self.path.starts_with('/') {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.path"),
                 format!("must start with '/', got {:?}", self.path),
             ));
         }
-        self.spec().validate(field)
+        self.spec().check(field, found);
     }
 
     pub(super) fn build(

@@ -10,6 +10,8 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::config::ConfigError;
+#[cfg(test)]
+use crate::config::ConfigErrors;
 
 #[derive(Debug, Error, PartialEq)]
 pub enum ReadingError {
@@ -53,9 +55,19 @@ pub struct JsonReading {
 }
 
 impl JsonReadingSpec<'_> {
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    /// Every problem with these settings (the sources add them to theirs
+    /// with [`Self::check`]).
+    #[cfg(test)]
+    pub fn validate(&self, field: &str) -> Result<(), ConfigErrors> {
+        let mut found = Vec::new();
+        self.check(field, &mut found);
+        ConfigErrors::check(found)
+    }
+
+    /// Adds every problem with these settings to `found`.
+    pub(crate) fn check(&self, field: &str, found: &mut Vec<ConfigError>) {
         if self.fields.is_empty() && !self.keep_payload {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.fields"),
                 "list the JSON fields to read, e.g. fields = [\"temperature\"], \
                  or set keep_payload = true to keep whole documents",
@@ -67,12 +79,11 @@ impl JsonReadingSpec<'_> {
             .enumerate()
             .find(|(i, f)| self.fields[..*i].contains(f))
         {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.fields"),
                 format!("{:?} is listed twice", dup.1),
             ));
         }
-        Ok(())
     }
 
     pub fn parse_bytes(&self, payload: &[u8]) -> Result<JsonReading, ReadingError> {

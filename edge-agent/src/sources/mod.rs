@@ -22,10 +22,10 @@ use std::sync::Arc;
 use conveyor_process::LogEvery;
 use conveyor_shared::control::SourceStats;
 use conveyor_shared::DeviceId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigErrors};
 
 pub use http::HttpSourceConfig;
 pub use mqtt::MqttSourceConfig;
@@ -67,7 +67,7 @@ impl Reading {
 }
 
 /// The `[[sources]]` tables of `agent.toml`, told apart by `type`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     /// Replays a recorded data file (UEA/UCR `.ts` or `.csv`).
@@ -76,6 +76,22 @@ pub enum SourceConfig {
     Mqtt(MqttSourceConfig),
     /// Accepts JSON readings POSTed over HTTP.
     Http(HttpSourceConfig),
+}
+
+impl From<ReplayConfig> for SourceConfig {
+    fn from(c: ReplayConfig) -> Self {
+        SourceConfig::Replay(c)
+    }
+}
+impl From<MqttSourceConfig> for SourceConfig {
+    fn from(c: MqttSourceConfig) -> Self {
+        SourceConfig::Mqtt(c)
+    }
+}
+impl From<HttpSourceConfig> for SourceConfig {
+    fn from(c: HttpSourceConfig) -> Self {
+        SourceConfig::Http(c)
+    }
 }
 
 impl SourceConfig {
@@ -105,25 +121,28 @@ impl SourceConfig {
         }
     }
 
-    /// Checks that need no I/O. `field` is this source's path, `sources[i]`.
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    /// Checks that need no I/O; reports every problem. `field` is this
+    /// source's path, `sources[i]`.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigErrors> {
+        let mut found = Vec::new();
         if self.name().is_empty() {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.name"),
                 "must not be empty",
             ));
         }
         if self.stream().is_empty() {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.stream"),
                 "must not be empty",
             ));
         }
         match self {
-            SourceConfig::Replay(c) => c.validate(field),
-            SourceConfig::Mqtt(c) => c.validate(field),
-            SourceConfig::Http(c) => c.validate(field),
+            SourceConfig::Replay(c) => c.validate(field, &mut found),
+            SourceConfig::Mqtt(c) => c.validate(field, &mut found),
+            SourceConfig::Http(c) => c.validate(field, &mut found),
         }
+        ConfigErrors::check(found)
     }
 
     /// Builds the source: loads files, resolves addresses. Binds no port and

@@ -11,14 +11,14 @@ use conveyor_shared::time::now_us;
 use conveyor_shared::BrokerUrl;
 use conveyor_transport::mqtt::options as mqtt_options;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::json_reading::JsonReadingSpec;
 use super::{Source, SourceContext, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
     pub name: String,
@@ -42,6 +42,21 @@ pub struct MqttSourceConfig {
 }
 
 impl MqttSourceConfig {
+    /// An MQTT source `name` subscribed to `topic` on the broker at `url`,
+    /// reading `fields`, every other setting at its default.
+    pub fn new(name: &str, url: BrokerUrl, topic: &str, fields: &[&str]) -> Self {
+        MqttSourceConfig {
+            name: name.into(),
+            stream: None,
+            url,
+            topic: topic.into(),
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            timestamp_field: None,
+            keep_payload: false,
+            client_id: None,
+        }
+    }
+
     fn spec(&self) -> JsonReadingSpec<'_> {
         JsonReadingSpec {
             fields: &self.fields,
@@ -50,14 +65,14 @@ impl MqttSourceConfig {
         }
     }
 
-    pub(super) fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, field: &str, found: &mut Vec<ConfigError>) {
         if self.topic.is_empty() {
-            return Err(ConfigError::invalid(
+            found.push(ConfigError::invalid(
                 format!("{field}.topic"),
                 "must not be empty",
             ));
         }
-        self.spec().validate(field)
+        self.spec().check(field, found);
     }
 
     pub(super) fn build(

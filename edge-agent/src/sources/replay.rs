@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conveyor_shared::time::now_us;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -18,7 +18,7 @@ use super::{Source, SourceContext, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
 use conveyor_model::recording::Recording;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayConfig {
     pub name: String,
@@ -41,10 +41,24 @@ pub struct ReplayConfig {
 }
 
 impl ReplayConfig {
-    pub(super) fn validate(&self, field: &str) -> Result<(), ConfigError> {
+    /// A replay of the file at `path` as source `name`, every setting
+    /// at its default (recorded pace, once through).
+    pub fn new(name: &str, path: impl Into<PathBuf>) -> Self {
+        ReplayConfig {
+            name: name.into(),
+            stream: None,
+            path: path.into(),
+            rate: None,
+            sample_rate_hz: None,
+            looping: false,
+            limit: None,
+        }
+    }
+
+    pub(super) fn validate(&self, field: &str, found: &mut Vec<ConfigError>) {
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate >= 0.0) {
-                return Err(ConfigError::invalid(
+                found.push(ConfigError::invalid(
                     format!("{field}.rate"),
                     format!("must be a number >= 0 (0 = as fast as possible), got {rate}"),
                 ));
@@ -52,13 +66,12 @@ impl ReplayConfig {
         }
         if let Some(hz) = self.sample_rate_hz {
             if !(hz.is_finite() && hz > 0.0) {
-                return Err(ConfigError::invalid(
+                found.push(ConfigError::invalid(
                     format!("{field}.sample_rate_hz"),
                     format!("must be a number > 0, got {hz}"),
                 ));
             }
         }
-        Ok(())
     }
 
     pub(super) fn build(

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conveyor_shared::control::TransformStats;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::dead_letter::DeadLetter;
 use super::instance::{CallFailure, FailureKind, Limits, TransformInstance};
@@ -25,7 +25,7 @@ use super::module::{TransformEngine, TransformModule};
 use crate::sources::Reading;
 
 /// What happens to records once a transform is disabled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnDisabled {
     /// They go on untouched, as if the transform were not there.

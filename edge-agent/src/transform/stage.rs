@@ -14,18 +14,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conveyor_shared::control::StageStats;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::chain::{Chain, FailurePolicy, Link, OnDisabled, TransformCounters};
 use super::dead_letter::DeadLetterStore;
 use super::instance::Limits;
 use super::module::TransformEngine;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigErrors};
 use crate::pipeline::{BuiltStage, Stage, StageContext, StageControl, StageMonitor};
 use crate::sources::Reading;
 
 /// One transform of the chain.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainEntry {
     /// The `.wasm` module. Relative to the config file.
@@ -35,7 +35,7 @@ pub struct ChainEntry {
     pub config: toml::Table,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformStageConfig {
     /// Name in logs, heartbeats and dead letters (default `transform-<index>`).
@@ -81,7 +81,38 @@ fn default_max_failures() -> u32 {
     5
 }
 
+impl ChainEntry {
+    /// The module at `wasm`, with an empty config.
+    pub fn new(wasm: impl Into<PathBuf>) -> Self {
+        ChainEntry {
+            wasm: wasm.into(),
+            config: toml::Table::new(),
+        }
+    }
+
+    /// Adds `key = value` to the module's config.
+    pub fn with(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.config.insert(key.into(), value.into());
+        self
+    }
+}
+
 impl TransformStageConfig {
+    /// A stage running `chain` on `stream`, every limit at its default.
+    pub fn new(stream: &str, chain: Vec<ChainEntry>) -> Self {
+        TransformStageConfig {
+            name: None,
+            stream: stream.into(),
+            chain,
+            fuel_per_record: default_fuel(),
+            memory_limit_mb: default_memory_mb(),
+            max_output_bytes: default_max_output(),
+            batch_size: default_batch(),
+            max_consecutive_failures: default_max_failures(),
+            on_disabled: OnDisabled::default(),
+        }
+    }
+
     pub fn name(&self, index: usize) -> String {
         self.name
             .clone()
@@ -96,36 +127,38 @@ impl TransformStageConfig {
         }
     }
 
-    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        let invalid =
-            |key: &str, msg: &str| Err(ConfigError::invalid(format!("{field}.{key}"), msg));
+    /// Checks every field; reports all the problems.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigErrors> {
+        let mut found = Vec::new();
+        let mut invalid =
+            |key: &str, msg: &str| found.push(ConfigError::invalid(format!("{field}.{key}"), msg));
         if self.stream.is_empty()
             || self.stream.len() > conveyor_transform_sdk::wire::MAX_STREAM_BYTES
         {
-            return invalid("stream", "must be 1-256 bytes");
+            invalid("stream", "must be 1-256 bytes");
         }
         if self.chain.is_empty() {
-            return invalid(
+            invalid(
                 "chain",
                 "list at least one transform, e.g. chain = [{ wasm = \"scale.wasm\" }]",
             );
         }
         if self.fuel_per_record == 0 {
-            return invalid("fuel_per_record", "must be at least 1");
+            invalid("fuel_per_record", "must be at least 1");
         }
         if !(1..=4096).contains(&self.memory_limit_mb) {
-            return invalid("memory_limit_mb", "must be 1-4096");
+            invalid("memory_limit_mb", "must be 1-4096");
         }
         if self.max_output_bytes < 64 {
-            return invalid("max_output_bytes", "must be at least 64");
+            invalid("max_output_bytes", "must be at least 64");
         }
         if !(1..=65_536).contains(&self.batch_size) {
-            return invalid("batch_size", "must be 1-65536");
+            invalid("batch_size", "must be 1-65536");
         }
         if self.max_consecutive_failures == 0 {
-            return invalid("max_consecutive_failures", "must be at least 1");
+            invalid("max_consecutive_failures", "must be at least 1");
         }
-        Ok(())
+        ConfigErrors::check(found)
     }
 
     pub fn limits(&self) -> Limits {

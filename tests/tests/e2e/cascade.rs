@@ -19,38 +19,35 @@ use serde_json::Value;
 
 const THRESHOLD: f32 = 0.9;
 
-fn agent_toml(hub: &Hub, device: &str, dataset: &str, escalate_to: &str, threshold: f32) -> String {
+fn agent_config(
+    hub: &Hub,
+    device: &str,
+    dataset: &str,
+    escalate_to: &str,
+    threshold: f32,
+) -> AgentConfig {
     let (stream, file) = match dataset {
         "acsf1" => ("power", "ACSF1/ACSF1_TEST.ts"),
         _ => ("motion", "BasicMotions/BasicMotions_TEST.ts"),
     };
-    format!(
-        r#"
-device_id = "{device}"
-data_dir = "state-{device}"
-[uplink]
-url = "{url}"
-heartbeat_secs = 0.5
-[[sources]]
-type = "replay"
-name = "{stream}"
-path = {data:?}
-rate = 0
-[[stages]]
-type = "inference"
-model = {model:?}
-escalate_below = {threshold:?}
-escalate_to = "{escalate_to}"
-"#,
-        url = hub.mqtt_url(),
-        data = data_file(file).display().to_string(),
-        model = repo_root()
-            .join("models")
-            .join(dataset)
-            .join("edge.int8.json")
-            .display()
-            .to_string(),
-    )
+    AgentConfig::for_device(device)
+        .data_dir(format!("state-{device}"))
+        .uplink(&hub.mqtt_url())
+        .uplink_with(|u| u.heartbeat_secs = 0.5)
+        .source(ReplayConfig {
+            rate: Some(0.0),
+            ..ReplayConfig::new(stream, data_file(file))
+        })
+        .stage(InferenceConfig {
+            escalate_below: Some(threshold),
+            escalate_to: Some(escalate_to.into()),
+            ..InferenceConfig::new(
+                repo_root()
+                    .join("models")
+                    .join(dataset)
+                    .join("edge.int8.json"),
+            )
+        })
 }
 
 /// Reads `mosquitto_sub` output (one hex payload per line) until `n`
@@ -169,7 +166,7 @@ fn the_cascade_routes_by_threshold_and_every_result_goes_out() {
     let mut agent = start_agent(
         dir.path(),
         "plug",
-        &agent_toml(&hub, "plug-1", "acsf1", "acsf1-hub", THRESHOLD),
+        &agent_config(&hub, "plug-1", "acsf1", "acsf1-hub", THRESHOLD),
     );
     // 100 series x 1460 readings, replayed once: 100 windows.
     assert!(agent.wait().success(), "{}", agent.log());
@@ -283,7 +280,7 @@ fn bad_requests_are_refused_alone() {
     let mut agent = start_agent(
         dir.path(),
         "watch",
-        &agent_toml(&hub, "watch-1", "basicmotions", "no-such-model", 1.0),
+        &agent_config(&hub, "watch-1", "basicmotions", "no-such-model", 1.0),
     );
     assert!(agent.wait().success(), "{}", agent.log());
     let results = wait_for("40 final results", || {

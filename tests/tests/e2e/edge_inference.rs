@@ -12,29 +12,19 @@ fn model(rel: &str) -> String {
     repo_root().join("models").join(rel).display().to_string()
 }
 
-fn agent_toml(hub: &Hub, rate: u32, model_json: &str) -> String {
-    format!(
-        r#"
-device_id = "watch-1"
-data_dir = "state"
-[uplink]
-url = "{url}"
-heartbeat_secs = 0.5
-[[sources]]
-type = "replay"
-name = "motion"
-path = {data:?}
-rate = {rate}
-[[stages]]
-type = "inference"
-name = "motion-classifier"
-model = {model_json:?}
-"#,
-        url = hub.mqtt_url(),
-        data = data_file("BasicMotions/BasicMotions_TEST.ts")
-            .display()
-            .to_string(),
-    )
+fn agent_config(hub: &Hub, rate: u32, model_json: &str) -> AgentConfig {
+    AgentConfig::for_device("watch-1")
+        .data_dir("state")
+        .uplink(&hub.mqtt_url())
+        .uplink_with(|u| u.heartbeat_secs = 0.5)
+        .source(ReplayConfig {
+            rate: Some(rate.into()),
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TEST.ts"))
+        })
+        .stage(InferenceConfig {
+            name: Some("motion-classifier".into()),
+            ..InferenceConfig::new(model_json)
+        })
 }
 
 /// The class of each test series, in file order.
@@ -61,7 +51,7 @@ fn agent_predicts_the_test_split_and_the_hub_scores_it() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
     let int8 = model("basicmotions/edge.int8.json");
-    let mut agent = start_agent(dir.path(), "agent", &agent_toml(&hub, 0, &int8));
+    let mut agent = start_agent(dir.path(), "agent", &agent_config(&hub, 0, &int8));
     // 40 series x 100 readings, replayed once: 40 windows, 40 predictions;
     // the raw readings stay on the device.
     assert!(agent.wait().success(), "{}", agent.log());
@@ -106,7 +96,7 @@ fn sighup_swaps_the_model_between_windows_without_losing_one() {
     let fp32 = model("basicmotions/edge.fp32.json");
     // 4000 readings at 200/s: twenty seconds, a window every half second;
     // time enough for two reloads even on a slow CI machine.
-    let mut agent = start_agent(dir.path(), "agent", &agent_toml(&hub, 200, &int8));
+    let mut agent = start_agent(dir.path(), "agent", &agent_config(&hub, 200, &int8));
     let config = dir.path().join("agent.toml");
     wait_for("a few predictions at the hub", || {
         hub.device("watch-1")
@@ -116,13 +106,17 @@ fn sighup_swaps_the_model_between_windows_without_losing_one() {
 
     // A reload that names a model that is not there is refused; the agent
     // keeps running its model.
-    std::fs::write(&config, agent_toml(&hub, 200, "/nonexistent/model.json")).unwrap();
+    std::fs::write(
+        &config,
+        agent_config(&hub, 200, "/nonexistent/model.json").to_toml(),
+    )
+    .unwrap();
     agent.signal(libc::SIGHUP);
     wait_for("the refused reload in the agent's log", || {
         agent.log().contains("reload refused").then_some(())
     });
 
-    std::fs::write(&config, agent_toml(&hub, 200, &fp32)).unwrap();
+    std::fs::write(&config, agent_config(&hub, 200, &fp32).to_toml()).unwrap();
     agent.signal(libc::SIGHUP);
     assert!(agent.wait().success(), "{}", agent.log());
     assert!(agent.log().contains("model swapped"), "{}", agent.log());
@@ -166,9 +160,8 @@ fn sighup_swaps_the_model_between_windows_without_losing_one() {
     );
 }
 
-fn check(dir: &std::path::Path, toml: &str) -> (i32, String, String) {
-    let path = dir.join("check.toml");
-    std::fs::write(&path, toml).unwrap();
+fn check(dir: &std::path::Path, config: &AgentConfig) -> (i32, String, String) {
+    let path = write_agent_config(dir, "check", config);
     let out = Command::new(agent_bin())
         .args(["check", "--config"])
         .arg(&path)
@@ -185,22 +178,13 @@ fn check(dir: &std::path::Path, toml: &str) -> (i32, String, String) {
 fn check_validates_models_against_their_streams() {
     let dir = tempfile::tempdir().unwrap();
     let base = |data: &str, model_json: &str| {
-        format!(
-            r#"
-device_id = "d1"
-[uplink]
-url = "mqtt://127.0.0.1:1"
-[[sources]]
-type = "replay"
-name = "s"
-path = {:?}
-rate = 10
-[[stages]]
-type = "inference"
-model = {model_json:?}
-"#,
-            data_file(data).display().to_string()
-        )
+        AgentConfig::for_device("d1")
+            .uplink("mqtt://127.0.0.1:1")
+            .source(ReplayConfig {
+                rate: Some(10.0),
+                ..ReplayConfig::new("s", data_file(data))
+            })
+            .stage(InferenceConfig::new(model_json))
     };
     let (code, stdout, stderr) = check(
         dir.path(),

@@ -4,27 +4,28 @@
 
 use conveyor_e2e::*;
 
-fn agent_toml(device: &str, mqtt_port: u16, limit: u64, rate: u32, log: &str) -> String {
-    format!(
-        r#"
-device_id = "{device}"
-data_dir = "state-{device}"
-[uplink]
-url = "mqtt://127.0.0.1:{mqtt_port}"
-batch_max_records = 100
-heartbeat_secs = 0.2
-ack_timeout_ms = 1000
-{log}
-[[sources]]
-type = "replay"
-name = "motion"
-path = {path:?}
-rate = {rate}
-loop = true
-limit = {limit}
-"#,
-        path = data_file("BasicMotions/BasicMotions_TRAIN.ts")
-    )
+fn agent_config(
+    device: &str,
+    mqtt_port: u16,
+    limit: u64,
+    rate: u32,
+    log: LogConfig,
+) -> AgentConfig {
+    AgentConfig::for_device(device)
+        .data_dir(format!("state-{device}"))
+        .uplink(&format!("mqtt://127.0.0.1:{mqtt_port}"))
+        .uplink_with(|u| {
+            u.batch_max_records = 100;
+            u.heartbeat_secs = 0.2;
+            u.ack_timeout_ms = 1000;
+        })
+        .log(log)
+        .source(ReplayConfig {
+            rate: Some(rate.into()),
+            looping: true,
+            limit: Some(limit),
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TRAIN.ts"))
+        })
 }
 
 fn seqs(hub: &Hub, device: &str) -> Vec<u64> {
@@ -48,7 +49,7 @@ fn hub_killed_mid_stream_and_restarted() {
     let mut agent = start_agent(
         dir.path(),
         "agent",
-        &agent_toml("f-hubkill", hub.mqtt_port, n, 4000, ""),
+        &agent_config("f-hubkill", hub.mqtt_port, n, 4000, LogConfig::default()),
     );
     wait_for("some records stored", || {
         (records(&hub, "f-hubkill") > 2_000).then_some(())
@@ -63,8 +64,14 @@ fn hub_killed_mid_stream_and_restarted() {
 fn agent_killed_mid_stream_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
-    let toml = agent_toml("f-agentkill", hub.mqtt_port, 10_000, 4000, "");
-    let agent = start_agent(dir.path(), "agent", &toml);
+    let config = agent_config(
+        "f-agentkill",
+        hub.mqtt_port,
+        10_000,
+        4000,
+        LogConfig::default(),
+    );
+    let agent = start_agent(dir.path(), "agent", &config);
     wait_for("some records stored", || {
         (records(&hub, "f-agentkill") > 2_000).then_some(())
     });
@@ -72,7 +79,7 @@ fn agent_killed_mid_stream_and_restarted() {
     drop(agent);
     // The restarted agent resumes from its log, and its replay starts over
     // with seqs that continue where the log left off.
-    let mut agent = start_agent(dir.path(), "agent", &toml);
+    let mut agent = start_agent(dir.path(), "agent", &config);
     assert!(agent.wait().success(), "{}", agent.log());
     let d = wait_for("the final heartbeat", || {
         hub.device("f-agentkill")
@@ -93,7 +100,7 @@ fn external_broker_restarted_mid_stream() {
     let mut agent = start_agent(
         dir.path(),
         "agent",
-        &agent_toml("f-broker", port, n, 3000, ""),
+        &agent_config("f-broker", port, n, 3000, LogConfig::default()),
     );
     wait_for("some records stored", || {
         (records(&hub, "f-broker") > 2_000).then_some(())
@@ -112,8 +119,16 @@ fn hub_unreachable_past_the_log_bound_drops_exactly_the_counted_oldest() {
     let port = free_port();
     let n = 5_000;
     // ~70 bytes a record: 5,000 records do not fit in 64 KiB.
-    let log = "[log]\nmax_bytes = 65536\nfull_policy = \"drop_oldest\"\n";
-    let mut agent = start_agent(dir.path(), "agent", &agent_toml("f-bound", port, n, 0, log));
+    let log = LogConfig {
+        max_bytes: 65536,
+        full_policy: FullPolicy::DropOldest,
+        ..Default::default()
+    };
+    let mut agent = start_agent(
+        dir.path(),
+        "agent",
+        &agent_config("f-bound", port, n, 0, log),
+    );
     // With nobody listening, everything the replay produces goes to the log.
     wait_for("the replay to finish into the log", || {
         agent.log().contains("replay finished").then_some(())

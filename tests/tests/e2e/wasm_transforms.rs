@@ -21,30 +21,19 @@ fn dist(name: &str) -> String {
         .to_string()
 }
 
-fn replay_toml(hub: &Hub, chain: &str) -> String {
-    format!(
-        r#"
-device_id = "line-1"
-data_dir = "state"
-[uplink]
-url = "{url}"
-heartbeat_secs = 0.5
-[[sources]]
-type = "replay"
-name = "motion"
-path = {data:?}
-rate = 200
-[[stages]]
-type = "transform"
-name = "motion-prep"
-stream = "motion"
-chain = [{chain}]
-"#,
-        url = hub.mqtt_url(),
-        data = data_file("BasicMotions/BasicMotions_TEST.ts")
-            .display()
-            .to_string(),
-    )
+fn replay_config(hub: &Hub, chain: ChainEntry) -> AgentConfig {
+    AgentConfig::for_device("line-1")
+        .data_dir("state")
+        .uplink(&hub.mqtt_url())
+        .uplink_with(|u| u.heartbeat_secs = 0.5)
+        .source(ReplayConfig {
+            rate: Some(200.0),
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TEST.ts"))
+        })
+        .stage(TransformStageConfig {
+            name: Some("motion-prep".into()),
+            ..TransformStageConfig::new("motion", vec![chain])
+        })
 }
 
 #[test]
@@ -53,13 +42,10 @@ fn sighup_swaps_a_transform_chain_under_load_and_the_hub_gets_every_record() {
     let hub = Hub::start(dir.path());
     // passthrough@ and scale@ (identity) give the same values: only the
     // version stamped on each record tells them apart.
-    let v1 = format!("{{ wasm = {:?} }}", dist("passthrough"));
-    let v2 = format!(
-        "{{ wasm = {:?}, config = {{ scale = 1.0 }} }}",
-        dist("scale")
-    );
+    let v1 = ChainEntry::new(dist("passthrough"));
+    let v2 = ChainEntry::new(dist("scale")).with("scale", 1.0);
     // 4000 readings at 200/s: twenty seconds.
-    let mut agent = start_agent(dir.path(), "agent", &replay_toml(&hub, &v1));
+    let mut agent = start_agent(dir.path(), "agent", &replay_config(&hub, v1));
     let config = dir.path().join("agent.toml");
     wait_for("records at the hub", || {
         hub.device("line-1")
@@ -68,14 +54,14 @@ fn sighup_swaps_a_transform_chain_under_load_and_the_hub_gets_every_record() {
     });
     // A reload naming something that is not WASM is refused; the running
     // chain stays.
-    let bogus = format!("{{ wasm = {:?} }}", config.display().to_string());
-    std::fs::write(&config, replay_toml(&hub, &bogus)).unwrap();
+    let bogus = ChainEntry::new(&config);
+    std::fs::write(&config, replay_config(&hub, bogus).to_toml()).unwrap();
     agent.signal(libc::SIGHUP);
     wait_for("the refused reload in the agent's log", || {
         let log = agent.log();
         (log.contains("reload refused") && log.contains("not a WebAssembly module")).then_some(())
     });
-    std::fs::write(&config, replay_toml(&hub, &v2)).unwrap();
+    std::fs::write(&config, replay_config(&hub, v2).to_toml()).unwrap();
     agent.signal(libc::SIGHUP);
     assert!(agent.wait().success(), "{}", agent.log());
     assert!(
@@ -160,42 +146,34 @@ fn receipts_are_redacted_before_the_uplink_and_a_failing_transform_is_contained(
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
     let (pos_port, sensor_port) = (free_port(), free_port());
-    let toml = format!(
-        r#"
-device_id = "store-7"
-data_dir = "state"
-[uplink]
-url = "{url}"
-heartbeat_secs = 0.3
-[[sources]]
-type = "http"
-name = "pos"
-listen = "127.0.0.1:{pos_port}"
-keep_payload = true
-[[sources]]
-type = "http"
-name = "sensor"
-listen = "127.0.0.1:{sensor_port}"
-fields = ["t"]
-[[stages]]
-type = "transform"
-name = "pos-redaction"
-stream = "pos"
-chain = [{{ wasm = {redact:?} }}]
-[[stages]]
-type = "transform"
-name = "sensor-check"
-stream = "sensor"
-batch_size = 1
-max_consecutive_failures = 2
-on_disabled = "drop"
-chain = [{{ wasm = {fragile:?} }}]
-"#,
-        url = hub.mqtt_url(),
-        redact = dist("redact-pos"),
-        fragile = trap_on_negative(dir.path()).display().to_string(),
-    );
-    let mut agent = start_agent(dir.path(), "agent", &toml);
+    let config = AgentConfig::for_device("store-7")
+        .data_dir("state")
+        .uplink(&hub.mqtt_url())
+        .uplink_with(|u| u.heartbeat_secs = 0.3)
+        .source(HttpSourceConfig {
+            keep_payload: true,
+            ..HttpSourceConfig::new("pos", ([127, 0, 0, 1], pos_port).into(), &[])
+        })
+        .source(HttpSourceConfig::new(
+            "sensor",
+            ([127, 0, 0, 1], sensor_port).into(),
+            &["t"],
+        ))
+        .stage(TransformStageConfig {
+            name: Some("pos-redaction".into()),
+            ..TransformStageConfig::new("pos", vec![ChainEntry::new(dist("redact-pos"))])
+        })
+        .stage(TransformStageConfig {
+            name: Some("sensor-check".into()),
+            batch_size: 1,
+            max_consecutive_failures: 2,
+            on_disabled: OnDisabled::Drop,
+            ..TransformStageConfig::new(
+                "sensor",
+                vec![ChainEntry::new(trap_on_negative(dir.path()))],
+            )
+        });
+    let mut agent = start_agent(dir.path(), "agent", &config);
     let post = |port: u16, body: &str| {
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         wait_for("the agent's HTTP source", || {
@@ -289,34 +267,28 @@ chain = [{{ wasm = {fragile:?} }}]
 #[test]
 fn check_refuses_a_bad_module_and_transform_test_runs_one() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = |wasm: &str| {
-        format!(
-            r#"
-device_id = "d1"
-[uplink]
-url = "mqtt://127.0.0.1:1"
-[[sources]]
-type = "http"
-name = "s"
-listen = "127.0.0.1:0"
-fields = ["x"]
-[[stages]]
-type = "transform"
-stream = "s"
-chain = [{{ wasm = {wasm:?}, config = {{ above = 0.0 }} }}]
-"#
-        )
+    let config = |wasm: &str| {
+        AgentConfig::for_device("d1")
+            .uplink("mqtt://127.0.0.1:1")
+            .source(HttpSourceConfig::new(
+                "s",
+                ([127, 0, 0, 1], 0).into(),
+                &["x"],
+            ))
+            .stage(TransformStageConfig::new(
+                "s",
+                vec![ChainEntry::new(wasm).with("above", 0.0)],
+            ))
     };
-    let check = |body: String| {
-        let path = dir.path().join("check.toml");
-        std::fs::write(&path, body).unwrap();
+    let check = |config: AgentConfig| {
+        let path = write_agent_config(dir.path(), "check", &config);
         Command::new(agent_bin())
             .args(["check", "--config"])
             .arg(&path)
             .output()
             .unwrap()
     };
-    let ok = check(toml(&dist("threshold")));
+    let ok = check(config(&dist("threshold")));
     assert!(
         ok.status.success(),
         "{}",
@@ -325,7 +297,7 @@ chain = [{{ wasm = {wasm:?}, config = {{ above = 0.0 }} }}]
     assert!(String::from_utf8_lossy(&ok.stdout).contains("transform threshold@"));
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm\x01\0\0\0\x05garbage").unwrap();
-    let bad = check(toml(&garbage.display().to_string()));
+    let bad = check(config(&garbage.display().to_string()));
     assert_eq!(bad.status.code(), Some(64));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("stages[0].chain[0].wasm"), "{err}");

@@ -4,26 +4,20 @@
 
 use conveyor_e2e::*;
 
-fn replay_agent(device: &str, mqtt: &str, file: &str, limit: u64, extra: &str) -> String {
-    format!(
-        r#"
-device_id = "{device}"
-data_dir = "state-{device}"
-[uplink]
-url = "{mqtt}"
-batch_max_records = 64
-heartbeat_secs = 0.5
-[[sources]]
-type = "replay"
-name = "replay"
-path = {path:?}
-rate = 0
-loop = true
-limit = {limit}
-{extra}
-"#,
-        path = data_file(file)
-    )
+fn replay_agent(device: &str, mqtt: &str, file: &str, limit: u64) -> AgentConfig {
+    AgentConfig::for_device(device)
+        .data_dir(format!("state-{device}"))
+        .uplink(mqtt)
+        .uplink_with(|u| {
+            u.batch_max_records = 64;
+            u.heartbeat_secs = 0.5;
+        })
+        .source(ReplayConfig {
+            rate: Some(0.0),
+            looping: true,
+            limit: Some(limit),
+            ..ReplayConfig::new("replay", data_file(file))
+        })
 }
 
 /// The rows of a `.ts` file, one per time step, as the replay emits them.
@@ -67,19 +61,12 @@ fn two_agents_every_record_exactly_once_in_order() {
             &hub.mqtt_url(),
             "BasicMotions/BasicMotions_TRAIN.ts",
             watch_n,
-            "",
         ),
     );
     let mut plug = start_agent(
         dir.path(),
         "plug",
-        &replay_agent(
-            "e2e-plug",
-            &hub.mqtt_url(),
-            "ACSF1/ACSF1_TRAIN.ts",
-            plug_n,
-            "",
-        ),
+        &replay_agent("e2e-plug", &hub.mqtt_url(), "ACSF1/ACSF1_TRAIN.ts", plug_n),
     );
     assert!(
         watch.wait().success(),
@@ -149,15 +136,14 @@ fn two_agents_every_record_exactly_once_in_order() {
 fn restarted_agent_continues_its_sequence_and_the_hub_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut hub = Hub::start(dir.path());
-    let toml = replay_agent(
+    let config = replay_agent(
         "e2e-restart",
         &hub.mqtt_url(),
         "BasicMotions/BasicMotions_TEST.ts",
         500,
-        "",
     );
     for round in 1..=2u64 {
-        let mut agent = start_agent(dir.path(), "agent", &toml);
+        let mut agent = start_agent(dir.path(), "agent", &config);
         assert!(agent.wait().success(), "round {round}:\n{}", agent.log());
         hub.wait_for_records("e2e-restart", 500 * round);
     }
@@ -184,24 +170,16 @@ fn restarted_agent_continues_its_sequence_and_the_hub_keeps_its_data() {
 fn agent_reconnects_by_itself_when_the_hub_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
-    let toml = format!(
-        r#"
-device_id = "e2e-reconnect"
-data_dir = "state"
-[uplink]
-url = "{}"
-heartbeat_secs = 0.2
-[[sources]]
-type = "replay"
-name = "motion"
-path = {:?}
-rate = 200
-loop = true
-"#,
-        hub.mqtt_url(),
-        data_file("BasicMotions/BasicMotions_TEST.ts")
-    );
-    let mut agent = start_agent(dir.path(), "agent", &toml);
+    let config = AgentConfig::for_device("e2e-reconnect")
+        .data_dir("state")
+        .uplink(&hub.mqtt_url())
+        .uplink_with(|u| u.heartbeat_secs = 0.2)
+        .source(ReplayConfig {
+            rate: Some(200.0),
+            looping: true,
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TEST.ts"))
+        });
+    let mut agent = start_agent(dir.path(), "agent", &config);
     wait_for("records before the restart", || {
         hub.device("e2e-reconnect")
             .filter(|d| d["records"].as_u64() > Some(100))

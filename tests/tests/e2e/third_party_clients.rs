@@ -6,24 +6,19 @@ use std::process::{Command, Stdio};
 
 use conveyor_e2e::*;
 
-fn agent_toml(device: &str, mqtt: &str) -> String {
-    format!(
-        r#"
-device_id = "{device}"
-data_dir = "state"
-[uplink]
-url = "{mqtt}"
-batch_max_records = 10
-batch_max_delay_ms = 5000
-[[sources]]
-type = "replay"
-name = "motion"
-path = {path:?}
-rate = 200
-loop = true
-"#,
-        path = data_file("BasicMotions/BasicMotions_TRAIN.ts")
-    )
+fn agent_config(device: &str, mqtt: &str) -> AgentConfig {
+    AgentConfig::for_device(device)
+        .data_dir("state")
+        .uplink(mqtt)
+        .uplink_with(|u| {
+            u.batch_max_records = 10;
+            u.batch_max_delay_ms = 5000;
+        })
+        .source(ReplayConfig {
+            rate: Some(200.0),
+            looping: true,
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TRAIN.ts"))
+        })
 }
 
 #[test]
@@ -52,7 +47,7 @@ fn mosquitto_sub_reads_the_uplink_and_protoc_decodes_it() {
     let mut agent = start_agent(
         dir.path(),
         "agent",
-        &agent_toml("interop-1", &hub.mqtt_url()),
+        &agent_config("interop-1", &hub.mqtt_url()),
     );
     let out = sub.wait_with_output().unwrap();
     assert!(agent.stop().success(), "{}", agent.log());
@@ -102,22 +97,16 @@ fn status_is_retained_json_with_a_last_will() {
     let hub = Hub::start(dir.path());
     // An agent that never finishes: its source is an idle HTTP endpoint.
     let port = free_port();
-    let toml = format!(
-        r#"
-device_id = "will-1"
-data_dir = "state"
-[uplink]
-url = "{}"
-keep_alive_secs = 5
-[[sources]]
-type = "http"
-name = "env"
-listen = "127.0.0.1:{port}"
-fields = ["t"]
-"#,
-        hub.mqtt_url()
-    );
-    let agent = start_agent(dir.path(), "agent", &toml);
+    let config = AgentConfig::for_device("will-1")
+        .data_dir("state")
+        .uplink(&hub.mqtt_url())
+        .uplink_with(|u| u.keep_alive_secs = 5)
+        .source(HttpSourceConfig::new(
+            "env",
+            ([127, 0, 0, 1], port).into(),
+            &["t"],
+        ));
+    let agent = start_agent(dir.path(), "agent", &config);
     wait_for("the agent to be online", || {
         hub.device("will-1").filter(|d| d["online"] == true)
     });

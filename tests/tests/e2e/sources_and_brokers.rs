@@ -4,28 +4,25 @@
 use std::process::Command;
 
 use conveyor_e2e::*;
+use conveyor_shared::BrokerUrl;
 
 #[test]
 fn http_source_accepts_good_readings_and_explains_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
     let port = free_port();
-    let toml = format!(
-        r#"
-device_id = "store-7"
-data_dir = "state"
-[uplink]
-url = "{}"
-[[sources]]
-type = "http"
-name = "fridge"
-listen = "127.0.0.1:{port}"
-fields = ["temperature", "door_open"]
-timestamp_field = "ts_ms"
-"#,
-        hub.mqtt_url()
-    );
-    let mut agent = start_agent(dir.path(), "agent", &toml);
+    let config = AgentConfig::for_device("store-7")
+        .data_dir("state")
+        .uplink(&hub.mqtt_url())
+        .source(HttpSourceConfig {
+            timestamp_field: Some("ts_ms".into()),
+            ..HttpSourceConfig::new(
+                "fridge",
+                ([127, 0, 0, 1], port).into(),
+                &["temperature", "door_open"],
+            )
+        });
+    let mut agent = start_agent(dir.path(), "agent", &config);
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     wait_for("the HTTP source to listen", || {
         std::net::TcpStream::connect(addr).ok()
@@ -92,22 +89,16 @@ fn mqtt_source_reads_a_local_mosquitto() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
     let (_mosquitto, local_port) = start_mosquitto(dir.path());
-    let toml = format!(
-        r#"
-device_id = "line-3"
-data_dir = "state"
-[uplink]
-url = "{}"
-[[sources]]
-type = "mqtt"
-name = "vibration"
-url = "mqtt://127.0.0.1:{local_port}"
-topic = "plant/line3/+/vibration"
-fields = ["rms", "peak"]
-"#,
-        hub.mqtt_url()
-    );
-    let mut agent = start_agent(dir.path(), "agent", &toml);
+    let config = AgentConfig::for_device("line-3")
+        .data_dir("state")
+        .uplink(&hub.mqtt_url())
+        .source(MqttSourceConfig::new(
+            "vibration",
+            BrokerUrl::parse(&format!("mqtt://127.0.0.1:{local_port}")).unwrap(),
+            "plant/line3/+/vibration",
+            &["rms", "peak"],
+        ));
+    let mut agent = start_agent(dir.path(), "agent", &config);
     wait_for("the agent to be online", || {
         hub.device("line-3").filter(|d| d["online"] == true)
     });
@@ -171,23 +162,16 @@ fn hub_on_an_external_mosquitto() {
         assert!(ok);
         hub.device("probe")
     });
-    let toml = format!(
-        r#"
-device_id = "ext-1"
-data_dir = "state"
-[uplink]
-url = "mqtt://127.0.0.1:{port}"
-[[sources]]
-type = "replay"
-name = "motion"
-path = {:?}
-rate = 0
-limit = 3000
-loop = true
-"#,
-        data_file("BasicMotions/BasicMotions_TEST.ts")
-    );
-    let mut agent = start_agent(dir.path(), "agent", &toml);
+    let config = AgentConfig::for_device("ext-1")
+        .data_dir("state")
+        .uplink(&format!("mqtt://127.0.0.1:{port}"))
+        .source(ReplayConfig {
+            rate: Some(0.0),
+            limit: Some(3000),
+            looping: true,
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TEST.ts"))
+        });
+    let mut agent = start_agent(dir.path(), "agent", &config);
     assert!(agent.wait().success(), "{}", agent.log());
     hub.wait_for_records("ext-1", 3000);
     let seqs: Vec<u64> = hub

@@ -1,0 +1,15 @@
+//! Conveyor's end-to-end tests, one module per scenario, in one test
+//! binary: each `tests/*.rs` file used to be a binary of its own, and each
+//! linked the whole stack (and ran the harness's `cargo build` of the
+//! binaries once more). Run one scenario with
+//! `cargo test -p conveyor-e2e --test e2e faults::`.
+
+mod bad_input;
+mod cascade;
+mod demo;
+mod edge_inference;
+mod exactly_once;
+mod faults;
+mod sources_and_brokers;
+mod third_party_clients;
+mod wasm_transforms;
