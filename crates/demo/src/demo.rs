@@ -25,7 +25,13 @@ use tokio::process::{Child, Command};
 
 use cloud_hub::config::{BrokerConfig, HttpConfig, HubConfig, StoreConfig};
 use cloud_hub::hub::Hub;
-use cloud_hub::inference::{InferenceConfig, InferenceService, ServedModelConfig};
+use cloud_hub::inference::{
+    InferenceConfig as HubInferenceConfig, InferenceService, ServedModelConfig,
+};
+use edge_agent::config::AgentConfig;
+use edge_agent::inference::InferenceConfig;
+use edge_agent::sources::ReplayConfig;
+use edge_agent::transform::{ChainEntry, TransformStageConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -187,12 +193,12 @@ fn agent_config(
     mqtt: &str,
     state_dir: &Path,
 ) -> (String, &'static str, String) {
-    let (kind, stream, file, extra, model, hz, hub_model) = if i % 2 == 0 {
+    let (kind, stream, file, sample_rate_hz, model, hz, hub_model) = if i % 2 == 0 {
         (
             "watch",
             "motion",
             data.join("BasicMotions/BasicMotions_TEST.ts"),
-            "sample_rate_hz = 10.0\n",
+            Some(10.0),
             data.join("../basicmotions/edge.int8.json"),
             10.0,
             "basicmotions-hub",
@@ -202,62 +208,55 @@ fn agent_config(
             "plug",
             "power",
             data.join("ACSF1/ACSF1_TEST.ts"),
-            "",
+            None,
             data.join("../acsf1/edge.int8.json"),
             0.1,
             "acsf1-hub",
         )
     };
-    let stage = if args.no_inference {
-        String::new()
-    } else {
+    let device = format!("demo-{kind}-{}", i + 1);
+    let mut config = AgentConfig::for_device(&device)
+        .data_dir(state_dir.join(&device))
+        .uplink(mqtt)
+        .uplink_with(|u| {
+            u.batch_max_records = args.batch_max_records;
+            u.batch_max_delay_ms = args.batch_max_delay_ms;
+            u.heartbeat_secs = 1.0;
+        })
+        .source(ReplayConfig {
+            rate: Some(args.rate),
+            sample_rate_hz,
+            looping: true,
+            ..ReplayConfig::new(stream, file)
+        });
+    if !args.no_inference {
         // A WASM transform adds per-window features (on
         // `<stream>.features`) and passes the readings on to the model;
         // raw readings travel too, so the demo shows every stream.
-        format!(
-            "[[stages]]\n\
-             type = \"transform\"\n\
-             name = \"{stream}-features\"\n\
-             stream = \"{stream}\"\n\
-             chain = [{{ wasm = {features:?}, config = {{ window = 100, sample_rate_hz = {hz:?}, passthrough = true }} }}]\n\
-             [[stages]]\n\
-             type = \"inference\"\n\
-             name = \"{stream}-classifier\"\n\
-             stream = \"{stream}\"\n\
-             model = {model:?}\n\
-             forward_readings = true\n{cascade}",
-            features = transforms_dir(data).join("window-features.wasm"),
-            cascade = if args.no_cascade {
-                String::new()
-            } else {
-                format!(
-                    "escalate_below = {:?}\nescalate_to = \"{hub_model}\"\n",
-                    args.escalate_below
-                )
-            },
-        )
-    };
-    let device = format!("demo-{kind}-{}", i + 1);
-    let toml = format!(
-        "device_id = \"{device}\"\n\
-         data_dir = {state:?}\n\
-         [uplink]\n\
-         url = \"{mqtt}\"\n\
-         batch_max_records = {bmr}\n\
-         batch_max_delay_ms = {bmd}\n\
-         heartbeat_secs = 1.0\n\
-         [[sources]]\n\
-         type = \"replay\"\n\
-         name = \"{stream}\"\n\
-         path = {file:?}\n\
-         rate = {rate:?}\n\
-         loop = true\n{extra}{stage}",
-        state = state_dir.join(&device),
-        bmr = args.batch_max_records,
-        bmd = args.batch_max_delay_ms,
-        rate = args.rate,
-    );
-    (device, stream, toml)
+        let features = ChainEntry::new(transforms_dir(data).join("window-features.wasm"))
+            .with("window", 100)
+            .with("sample_rate_hz", hz)
+            .with("passthrough", true);
+        let (escalate_below, escalate_to) = if args.no_cascade {
+            (None, None)
+        } else {
+            (Some(args.escalate_below), Some(hub_model.to_string()))
+        };
+        config = config
+            .stage(TransformStageConfig {
+                name: Some(format!("{stream}-features")),
+                ..TransformStageConfig::new(stream, vec![features])
+            })
+            .stage(InferenceConfig {
+                name: Some(format!("{stream}-classifier")),
+                stream: Some(stream.to_string()),
+                forward_readings: true,
+                escalate_below,
+                escalate_to,
+                ..InferenceConfig::new(model)
+            });
+    }
+    (device, stream, config.to_toml())
 }
 
 /// The built example transforms, beside the models in the repository.
@@ -347,9 +346,9 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         ))),
     };
     let inference = if args.no_inference {
-        InferenceConfig::default()
+        HubInferenceConfig::default()
     } else {
-        InferenceConfig {
+        HubInferenceConfig {
             device: args.device,
             models: ["basicmotions", "acsf1"]
                 .iter()
