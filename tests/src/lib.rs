@@ -44,7 +44,7 @@ struct Binaries {
 
 /// Builds the three binaries (once per test process) in the profile the
 /// tests run in, and returns their paths. The build selects what `cargo
-/// test --workspace` selects (every package, binaries and tests), so cargo
+/// test --workspace` selects (every package, with its tests), so cargo
 /// resolves the same features and reuses what the test run compiled: a
 /// plain `cargo build -p cloud-hub -p edge-agent --bins` leaves out the
 /// dev-dependencies' features (proptest's regex-syntax, for one) and would
@@ -59,8 +59,16 @@ fn binaries() -> &'static Binaries {
                 "build",
                 "--quiet",
                 "--workspace",
-                "--bins",
                 "--tests",
+                // Only the three the tests run: `--bins` would also link
+                // the benchmarks' executables, which `cargo test` does not
+                // build (their packages have no integration tests).
+                "--bin",
+                "cloud-hub",
+                "--bin",
+                "edge-agent",
+                "--bin",
+                "conveyor-demo",
                 "--message-format=json",
             ])
             .stderr(Stdio::inherit());
