@@ -3,7 +3,7 @@
 //! own binary.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -65,7 +65,7 @@ enum TransformCommand {
 /// The one path `check` and `run` share: parse, validate every field,
 /// build every component. Prints every problem (one per line, each naming
 /// its field) and gives exit code 64 if there is any.
-fn load(config: &PathBuf) -> Result<Agent, ExitCode> {
+fn load(config: &Path) -> Result<Agent, ExitCode> {
     let built = AgentConfig::load(config).and_then(Agent::build);
     built.map_err(|e| {
         e.eprint("edge-agent: invalid config: ");
@@ -235,7 +235,7 @@ async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
 
 /// `edge-agent dead-letters`: a summary by transform and kind, then the
 /// last few (or all of them as JSON Lines).
-fn dead_letters(config: &std::path::Path, json: bool, last: usize) -> ExitCode {
+fn dead_letters(config: &Path, json: bool, last: usize) -> ExitCode {
     let config = match AgentConfig::load(config) {
         Ok(c) => c,
         Err(e) => {

@@ -440,8 +440,10 @@ mod tests {
     #[test]
     fn expire_drops_by_age() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = LogConfig::default();
-        cfg.max_age_secs = Some(10);
+        let cfg = LogConfig {
+            max_age_secs: Some(10),
+            ..LogConfig::default()
+        };
         let mut log = DurableLog::open(dir.path(), cfg).unwrap();
         log.append([rec(0), rec(5_000_000), rec(20_000_000)])
             .unwrap();

@@ -84,7 +84,7 @@ mod tests {
             BrokerUrl::parse("http://x:1"),
             Err(BrokerUrlError::Scheme(_))
         ));
-        assert!(matches!(BrokerUrl::parse("127.0.0.1:1883"), Err(_)));
+        assert!(BrokerUrl::parse("127.0.0.1:1883").is_err());
     }
 
     #[test]

@@ -249,7 +249,8 @@ mod tests {
 
     #[test]
     fn disagreeing_fields_are_named() {
-        let cases: Vec<(fn(&mut ModelMetadata), &str)> = vec![
+        type Spoil = fn(&mut ModelMetadata);
+        let cases: Vec<(Spoil, &str)> = vec![
             (|m| m.channels = 3, "input.shape"),
             (|m| m.labels.pop().map(drop).unwrap_or(()), "labels"),
             (|m| m.normalization.std[1] = 0.0, "normalization"),

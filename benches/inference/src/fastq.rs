@@ -296,7 +296,7 @@ mod model_tests {
     use super::*;
 
     fn optimised() -> TypedModel {
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let onnx = onnx().with_ignore_value_info(true);
         onnx.model_for_proto_model(&crate::qdq::testmodel::conv_qdq())
             .unwrap()
             .with_input_fact(0, f32::fact([1, 2, 8]).into())

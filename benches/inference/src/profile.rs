@@ -154,7 +154,7 @@ fn variants() -> Vec<Variant> {
             input: InputMode::CopySlice,
             vzeroupper: false,
             build: |b, m| {
-                let onnx = tract_onnx::onnx();
+                let onnx = onnx();
                 let model = onnx.model_for_read(&mut &*b)?;
                 model.with_input_fact(0, f32::fact([1, m.channels, m.window]).into())?.into_typed()?.into_optimized()
             },
@@ -165,7 +165,7 @@ fn variants() -> Vec<Variant> {
             input: InputMode::CopySlice,
             vzeroupper: false,
             build: |b, _m| {
-                let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+                let onnx = onnx().with_ignore_value_info(true);
                 let typed = onnx.model_for_read(&mut &*b)?.into_typed()?;
                 let subs: std::collections::HashMap<Symbol, TDim> =
                     typed.symbols.all_symbols().into_iter().map(|s| (s, TDim::Val(1))).collect();
@@ -178,7 +178,7 @@ fn variants() -> Vec<Variant> {
 /// The loader's steps up to the typed model (`conveyor_model::load_checked`,
 /// minus the checks).
 pub fn loader_typed(bytes: &[u8], meta: &ModelMetadata) -> TractResult<TypedModel> {
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let onnx = onnx().with_ignore_value_info(true);
     let mut model = onnx.model_for_read(&mut &*bytes)?;
     model = model.with_input_fact(0, f32::fact([1, meta.channels, meta.window]).into())?;
     model.into_typed()

@@ -190,7 +190,7 @@ fn remove_dead_nodes(proto: &mut ModelProto) {
 
 /// The loader's typed model, from the rewritten proto.
 pub fn qlinear_typed(bytes: &[u8], channels: usize, window: usize) -> TractResult<TypedModel> {
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let onnx = onnx().with_ignore_value_info(true);
     let mut proto = onnx.proto_model_for_read(&mut &*bytes)?;
     rewrite_convs(&mut proto).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let mut model = onnx.model_for_proto_model(&proto)?;
@@ -353,7 +353,7 @@ mod tests {
     }
 
     fn typed(proto: &ModelProto) -> TypedModel {
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let onnx = onnx().with_ignore_value_info(true);
         onnx.model_for_proto_model(proto)
             .unwrap()
             .with_input_fact(0, f32::fact([1, 2, 8]).into())

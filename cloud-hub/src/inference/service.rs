@@ -533,16 +533,12 @@ impl Worker {
         let runner = &mut self.runner;
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(n, input)))
-                .unwrap_or_else(|_| {
-                    Err(super::backend::BackendError(
-                        "the model call panicked".into(),
-                    ))
-                })
+                .unwrap_or_else(|_| Err(backend::BackendError("the model call panicked".into())))
                 .and_then(|out| {
                     if out.len() == n * self.classes {
                         Ok(out)
                     } else {
-                        Err(super::backend::BackendError(format!(
+                        Err(backend::BackendError(format!(
                             "the model returned {} values for {n} windows of {} classes",
                             out.len(),
                             self.classes

@@ -76,7 +76,7 @@ fn reopens_at_once_after_drop_every_time() {
 /// not wait for a background thread.
 #[test]
 fn reopens_at_once_while_the_cpu_is_busy() {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let spinners: Vec<_> = (0..4)
         .map(|_| {
             let stop = stop.clone();
@@ -155,7 +155,7 @@ fn counts_are_what_the_records_are() {
         store.device_counts().unwrap()["a"],
         (held.len() as u64, highest)
     );
-    assert!(store.device_counts().unwrap().get("b").is_none());
+    assert!(!store.device_counts().unwrap().contains_key("b"));
 }
 
 #[test]

@@ -211,7 +211,7 @@ fn check(bytes: &[u8], meta: &ModelMetadata, batch: BatchSize) -> Result<TypedMo
     // `quant_pre_process` leaves symbolic shape hints on intermediate
     // values that clash with the concrete input shape; the graph's own
     // input and output declarations are still read.
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let onnx = onnx().with_ignore_value_info(true);
     let mut reader = bytes;
     let proto = onnx
         .proto_model_for_read(&mut reader)

@@ -236,7 +236,7 @@ impl Fixture {
 }
 
 fn assert_err(result: Result<OnnxModel, ModelError>, expect: &[&str]) -> ModelError {
-    let e = result.err().expect("the model must be refused");
+    let e = result.expect_err("the model must be refused");
     let text = e.to_string();
     assert!(text.contains("model.json"), "names the model: {text}");
     for s in expect {

@@ -83,7 +83,7 @@ impl ReplayConfig {
             .map_err(|e| ConfigError::invalid(format!("{field}.path"), e.to_string()))?;
         let pace =
             match self.rate {
-                Some(rate) if rate == 0.0 => Pace::Unthrottled,
+                Some(0.0) => Pace::Unthrottled,
                 Some(rate) => Pace::Rate(rate),
                 None => match recording.span_us() {
                     Some(span_us) => Pace::Recorded { span_us },

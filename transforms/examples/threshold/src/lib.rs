@@ -47,7 +47,7 @@ impl Transform for Threshold {
             ));
         }
         let v = record.value(channel);
-        if above.map_or(true, |a| v > a) && below.map_or(true, |b| v < b) {
+        if above.is_none_or(|a| v > a) && below.is_none_or(|b| v < b) {
             out.emit_ref(&record)?;
         }
         Ok(())
