@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::engines::{OrtEngine, OrtRuntime};
 use crate::report::{Machine, OrtStatus};
 use crate::{bench, error_chain, ModelArgs};
-use bench_stats::{fmt_ratio, fmt_thousands, median, ratio, summarize};
+use bench_stats::{fmt_ms, fmt_ratio, fmt_thousands, median, ratio, summarize};
 
 /// The hub models measured by default, in each `models/<dataset>/`.
 const HUB_MODELS: [&str; 1] = ["hub.fp32.json"];
@@ -909,23 +909,6 @@ async fn closed_loop(
 
 // ---------------------------------------------------------------------------
 // Tables
-
-/// Milliseconds from microseconds, with a precision that suits the size:
-/// `0.163`, `2.41`, `18.6`, `1234`.
-pub fn fmt_ms(us: f64) -> String {
-    let ms = us / 1e3;
-    if !ms.is_finite() {
-        "n/a".into()
-    } else if ms < 1.0 {
-        format!("{ms:.3}")
-    } else if ms < 10.0 {
-        format!("{ms:.2}")
-    } else if ms < 100.0 {
-        format!("{ms:.1}")
-    } else {
-        format!("{ms:.0}")
-    }
-}
 
 /// The whole stdout: a header, then per model the model-call table and one
 /// batcher table per worker count.

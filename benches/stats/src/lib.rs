@@ -107,6 +107,23 @@ pub fn fmt_us(us: f64) -> String {
     }
 }
 
+/// Milliseconds from microseconds, with a precision that suits the size:
+/// `0.163`, `2.41`, `18.6`, `1234`.
+pub fn fmt_ms(us: f64) -> String {
+    let ms = us / 1e3;
+    if !ms.is_finite() {
+        "n/a".to_string()
+    } else if ms < 1.0 {
+        format!("{ms:.3}")
+    } else if ms < 10.0 {
+        format!("{ms:.2}")
+    } else if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
+}
+
 /// An integer with thousands separators: `12,345`.
 pub fn fmt_thousands(v: f64) -> String {
     if !v.is_finite() {
