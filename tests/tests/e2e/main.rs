@@ -5,6 +5,7 @@
 //! `cargo test -p conveyor-e2e --test e2e faults::`.
 
 mod bad_input;
+mod boundaries;
 mod cascade;
 mod demo;
 mod edge_inference;
