@@ -7,8 +7,9 @@
 //! warning is logged) without one binary's crate depending on another's:
 //! before it, the hub linked the whole edge agent for these few helpers.
 //! It is in the edge binary, so it only depends on what the binaries
-//! already use (clap, tracing-subscriber, tokio's signals).
+//! already use (clap, tracing-subscriber, tokio's signals, libc).
 
+pub mod disk;
 mod log_every;
 pub mod signal;
 
