@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, ConfigError, ConfigErrors};
 use crate::log::{DurableLog, LogError};
-use crate::pipeline::{Pipeline, StageConfig, StageContext, StageHandle};
+use crate::pipeline::{Pipeline, StageConfig, StageContext, StageHandle, StageStorage};
 use crate::reload::Reloader;
 use crate::sources::{Reading, Source, SourceContext, SourceCounters, SourceOutput};
 use crate::uplink::{Uplink, UplinkError, UplinkSummary};
@@ -29,6 +29,7 @@ pub struct Agent {
     sources: Vec<Box<dyn Source>>,
     pipeline: Pipeline,
     stages: Vec<StageHandle>,
+    storage: StageStorage,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,7 @@ impl Agent {
             }
         }
         let ctx = StageContext::new(&config.data_dir);
+        let storage = ctx.storage();
         let built = Pipeline::build(&config.stages, &ctx);
         let (pipeline, stages) = match built {
             Ok(built) if found.is_empty() => built,
@@ -74,6 +76,7 @@ impl Agent {
             sources,
             pipeline,
             stages,
+            storage,
         })
     }
 
@@ -98,6 +101,7 @@ impl Agent {
             sources,
             pipeline,
             stages,
+            storage,
         } = self;
         let log = DurableLog::open(&config.data_dir.join("log"), config.log.clone())?;
         if log.stats().records > 0 {
@@ -135,6 +139,7 @@ impl Agent {
             stages: stages.iter().map(|s| s.monitor.clone()).collect(),
             log,
             sources: counters,
+            storage,
         };
         let summary = uplink.run(rx, shutdown).await?;
         for task in tasks {

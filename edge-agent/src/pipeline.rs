@@ -9,6 +9,7 @@
 //! order in which it left the pipeline.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use conveyor_shared::control::StageStats;
@@ -50,6 +51,25 @@ pub struct StageContext {
     data_dir: PathBuf,
     engine: OnceLock<Result<TransformEngine, String>>,
     dead_letters: Arc<DeadLetterStore>,
+    cache_write_errors: Arc<AtomicU64>,
+}
+
+/// The stages' own storage (dead letters, the compiled-transform cache),
+/// as heartbeats report it.
+#[derive(Clone)]
+pub struct StageStorage {
+    dead_letters: Arc<DeadLetterStore>,
+    cache_write_errors: Arc<AtomicU64>,
+}
+
+impl StageStorage {
+    pub fn dead_letter_write_errors(&self) -> u64 {
+        self.dead_letters.write_errors()
+    }
+
+    pub fn transform_cache_write_errors(&self) -> u64 {
+        self.cache_write_errors.load(Ordering::Relaxed)
+    }
 }
 
 impl StageContext {
@@ -58,6 +78,14 @@ impl StageContext {
             data_dir: data_dir.to_path_buf(),
             engine: OnceLock::new(),
             dead_letters: Arc::new(DeadLetterStore::new(data_dir)),
+            cache_write_errors: Arc::default(),
+        }
+    }
+
+    pub fn storage(&self) -> StageStorage {
+        StageStorage {
+            dead_letters: self.dead_letters.clone(),
+            cache_write_errors: self.cache_write_errors.clone(),
         }
     }
 
@@ -67,6 +95,7 @@ impl StageContext {
         self.engine
             .get_or_init(|| {
                 TransformEngine::new(Some(self.data_dir.join("transform-cache")))
+                    .map(|e| e.counting_cache_errors(self.cache_write_errors.clone()))
                     .map_err(|e| e.to_string())
             })
             .as_ref()

@@ -160,6 +160,36 @@ pub struct Heartbeat {
     /// Records dropped for age, since the log began.
     #[serde(default)]
     pub log_dropped_age: u64,
+    /// Readings dropped because the log could not be written at all (a
+    /// read-only or failing disk; `drop_oldest`), since the log began.
+    #[serde(default)]
+    pub log_dropped_unwritable: u64,
+    /// Records lost with a corrupt log file: what it held that could not
+    /// be read back (the file is moved aside, not deleted).
+    #[serde(default)]
+    pub log_lost_corrupt: u64,
+    /// The log's disk is full: the log is held below what fitted and
+    /// `full_policy` applies, until space returns.
+    #[serde(default)]
+    pub log_disk_full: bool,
+    /// What is wrong with the agent's storage now, e.g. `disk full` or
+    /// `cannot write: Read-only file system`; absent when nothing is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_fault: Option<String>,
+    /// Free bytes on the filesystem of the agent's `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    /// Storage faults met since the agent started (each one handled).
+    #[serde(default)]
+    pub storage_faults: u64,
+    /// Dead letters that could not be written (they are then only in the
+    /// agent's log output).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dead_letter_write_errors: u64,
+    /// Compiled transforms that could not be cached (they are compiled
+    /// again at the next start).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub transform_cache_write_errors: u64,
     /// The seq the next record will get; seqs below it have been used.
     pub next_seq: u64,
     /// Times the uplink (re)connected.

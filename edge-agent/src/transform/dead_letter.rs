@@ -111,8 +111,14 @@ impl DeadLetterStore {
                 .append(true)
                 .open(&self.path)?;
         }
-        f.write_all(text)?;
-        f.sync_data()
+        let before = f.metadata()?.len();
+        let written = f.write_all(text).and_then(|()| f.sync_data());
+        if written.is_err() {
+            // Cut a torn line off (a full disk), so the next append starts
+            // on a line of its own.
+            let _ = f.set_len(before);
+        }
+        written
     }
 
     pub fn write_errors(&self) -> u64 {

@@ -12,6 +12,8 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -144,6 +146,9 @@ impl std::fmt::Debug for TransformModule {
 pub struct TransformEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// Compiled modules that could not be written to the cache (a full or
+    /// read-only disk): counted, reported in heartbeats, never fatal.
+    cache_write_errors: Arc<AtomicU64>,
 }
 
 impl TransformEngine {
@@ -154,7 +159,18 @@ impl TransformEngine {
         config.consume_fuel(true);
         config.max_wasm_stack(512 << 10);
         let engine = Engine::new(&config).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-        Ok(TransformEngine { engine, cache_dir })
+        Ok(TransformEngine {
+            engine,
+            cache_dir,
+            cache_write_errors: Arc::default(),
+        })
+    }
+
+    /// Counts cache write errors into `counter` (shared with whoever
+    /// reports them).
+    pub fn counting_cache_errors(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.cache_write_errors = counter;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -210,7 +226,8 @@ impl TransformEngine {
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
         if let Some(path) = &cache {
             if let Err(e) = store_cached(path, &compiled) {
-                tracing::warn!(path = %path.display(), "cannot cache the compiled transform: {e}");
+                let n = self.cache_write_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(path = %path.display(), errors = n, "cannot cache the compiled transform (it is compiled again next start): {e}");
             }
         }
         // SAFETY: `compiled` was produced by this engine a moment ago.
@@ -260,11 +277,18 @@ fn store_cached(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     // Written aside and renamed: a reader never sees half a file.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(&Sha256::digest(compiled))?;
-    file.write_all(compiled)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
+    let written = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(&Sha256::digest(compiled))?;
+        file.write_all(compiled)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        // A half-written file on a full disk would keep the space.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Finds and parses the `conveyor.transform` section, without compiling.

@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::UplinkConfig;
-use crate::log::{DurableLog, LogError};
-use crate::pipeline::StageMonitor;
+use crate::log::DurableLog;
+use crate::pipeline::{StageMonitor, StageStorage};
 use crate::sources::{stats_snapshot, Reading, SourceCounters};
 
 pub mod window;
@@ -65,8 +65,6 @@ pub struct UplinkSummary {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    #[error(transparent)]
-    Log(#[from] LogError),
     #[error("uplink: {0}")]
     Link(#[from] PublishError),
 }
@@ -78,6 +76,8 @@ pub struct Uplink {
     pub stages: Vec<Arc<dyn StageMonitor>>,
     pub log: DurableLog,
     pub sources: Vec<(String, Arc<SourceCounters>)>,
+    /// The stages' dead letters and transform cache, for heartbeats.
+    pub storage: StageStorage,
 }
 
 impl Uplink {
@@ -108,7 +108,7 @@ impl Uplink {
         };
 
         let mut window = SendWindow::new(
-            self.log.resend_from()?,
+            self.log.resend_from(),
             self.config.max_unacked_batches,
             Duration::from_millis(self.config.ack_timeout_ms),
         );
@@ -122,9 +122,13 @@ impl Uplink {
         let mut sources_done = false;
         let mut grace_ends: Option<Instant> = None;
         let mut chunk = Vec::with_capacity(APPEND_CHUNK);
+        // Records taken from the pipeline and not yet in the log: held
+        // back while the log cannot take them (`block`, a full or
+        // unwritable disk), offered again on every tick.
+        let mut pending: Vec<Record> = Vec::with_capacity(APPEND_CHUNK);
 
         loop {
-            let drained = self.log.stats().records == 0;
+            let drained = self.log.stats().records == 0 && pending.is_empty();
             if (sources_done && drained) || grace_ends.is_some_and(|g| Instant::now() >= g) {
                 break;
             }
@@ -135,16 +139,15 @@ impl Uplink {
                 }
             };
             tokio::select! {
-                n = readings.recv_many(&mut chunk, APPEND_CHUNK), if !sources_done && !self.log.blocks() => {
+                n = readings.recv_many(&mut chunk, APPEND_CHUNK), if !sources_done && pending.is_empty() && !self.log.blocks() => {
                     if n == 0 {
                         sources_done = true;
                         continue;
                     }
-                    let records = chunk.drain(..).map(Reading::into_record);
-                    counters.produced += self.log.append(records)?;
+                    pending.extend(chunk.drain(..).map(Reading::into_record));
                     // Durable before anything is sent: a record the hub has
                     // seen is always one the agent would resend.
-                    self.log.commit().await?;
+                    counters.produced += self.log.append(&mut pending);
                     if connected {
                         self.send(&*link, &mut window, &mut counters, true).await?;
                     }
@@ -154,12 +157,12 @@ impl Uplink {
                         connected = true;
                         // Go back, with or without a session: whatever was
                         // in flight may be lost.
-                        window.connected(session_resumed, self.log.first_seq()?, self.log.next_seq());
+                        window.connected(session_resumed, self.log.first_seq(), self.log.next_seq());
                         self.send(&*link, &mut window, &mut counters, false).await?;
                     }
                     Some(LinkEvent::Disconnected) => connected = false,
                     Some(LinkEvent::Ack(ack)) => {
-                        let removed = self.log.remove(ack.first_seq, ack.last_seq)?;
+                        let removed = self.log.remove(ack.first_seq, ack.last_seq);
                         match &ack.rejected {
                             None => counters.acked += removed,
                             Some(reason) => {
@@ -179,19 +182,26 @@ impl Uplink {
                     None => break,
                 },
                 _ = send_tick.tick() => {
+                    self.log.maintain(std::time::Instant::now());
+                    if !pending.is_empty() && !self.log.blocks() {
+                        counters.produced += self.log.append(&mut pending);
+                    }
                     // An ack timeout, or records held below the cursor
                     // with nothing in flight: go back to the oldest.
-                    if let Some(back) = window.tick(std::time::Instant::now(), self.log.first_seq()?, self.log.next_seq()) {
+                    let first = self.log.first_seq();
+                    if let Some(back) = window.tick(std::time::Instant::now(), first, self.log.next_seq()) {
                         tracing::debug!(from = back.from, reason = ?back.reason, "no ack in time; re-sending from the oldest record");
                     }
-                    if self.log.expire(now_us())? > 0 {
-                        window.expired(self.log.first_seq()?, self.log.next_seq());
+                    if self.log.expire(now_us()) > 0 {
+                        let first = self.log.first_seq();
+                        window.expired(first, self.log.next_seq());
                     }
                     if connected {
                         self.send(&*link, &mut window, &mut counters, false).await?;
                     }
                 }
                 _ = heartbeat.tick() => {
+                    self.log.snapshot();
                     let hb = self.heartbeat(&counters, started);
                     // Best effort and non-blocking: a heartbeat is worthless late.
                     let _ = link.try_publish_heartbeat(&hb);
@@ -204,7 +214,17 @@ impl Uplink {
                 _ = grace_sleep => {}
             }
         }
-        self.log.commit().await?;
+        if !pending.is_empty() {
+            counters.produced += self.log.append(&mut pending);
+            if !pending.is_empty() {
+                tracing::warn!(
+                    readings = pending.len(),
+                    "readings held back by a full or unwritable log are lost at shutdown"
+                );
+            }
+        }
+        self.log.flush();
+        self.log.snapshot();
         // The event loop keeps running through the goodbye; with nobody
         // listening any more, its events are simply dropped.
         drop(link_rx);
@@ -238,7 +258,7 @@ impl Uplink {
     /// the client's queue) has room. With `full_only`, a partial batch waits
     /// for the next tick instead.
     async fn send(
-        &self,
+        &mut self,
         link: &dyn EdgeLink,
         window: &mut SendWindow,
         counters: &mut Counters,
@@ -246,7 +266,7 @@ impl Uplink {
     ) -> Result<(), UplinkError> {
         let max = self.config.batch_max_records;
         while let Some(from) = window.next_send() {
-            let mut records = self.log.read(from, max)?;
+            let mut records = self.log.read(from, max);
             let cut = cut_to_byte_budget(&mut records, BATCH_BYTE_BUDGET);
             if records.is_empty() || (full_only && records.len() < max && !cut) {
                 return Ok(());
@@ -270,6 +290,7 @@ impl Uplink {
 
     fn heartbeat(&self, counters: &Counters, started: Instant) -> Heartbeat {
         let log = self.log.stats();
+        let health = self.log.health();
         Heartbeat {
             device_id: self.device.to_string(),
             ts_us: now_us(),
@@ -283,6 +304,14 @@ impl Uplink {
             log_bytes: log.bytes,
             log_dropped_full: log.dropped_full,
             log_dropped_age: log.dropped_age,
+            log_dropped_unwritable: log.dropped_unwritable,
+            log_lost_corrupt: log.lost_corrupt,
+            log_disk_full: health.disk_full,
+            storage_fault: health.fault,
+            disk_free_bytes: health.free_bytes,
+            storage_faults: health.faults,
+            dead_letter_write_errors: self.storage.dead_letter_write_errors(),
+            transform_cache_write_errors: self.storage.transform_cache_write_errors(),
             next_seq: self.log.next_seq(),
             connects: counters.connects.load(Ordering::Relaxed),
             rss_bytes: rss_bytes(),

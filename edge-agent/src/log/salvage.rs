@@ -1,0 +1,161 @@
+//! A log file the storage engine refuses: moved aside, and what can still
+//! be read of it salvaged.
+//!
+//! The file is renamed, never deleted (`log.corrupt-<unix secs>.redb`
+//! beside it), so an operator can look at it. It is then read through a
+//! read-only handle, on a thread of its own: on a damaged page the engine
+//! may panic, which ends the salvage there and keeps what was read before.
+//! A record is kept only if it decodes and carries the seq it is stored
+//! under, so a damaged value is not mistaken for a reading.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Once;
+
+use conveyor_shared::Record;
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::RECORDS;
+
+/// Records handed over per message from the salvage thread.
+const CHUNK: usize = 2048;
+
+/// Renames `file` to `log.corrupt-<unix secs>.redb` (a free name) in its
+/// directory.
+pub fn move_aside(file: &Path) -> std::io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut aside = dir.join(format!("log.corrupt-{secs}.redb"));
+    let mut n = 1;
+    while aside.exists() {
+        aside = dir.join(format!("log.corrupt-{secs}-{n}.redb"));
+        n += 1;
+    }
+    std::fs::rename(file, &aside)?;
+    Ok(aside)
+}
+
+/// Reads the records of the (moved aside) log at `path` that are still
+/// readable, handing them to `keep` in seq order, chunk by chunk. Returns
+/// why it stopped early, if it did.
+pub fn salvage(path: &Path, keep: &mut dyn FnMut(Vec<Record>)) -> Option<String> {
+    install_panic_hook();
+    let (tx, rx) = mpsc::sync_channel::<Result<Vec<Record>, String>>(2);
+    let path = path.to_path_buf();
+    let reader = std::thread::Builder::new()
+        .name("log-salvage".into())
+        .spawn(move || {
+            QUIET.with(|q| q.set(true));
+            let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&path, &tx)));
+            if let Err(panic) = sent {
+                let _ = tx.send(Err(format!(
+                    "the storage engine gave up on a damaged page: {}",
+                    panic_message(&panic)
+                )));
+            }
+        });
+    if let Err(e) = reader {
+        return Some(format!("cannot start the salvage thread: {e}"));
+    }
+    let mut stopped = None;
+    for msg in rx {
+        match msg {
+            Ok(chunk) => keep(chunk),
+            Err(why) => stopped = Some(why),
+        }
+    }
+    stopped
+}
+
+fn read(path: &Path, tx: &mpsc::SyncSender<Result<Vec<Record>, String>>) {
+    let db = match redb::Database::builder().open_read_only(path) {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = tx.send(Err(format!("cannot open it to read: {e}")));
+            return;
+        }
+    };
+    let table = db
+        .begin_read()
+        .map_err(redb::Error::from)
+        .and_then(|r| r.open_table(RECORDS).map_err(redb::Error::from));
+    let table = match table {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = tx.send(Err(format!("cannot read its records: {e}")));
+            return;
+        }
+    };
+    let iter = match table.iter() {
+        Ok(iter) => iter,
+        Err(e) => {
+            let _ = tx.send(Err(format!("cannot read its records: {e}")));
+            return;
+        }
+    };
+    let mut chunk = Vec::with_capacity(CHUNK);
+    for item in iter {
+        let (k, v) = match item {
+            Ok(kv) => kv,
+            Err(e) => {
+                let _ = tx.send(Ok(std::mem::take(&mut chunk)));
+                let _ = tx.send(Err(format!("reading stopped at a damaged page: {e}")));
+                return;
+            }
+        };
+        match Record::decode(v.value()) {
+            Ok(r) if r.seq == k.value() => chunk.push(r),
+            // A damaged value: not a reading to pass on.
+            _ => {}
+        }
+        if chunk.len() == CHUNK && tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
+            return;
+        }
+    }
+    let _ = tx.send(Ok(chunk));
+}
+
+thread_local! {
+    /// Set on threads whose panics are expected and handled (the engine
+    /// meeting a damaged page): the hook logs one line instead of a
+    /// backtrace an operator would take for a crash.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread's panics as handled (see [`QUIET`]) while `f`
+/// runs, and catches them.
+pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    install_panic_hook();
+    let was = QUIET.with(|q| q.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    out.map_err(|p| panic_message(&p))
+}
+
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(Cell::get) {
+                tracing::warn!(
+                    "the storage engine stopped on damaged data ({}); handled",
+                    info.location().map_or_else(String::new, |l| l.to_string())
+                );
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
