@@ -355,7 +355,7 @@ impl DurableLog {
         self.next_seq = floor;
         let mut salvaged = 0u64;
         let mut highest = None::<u64>;
-        let stopped = salvage::salvage(&aside, &mut |chunk| {
+        let stopped = salvage::salvage(&aside, floor, &mut |chunk| {
             if chunk.is_empty() {
                 return;
             }
@@ -559,6 +559,7 @@ impl DurableLog {
                     continue;
                 }
             }
+            let (before, n) = (self.next_seq, pending.len() as u64);
             match self.try_append(pending) {
                 Ok(n) => {
                     if self.fault.is_some() && !self.disk.is_full() {
@@ -566,7 +567,18 @@ impl DurableLog {
                     }
                     return n;
                 }
-                Err(e) => self.on_error(e),
+                Err(e) => {
+                    self.on_error(e);
+                    // The chunk is one transaction: after the reopen it is
+                    // either all there (its write made it to the file before
+                    // the failure) or not at all. Offered again, it would be
+                    // stored twice under new seqs.
+                    if self.db.is_some() && self.next_seq >= before + n {
+                        self.flush();
+                        pending.clear();
+                        return n;
+                    }
+                }
             }
         }
         if self.config.full_policy == FullPolicy::Block {

@@ -4,7 +4,8 @@
 //! The file is renamed, never deleted (`log.corrupt-<unix secs>.redb`
 //! beside it), so an operator can look at it. It is then read through a
 //! read-only handle, on a thread of its own: on a damaged page the engine
-//! may panic, which ends the salvage there and keeps what was read before.
+//! may panic; the panic is caught, the records of that page are lost, and
+//! the read goes on from the next page it can reach.
 //! A record is kept only if it decodes and carries the seq it is stored
 //! under, so a damaged value is not mistaken for a reading.
 
@@ -39,23 +40,24 @@ pub fn move_aside(file: &Path) -> std::io::Result<PathBuf> {
     Ok(aside)
 }
 
+/// Keys skipped past a damaged page, probing for the next readable one
+/// (a page holds a few dozen records).
+const SKIP: u64 = 32;
+
 /// Reads the records of the (moved aside) log at `path` that are still
-/// readable, handing them to `keep` in seq order, chunk by chunk. Returns
-/// why it stopped early, if it did.
-pub fn salvage(path: &Path, keep: &mut dyn FnMut(Vec<Record>)) -> Option<String> {
+/// readable, handing them to `keep` in seq order, chunk by chunk. A
+/// damaged page loses the records on it: the read goes on from the next
+/// page it can reach, up to the highest key (or `upto` if even that
+/// cannot be found). Returns what stopped or skipped it, if anything did.
+pub fn salvage(path: &Path, upto: u64, keep: &mut dyn FnMut(Vec<Record>)) -> Option<String> {
     install_panic_hook();
     let (tx, rx) = mpsc::sync_channel::<Result<Vec<Record>, String>>(2);
     let path = path.to_path_buf();
     let reader = std::thread::Builder::new()
         .name("log-salvage".into())
         .spawn(move || {
-            QUIET.with(|q| q.set(true));
-            let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&path, &tx)));
-            if let Err(panic) = sent {
-                let _ = tx.send(Err(format!(
-                    "the storage engine gave up on a damaged page: {}",
-                    panic_message(&panic)
-                )));
+            if let Err(panic) = guarded(|| read(&path, upto, &tx)) {
+                let _ = tx.send(Err(format!("the storage engine gave up: {panic}")));
             }
         });
     if let Err(e) = reader {
@@ -71,52 +73,67 @@ pub fn salvage(path: &Path, keep: &mut dyn FnMut(Vec<Record>)) -> Option<String>
     stopped
 }
 
-fn read(path: &Path, tx: &mpsc::SyncSender<Result<Vec<Record>, String>>) {
-    let db = match redb::Database::builder().open_read_only(path) {
-        Ok(db) => db,
+fn read(path: &Path, upto: u64, tx: &mpsc::SyncSender<Result<Vec<Record>, String>>) {
+    let opened = redb::Database::builder()
+        .open_read_only(path)
+        .map_err(redb::Error::from)
+        .and_then(|db| {
+            let read = db.begin_read()?;
+            Ok((db, read))
+        });
+    let (_db, read) = match opened {
+        Ok(o) => o,
         Err(e) => {
             let _ = tx.send(Err(format!("cannot open it to read: {e}")));
             return;
         }
     };
-    let table = db
-        .begin_read()
-        .map_err(redb::Error::from)
-        .and_then(|r| r.open_table(RECORDS).map_err(redb::Error::from));
-    let table = match table {
+    let table = match read.open_table(RECORDS) {
         Ok(t) => t,
         Err(e) => {
             let _ = tx.send(Err(format!("cannot read its records: {e}")));
             return;
         }
     };
-    let iter = match table.iter() {
-        Ok(iter) => iter,
-        Err(e) => {
-            let _ = tx.send(Err(format!("cannot read its records: {e}")));
-            return;
-        }
-    };
-    let mut chunk = Vec::with_capacity(CHUNK);
-    for item in iter {
-        let (k, v) = match item {
-            Ok(kv) => kv,
-            Err(e) => {
-                let _ = tx.send(Ok(std::mem::take(&mut chunk)));
-                let _ = tx.send(Err(format!("reading stopped at a damaged page: {e}")));
-                return;
+    let hi = guarded(|| table.last().ok().flatten().map(|(k, _)| k.value()))
+        .ok()
+        .flatten()
+        .unwrap_or(upto);
+    let (mut from, mut damaged) = (0u64, 0u64);
+    while from <= hi {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut last = None;
+        let ended = guarded(|| -> Result<(), redb::Error> {
+            for item in table.range(from..=hi)? {
+                let (k, v) = item?;
+                last = Some(k.value());
+                match Record::decode(v.value()) {
+                    Ok(r) if r.seq == k.value() => chunk.push(r),
+                    // A damaged value: not a reading to pass on.
+                    _ => {}
+                }
+                if chunk.len() == CHUNK && tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                    return Ok(());
+                }
             }
+            Ok(())
+        });
+        let _ = tx.send(Ok(chunk));
+        if matches!(ended, Ok(Ok(()))) {
+            break;
+        }
+        damaged += 1;
+        // Past the last good key (if this probe read any), else a page on.
+        from = match last {
+            Some(l) if l >= from => l + 1,
+            _ => from.saturating_add(SKIP),
         };
-        match Record::decode(v.value()) {
-            Ok(r) if r.seq == k.value() => chunk.push(r),
-            // A damaged value: not a reading to pass on.
-            _ => {}
-        }
-        if chunk.len() == CHUNK && tx.send(Ok(std::mem::take(&mut chunk))).is_err() {
-            return;
-        }
     }
-    let _ = tx.send(Ok(chunk));
+    if damaged > 0 {
+        let _ = tx.send(Err(format!(
+            "{damaged} damaged page(s) skipped; their records are lost"
+        )));
+    }
 }
 
 thread_local! {
@@ -142,8 +159,9 @@ fn install_panic_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if QUIET.with(Cell::get) {
-                tracing::warn!(
-                    "the storage engine stopped on damaged data ({}); handled",
+                // The caller reports what it could not do.
+                tracing::debug!(
+                    "the storage engine stopped on damaged data ({})",
                     info.location().map_or_else(String::new, |l| l.to_string())
                 );
             } else {

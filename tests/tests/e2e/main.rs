@@ -9,6 +9,7 @@ mod boundaries;
 mod cascade;
 mod demo;
 mod edge_inference;
+mod edge_storage_faults;
 mod exactly_once;
 mod faults;
 mod sources_and_brokers;
