@@ -630,9 +630,7 @@ impl DurableLog {
         let n = pending.len() as u64;
         // Reserved (synced) before any of these seqs can reach the log.
         self.seqs.reserve(self.next_seq + n)?;
-        let db = self.db.as_ref().ok_or(redb::Error::DatabaseClosed)?;
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::None)?;
+        let txn = self.write()?;
         let mut next_seq = self.next_seq;
         let (mut records, mut bytes, mut dropped) = (self.stats.records, self.stats.bytes, 0);
         {
@@ -664,7 +662,10 @@ impl DurableLog {
         txn.commit()?;
         // Durable before anything is sent: a record the hub has seen is
         // always one the agent would resend.
-        db.begin_write()?.commit()?;
+        if !self.disk.is_full() {
+            let db = self.db.as_ref().ok_or(redb::Error::DatabaseClosed)?;
+            db.begin_write()?.commit()?;
+        }
         self.next_seq = next_seq;
         self.stats.records = records;
         self.stats.bytes = bytes;
@@ -674,11 +675,18 @@ impl DurableLog {
     }
 
     /// A write transaction that becomes durable with the next durable
-    /// commit (an append's, or [`flush`](Self::flush)).
+    /// commit (an append's, or [`flush`](Self::flush)); on a full disk, a
+    /// durable one. (Pages a transaction frees are reusable only once it is
+    /// durable: a run of non-durable removals on a full disk needs new
+    /// pages for every one, and the commit that would make them durable
+    /// then fails for want of them, so acknowledgements would never make
+    /// room.)
     fn write(&self) -> Result<redb::WriteTransaction, redb::Error> {
         let db = self.db.as_ref().ok_or(redb::Error::DatabaseClosed)?;
         let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::None)?;
+        if !self.disk.is_full() {
+            txn.set_durability(Durability::None)?;
+        }
         Ok(txn)
     }
 

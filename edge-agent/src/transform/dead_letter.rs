@@ -218,4 +218,22 @@ mod tests {
         store.append(&[letter(1)]);
         assert_eq!(store.write_errors(), 1);
     }
+
+    #[test]
+    fn a_full_disk_is_counted_and_the_next_append_writes_again() {
+        if !Path::new("/dev/full").exists() {
+            eprintln!("!!! SKIPPED: no /dev/full to stand for a full disk");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::new(dir.path());
+        // Every write to /dev/full fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", store.path()).unwrap();
+        store.append(&[letter(1)]);
+        assert_eq!(store.write_errors(), 1);
+        fs::remove_file(store.path()).unwrap();
+        store.append(&[letter(2)]);
+        assert_eq!(store.write_errors(), 1, "space returned: written");
+        assert_eq!(read_all(dir.path()).unwrap().letters, vec![letter(2)]);
+    }
 }

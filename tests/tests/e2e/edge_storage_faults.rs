@@ -141,6 +141,49 @@ fn agent_full_disk_keeps_running_and_recovers() {
     assert_eq!(hb["log_records"], 0, "{hb}");
 }
 
+/// The same full disk with `block`: the agent holds its sources back
+/// instead of dropping, and once the hub is there its acknowledgements
+/// make room on the still-full disk, so every reading arrives, none lost.
+#[test]
+fn agent_full_disk_with_block_loses_nothing() {
+    let Some(disk) = Tmpfs::mount("agent_full_disk_with_block_loses_nothing", 3 << 20) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    let n = 60_000;
+    let device = "sf-full-block";
+    let log = LogConfig {
+        full_policy: FullPolicy::Block,
+        ..LogConfig::default()
+    };
+    let mut agent = start_agent(
+        dir.path(),
+        "agent",
+        &agent_config(device, &disk.join("state"), mqtt_port, n, 10_000, log),
+    );
+    wait_for("the agent to meet the full disk", || {
+        agent.log().contains("disk full").then_some(())
+    });
+    assert!(
+        agent.try_wait().is_none(),
+        "the agent keeps running:\n{}",
+        agent.log()
+    );
+    let hub = Hub::start_at(dir.path(), mqtt_port);
+    assert!(agent.wait().success(), "{}", agent.log());
+    assert_no_panic(&agent);
+    hub.wait_for_records(device, n);
+    assert_eq!(
+        seqs(&hub, device),
+        (0..n).collect::<Vec<_>>(),
+        "block loses nothing"
+    );
+    let hb = heartbeat(&hub, device).unwrap();
+    assert_eq!(hb["log_dropped_full"], 0, "{hb}");
+    assert_eq!(hb["log_dropped_unwritable"], 0, "{hb}");
+}
+
 /// A log written while the hub was away, then blocks of its file
 /// overwritten: the agent moves the file aside, salvages what it can,
 /// counts the rest as lost, and its new records get seqs past every one
