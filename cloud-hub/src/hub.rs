@@ -54,7 +54,7 @@ impl Hub {
     /// [`InferenceService::start`], so a bad model is a config error
     /// before any port is bound).
     pub async fn start(config: &HubConfig, inference: InferenceService) -> Result<Hub, HubError> {
-        let store = store::open(&config.store.path)?;
+        let store = store::open_with(&config.store.path, &config.store.options())?;
         let entries: Vec<DeviceEntry> = store
             .devices()?
             .into_iter()
