@@ -9,10 +9,15 @@
 //! A batch is counted (metrics, the device's entry) and acknowledged only
 //! once a durable commit covered it, in the same store generation: a store
 //! that recovers from a fault rolls back what was not durable, and the
-//! counters must not count records the store no longer holds. After such a
-//! rollback the registry's counts are reset from the store's, and the
-//! escalations left pending are asked again (their answers may have been
-//! rolled back).
+//! counters must not count records the store no longer holds. A batch
+//! whose commit failed, or that a recovery may have rolled back, is kept
+//! aside as *unsure*: a failed commit can still have made it durable (the
+//! storage may fail after the commit point), so once the store is reopened
+//! ingest looks: a batch the store holds is counted, acknowledged and its
+//! edge results published then; one it does not is left to the agent's
+//! re-send. After such a rollback the registry's counts are reset from the
+//! store's, and the escalations left pending are asked again (their answers
+//! may have been rolled back).
 
 use std::sync::{Arc, Mutex};
 
@@ -62,7 +67,14 @@ pub struct Ingest {
     generation: u64,
     /// Store failures seen by ingest, for rate-limiting their log lines.
     store_failures: u64,
+    /// Batches written, but not known to be durable: their commit failed,
+    /// or the store rolled back since. Settled once the store is reopened.
+    unsure: Vec<Stored>,
 }
+
+/// Most unsure batches kept; beyond, the oldest are left to the agents'
+/// re-sends (not acknowledging is always safe).
+const MAX_UNSURE: usize = 4096;
 
 /// A handled batch, to acknowledge (and, if stored, count and route) once
 /// durable.
@@ -81,6 +93,8 @@ pub struct StoredBatch {
     pub appended: Appended,
     pub last_seq: u64,
     pub received_at_us: i64,
+    /// The seqs of the records that were new.
+    pub new_seqs: Vec<u64>,
     /// Source-to-hub latency of each new record.
     pub latencies_us: Vec<i64>,
     /// The new records that carry a prediction.
@@ -99,6 +113,7 @@ impl Ingest {
             router,
             generation,
             store_failures: 0,
+            unsure: Vec::new(),
         }
     }
 
@@ -108,6 +123,9 @@ impl Ingest {
     pub async fn run(mut self, mut inbound: mpsc::Receiver<Received>) {
         let mut messages = Vec::with_capacity(COMMIT_CHUNK);
         while inbound.recv_many(&mut messages, COMMIT_CHUNK).await > 0 {
+            if self.state.store.generation() != self.generation {
+                self.recovered().await;
+            }
             let stored: Vec<Stored> = messages.drain(..).filter_map(|m| self.handle(&m)).collect();
             if stored.is_empty() {
                 continue;
@@ -118,44 +136,90 @@ impl Ingest {
                 .unwrap_or_else(|e| Err(StoreError::Engine(Box::new(e))));
             let generation = self.state.store.generation();
             if let Err(e) = committed {
-                // Not durable, so not acknowledged: the agents will re-send.
+                // Not known to be durable, so not acknowledged (yet).
                 self.store_failed(&format_args!("could not make stored records durable: {e}"));
-            } else {
-                for s in stored {
-                    self.durable(s, generation).await;
-                }
+                self.keep_unsure(stored.into_iter().filter(|s| s.batch.is_some()));
+                continue;
             }
-            if generation != self.generation {
-                self.resync(generation);
+            for s in stored {
+                match &s.batch {
+                    // Refused for good: nothing stored, nothing to wait for.
+                    None => self.publisher.ack(&s.device, &s.ack),
+                    Some(b) if b.generation == generation => self.durable(s).await,
+                    // Written before the store rolled back to its last
+                    // durable commit: maybe gone.
+                    Some(_) => self.keep_unsure([s]),
+                }
             }
         }
     }
 
-    /// Counts, acknowledges and routes a batch after a commit succeeded,
-    /// if the commit covered it.
-    async fn durable(&mut self, s: Stored, generation: u64) {
+    fn keep_unsure(&mut self, batches: impl IntoIterator<Item = Stored>) {
+        self.unsure.extend(batches);
+        if self.unsure.len() > MAX_UNSURE {
+            let extra = self.unsure.len() - MAX_UNSURE;
+            self.unsure.drain(..extra);
+        }
+    }
+
+    /// Counts, acknowledges and routes a batch a durable commit covered.
+    async fn durable(&mut self, s: Stored) {
         let Some(b) = s.batch else {
-            // Refused for good: nothing stored, nothing to wait for.
-            self.publisher.ack(&s.device, &s.ack);
             return;
         };
-        if b.generation != generation {
-            // Written before the store rolled back to its last durable
-            // commit: maybe gone, so not acknowledged; the agent re-sends
-            // it and the store keeps whatever it still holds.
-            self.store_failed(&format_args!(
-                "a batch of {} was written before the store recovered from a fault; \
-                 not acknowledging it (the agent re-sends it)",
-                s.device
-            ));
-            return;
+        self.count(&s.device, &b);
+        self.publisher.ack(&s.device, &s.ack);
+        self.router
+            .dispatch(&s.device, b.appended.edge_results, b.appended.escalated)
+            .await;
+    }
+
+    /// The store was reopened (it recovered from a fault, rolling back to
+    /// its last durable commit): settle the unsure batches by what it
+    /// holds, take its counts, and ask again about what is pending.
+    async fn recovered(&mut self) {
+        let generation = self.state.store.generation();
+        for s in std::mem::take(&mut self.unsure) {
+            let Some(b) = &s.batch else { continue };
+            // A batch is stored whole or not at all: one record tells.
+            // (Seqs a later batch stored anew were dropped from new_seqs.)
+            let Some(&seq) = b.new_seqs.first() else {
+                continue;
+            };
+            match self.state.store.record(s.device.as_str(), seq) {
+                Ok(Some(_)) => {
+                    let Some(mut b) = s.batch else { continue };
+                    b.appended.new = b.new_seqs.len() as u64;
+                    // Escalations are asked again from the pending marks.
+                    let kept: std::collections::HashSet<u64> = b.new_seqs.iter().copied().collect();
+                    b.appended.edge_results.retain(|r| kept.contains(&r.seq));
+                    b.predictions.retain(|r| kept.contains(&r.seq));
+                    self.count(&s.device, &b);
+                    self.publisher.ack(&s.device, &s.ack);
+                    self.router
+                        .dispatch(&s.device, b.appended.edge_results, Vec::new())
+                        .await;
+                }
+                // Rolled back: the agent re-sends it.
+                Ok(None) => {}
+                Err(e) => self.store_failed(&format_args!(
+                    "cannot tell whether a batch of {} survived the store's recovery \
+                     (it is not acknowledged; the agent re-sends it): {e}",
+                    s.device
+                )),
+            }
         }
-        let device = s.device.as_str();
+        self.resync(generation);
+    }
+
+    /// Counts a durable batch: metrics and the device's entry.
+    fn count(&self, device: &DeviceId, b: &StoredBatch) {
+        let device = device.as_str();
         let metrics = &self.state.metrics;
         metrics.records_received.inc_by(b.appended.new);
         metrics.records_duplicate.inc_by(b.appended.duplicates);
         metrics.batches_received.inc();
-        metrics.observe_latency(b.latencies_us.into_iter());
+        metrics.observe_latency(b.latencies_us.iter().copied());
         {
             let mut registry = self.state.registry();
             let at = b.received_at_us;
@@ -170,10 +234,6 @@ impl Ingest {
                 registry.on_prediction(device, r, at);
             }
         }
-        self.publisher.ack(&s.device, &s.ack);
-        self.router
-            .dispatch(&s.device, b.appended.edge_results, b.appended.escalated)
-            .await;
     }
 
     /// The store rolled back to its last durable commit (it recovered from
@@ -198,6 +258,22 @@ impl Ingest {
                 tokio::spawn(async move { router.resume(pending).await });
             }
             Err(e) => tracing::error!("cannot read the pending escalations after a recovery: {e}"),
+        }
+    }
+
+    /// `seqs` of `device` were just stored as new: an unsure batch holding
+    /// them was rolled back, so they no longer tell whether it survived.
+    fn stored_anew(&mut self, device: &DeviceId, seqs: &[u64]) {
+        if self.unsure.is_empty() || seqs.is_empty() {
+            return;
+        }
+        let seqs: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        for s in &mut self.unsure {
+            if let Some(b) = &mut s.batch {
+                if s.device == *device {
+                    b.new_seqs.retain(|q| !seqs.contains(q));
+                }
+            }
         }
     }
 
@@ -307,6 +383,7 @@ impl Ingest {
             }
         };
         let mut latencies_us = Vec::with_capacity(batch.records.len());
+        let mut new_seqs = Vec::with_capacity(batch.records.len());
         let mut predictions = Vec::new();
         let generation = self.state.store.generation();
         match self
@@ -314,11 +391,13 @@ impl Ingest {
             .store
             .append(&topic.device, &batch.records, now, &mut |r| {
                 latencies_us.push(now - r.source_ts_us);
+                new_seqs.push(r.seq);
                 if r.prediction.is_some() {
                     predictions.push(r.clone());
                 }
             }) {
             Ok(appended) => {
+                self.stored_anew(&topic.device, &new_seqs);
                 let (first, last) = (
                     batch.records[0].seq,
                     batch.records[batch.records.len() - 1].seq,
@@ -334,6 +413,7 @@ impl Ingest {
                         appended,
                         last_seq: last,
                         received_at_us: now,
+                        new_seqs,
                         latencies_us,
                         predictions,
                     }),
