@@ -32,7 +32,13 @@ impl Tmpfs {
     pub fn mount(test: &str, bytes: u64) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("a temp dir");
         match mount(
-            &["-t", "tmpfs", "-o", &format!("size={bytes},mode=0755"), "tmpfs"],
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0755"),
+                "tmpfs",
+            ],
             dir.path(),
         ) {
             Ok(()) => Some(Tmpfs { dir }),
@@ -93,6 +99,9 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a process still holding a file there must not make the
         // unmount (and so the temp dir's removal) fail.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }

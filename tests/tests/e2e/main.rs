@@ -12,5 +12,6 @@ mod edge_inference;
 mod exactly_once;
 mod faults;
 mod sources_and_brokers;
+mod storage_faults;
 mod third_party_clients;
 mod wasm_transforms;
