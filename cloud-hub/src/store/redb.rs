@@ -231,7 +231,21 @@ pub fn check(dir: &Path) -> Result<Checked, StoreError> {
     let mut db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(e)) => return Err(open_error(&path, e)),
-        Err(panic) => return Err(damaged(panic)),
+        // The plain open trusted what it read and tripped over it: the
+        // open with the integrity check says what is wrong, or repairs it.
+        Err(_) => {
+            let checked = catch_unwind(|| {
+                Database::builder()
+                    .set_cache_size(CACHE_BYTES)
+                    .set_check_integrity_on_open(true)
+                    .open(&file)
+            });
+            return match checked {
+                Ok(Ok(_)) => Ok(Checked::Repaired),
+                Ok(Err(e)) => Err(open_error(&path, e)),
+                Err(panic) => Err(damaged(panic)),
+            };
+        }
     };
     match catch_unwind(AssertUnwindSafe(|| db.check_integrity())) {
         Ok(Ok(true)) => Ok(Checked::Ok),
