@@ -74,7 +74,7 @@ pub struct Ingest {
 
 /// Most unsure batches kept; beyond, the oldest are left to the agents'
 /// re-sends (not acknowledging is always safe).
-const MAX_UNSURE: usize = 4096;
+const MAX_UNSURE: usize = 1024;
 
 /// A handled batch, to acknowledge (and, if stored, count and route) once
 /// durable.
