@@ -2,9 +2,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /healthz` | liveness: `{"status":"ok", ...}` |
+//! | `GET /healthz` | readiness: 200 `{"status":"ok", "store": {...}, ...}`; 503 `{"status":"degraded", "store": {...}}` while the store cannot write (the hub stays up, acknowledges nothing it could not store, and recovers by itself once the storage takes writes: take it out of a load balancer's rotation, do not restart it) |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /api/v1/stats` | hub-wide counters and latency quantiles |
+//! | `GET /api/v1/stats` | hub-wide counters, latency quantiles and the store's health (`store`: healthy, error, since_us, write_failures, recoveries, free_bytes) |
 //! | `GET /api/v1/devices` | every device the hub knows |
 //! | `GET /api/v1/devices/{id}` | one device |
 //! | `GET /api/v1/devices/{id}/records?from=SEQ&limit=N` | records in seq order: with `from`, the first N with seq >= SEQ (page on with the last seq + 1); without, the latest N; a prediction record carries its final `result` |
@@ -30,6 +30,7 @@ use serde_json::json;
 
 use crate::ingest::HubState;
 use crate::metrics::LatencySummary;
+use crate::store::StoreHealth;
 
 /// Most records one request returns.
 pub const MAX_RECORDS_PER_REQUEST: usize = 10_000;
@@ -54,10 +55,23 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 }
 
 async fn healthz(State(s): State<Arc<HubState>>) -> Response {
-    Json(json!({"status": "ok", "broker": s.broker_mode, "mqtt": s.device_url})).into_response()
+    let store = s.store.health();
+    let (code, status) = if store.healthy {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    };
+    let body = json!({
+        "status": status,
+        "broker": s.broker_mode,
+        "mqtt": s.device_url,
+        "store": store,
+    });
+    (code, Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<Arc<HubState>>) -> Response {
+    s.metrics.observe_store(&s.store.health());
     (
         [(
             header::CONTENT_TYPE,
@@ -79,6 +93,7 @@ pub struct Stats {
     pub devices_known: usize,
     pub ingest_records_per_sec: f64,
     pub latency: LatencySummary,
+    pub store: StoreHealth,
 }
 
 pub fn stats_of(s: &HubState) -> Stats {
@@ -96,6 +111,7 @@ pub fn stats_of(s: &HubState) -> Stats {
         devices_known: known,
         ingest_records_per_sec: rate,
         latency: s.metrics.latency(),
+        store: s.store.health(),
     }
 }
 

@@ -128,14 +128,34 @@ pub struct StoreConfig {
     /// `hub.redb`). Relative to the config file.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Verify the whole store file when opening it (at start, and when
+    /// reopening it after a storage failure), so a file damaged outside the
+    /// hub is refused with a clear error instead of being trusted. It reads
+    /// the whole file: about 7 ms for 100k records (9 MB) and 125 ms for
+    /// 1M (143 MB) from the page cache, longer from a cold disk.
+    #[serde(default = "default_true")]
+    pub check_on_open: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_store_path(),
+            check_on_open: true,
         }
     }
+}
+
+impl StoreConfig {
+    pub fn options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            check_on_open: self.check_on_open,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_store_path() -> PathBuf {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use conveyor_process::LogEvery;
 use conveyor_shared::time::now_us;
 use conveyor_transport::hub::HubTransportError;
 use conveyor_transport::HubSide;
@@ -54,7 +55,7 @@ impl Hub {
     /// [`InferenceService::start`], so a bad model is a config error
     /// before any port is bound).
     pub async fn start(config: &HubConfig, inference: InferenceService) -> Result<Hub, HubError> {
-        let store = store::open(&config.store.path)?;
+        let store = store::open_with(&config.store.path, &config.store.options())?;
         let entries: Vec<DeviceEntry> = store
             .devices()?
             .into_iter()
@@ -147,19 +148,24 @@ impl Hub {
         for task in self.stoppable {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        persist_registry(&self.state);
+        persist_registry(&self.state, &mut 0);
         if let Err(e) = self.state.store.commit() {
             tracing::error!("flushing the store at shutdown: {e}");
         }
     }
 }
 
-fn persist_registry(state: &HubState) {
+/// Saves the changed device entries; `failures` counts the ones that
+/// could not be, for rate-limiting the log while the store cannot write.
+fn persist_registry(state: &HubState, failures: &mut u64) {
     let dirty = state.registry().take_dirty();
     for entry in dirty {
         let json = serde_json::to_vec(&entry).expect("entry serialises");
         if let Err(e) = state.store.put_device(&entry.device_id, &json) {
-            tracing::error!(device = %entry.device_id, "could not persist device entry: {e}");
+            *failures += 1;
+            if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(*failures) {
+                tracing::error!(device = %entry.device_id, failures = *failures, "could not persist device entry: {e}");
+            }
         }
     }
 }
@@ -168,6 +174,9 @@ fn persist_registry(state: &HubState) {
 /// the store's latest writes durable.
 async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // While the store cannot write these fail every second: the store
+    // logs the fault once, these are rate-limited.
+    let (mut persist_failures, mut commit_failures) = (0, 0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -180,15 +189,23 @@ async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
         state.metrics.devices_online.set(online as i64);
         state.metrics.devices_known.set(known as i64);
         state.metrics.ingest_rate.set(rate);
-        persist_registry(&state);
+        persist_registry(&state, &mut persist_failures);
         // What was written outside ingest's group commits (device entries,
         // the hub's answers to escalations) becomes durable within a second;
         // a commit with nothing new to write costs nothing.
         let store = state.store.clone();
-        match tokio::task::spawn_blocking(move || store.commit()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("could not make the store durable: {e}"),
-            Err(e) => tracing::error!("making the store durable: {e}"),
+        // (Also where a store that failed reopens itself, off the async
+        // threads, even when no device sends anything.)
+        let failed = match tokio::task::spawn_blocking(move || store.commit()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("could not make the store durable: {e}")),
+            Err(e) => Some(format!("making the store durable: {e}")),
+        };
+        if let Some(what) = failed {
+            commit_failures += 1;
+            if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(commit_failures) {
+                tracing::error!(failures = commit_failures, "{what}");
+            }
         }
     }
 }

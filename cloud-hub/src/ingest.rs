@@ -5,6 +5,19 @@
 //! Anything malformed is counted (`payloads_rejected_total{reason}`),
 //! logged with the device and the reason, and skipped: no input can stop
 //! ingest or the hub.
+//!
+//! A batch is counted (metrics, the device's entry) and acknowledged only
+//! once a durable commit covered it, in the same store generation: a store
+//! that recovers from a fault rolls back what was not durable, and the
+//! counters must not count records the store no longer holds. A batch
+//! whose commit failed, or that a recovery may have rolled back, is kept
+//! aside as *unsure*: a failed commit can still have made it durable (the
+//! storage may fail after the commit point), so once the store is reopened
+//! ingest looks: a batch the store holds is counted, acknowledged and its
+//! edge results published then; one it does not is left to the agent's
+//! re-send. After such a rollback the registry's counts are reset from the
+//! store's, and the escalations left pending are asked again (their answers
+//! may have been rolled back).
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +25,7 @@ use conveyor_process::LogEvery;
 use conveyor_shared::control::{Ack, DeviceStatus, Heartbeat};
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
-use conveyor_shared::{DeviceId, FinalPrediction, Record, RecordBatch, Topic};
+use conveyor_shared::{DeviceId, Record, RecordBatch, Topic};
 use conveyor_transport::hub::{Inbound, Publisher, Received};
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
@@ -50,14 +63,42 @@ pub struct Ingest {
     state: Arc<HubState>,
     publisher: Publisher,
     router: Router,
+    /// The store generation the registry's counts agree with.
+    generation: u64,
+    /// Store failures seen by ingest, for rate-limiting their log lines.
+    store_failures: u64,
+    /// Batches written, but not known to be durable: their commit failed,
+    /// or the store rolled back since. Settled once the store is reopened.
+    unsure: Vec<Stored>,
 }
 
-/// A stored batch, to acknowledge and route once durable.
+/// Most unsure batches kept; beyond, the oldest are left to the agents'
+/// re-sends (not acknowledging is always safe).
+const MAX_UNSURE: usize = 1024;
+
+/// A handled batch, to acknowledge (and, if stored, count and route) once
+/// durable.
 pub struct Stored {
     pub ack: Ack,
     pub device: DeviceId,
-    pub edge_results: Vec<FinalPrediction>,
-    pub escalated: Vec<Record>,
+    /// What storing it did; `None` for a batch refused for good.
+    pub batch: Option<StoredBatch>,
+}
+
+/// A batch written to the store, not yet known to be durable.
+pub struct StoredBatch {
+    /// The store's generation before the write: the batch is durable if a
+    /// commit succeeds and the generation is still this.
+    pub generation: u64,
+    pub appended: Appended,
+    pub last_seq: u64,
+    pub received_at_us: i64,
+    /// The seqs of the records that were new.
+    pub new_seqs: Vec<u64>,
+    /// Source-to-hub latency of each new record.
+    pub latencies_us: Vec<i64>,
+    /// The new records that carry a prediction.
+    pub predictions: Vec<Record>,
 }
 
 /// Inbound messages handled per durable commit (group commit).
@@ -65,19 +106,26 @@ const COMMIT_CHUNK: usize = 256;
 
 impl Ingest {
     pub fn new(state: Arc<HubState>, publisher: Publisher, router: Router) -> Self {
+        let generation = state.store.generation();
         Ingest {
             state,
             publisher,
             router,
+            generation,
+            store_failures: 0,
+            unsure: Vec::new(),
         }
     }
 
     /// Consumes inbound messages until the broker side closes. Whatever
     /// is waiting is handled as one group: stored, made durable with one
-    /// fsync, and only then acknowledged to the agents.
-    pub async fn run(self, mut inbound: mpsc::Receiver<Received>) {
+    /// fsync, and only then counted and acknowledged to the agents.
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Received>) {
         let mut messages = Vec::with_capacity(COMMIT_CHUNK);
         while inbound.recv_many(&mut messages, COMMIT_CHUNK).await > 0 {
+            if self.state.store.generation() != self.generation {
+                self.recovered().await;
+            }
             let stored: Vec<Stored> = messages.drain(..).filter_map(|m| self.handle(&m)).collect();
             if stored.is_empty() {
                 continue;
@@ -86,19 +134,156 @@ impl Ingest {
             let committed = tokio::task::spawn_blocking(move || store.commit())
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Engine(Box::new(e))));
+            let generation = self.state.store.generation();
             if let Err(e) = committed {
-                // Not durable, so not acknowledged: the agents will re-send.
-                tracing::error!("could not make stored records durable: {e}");
+                // Not known to be durable, so not acknowledged (yet).
+                self.store_failed(&format_args!("could not make stored records durable: {e}"));
+                self.keep_unsure(stored.into_iter().filter(|s| s.batch.is_some()));
                 continue;
             }
             for s in stored {
-                self.publisher.ack(&s.device, &s.ack);
-                if s.ack.rejected.is_none() {
-                    self.router
-                        .dispatch(&s.device, s.edge_results, s.escalated)
-                        .await;
+                match &s.batch {
+                    // Refused for good: nothing stored, nothing to wait for.
+                    None => self.publisher.ack(&s.device, &s.ack),
+                    Some(b) if b.generation == generation => self.durable(s).await,
+                    // Written before the store rolled back to its last
+                    // durable commit: maybe gone.
+                    Some(_) => self.keep_unsure([s]),
                 }
             }
+        }
+    }
+
+    fn keep_unsure(&mut self, batches: impl IntoIterator<Item = Stored>) {
+        self.unsure.extend(batches);
+        if self.unsure.len() > MAX_UNSURE {
+            let extra = self.unsure.len() - MAX_UNSURE;
+            self.unsure.drain(..extra);
+        }
+    }
+
+    /// Counts, acknowledges and routes a batch a durable commit covered.
+    async fn durable(&mut self, s: Stored) {
+        let Some(b) = s.batch else {
+            return;
+        };
+        self.count(&s.device, &b);
+        self.publisher.ack(&s.device, &s.ack);
+        self.router
+            .dispatch(&s.device, b.appended.edge_results, b.appended.escalated)
+            .await;
+    }
+
+    /// The store was reopened (it recovered from a fault, rolling back to
+    /// its last durable commit): settle the unsure batches by what it
+    /// holds, take its counts, and ask again about what is pending.
+    async fn recovered(&mut self) {
+        let generation = self.state.store.generation();
+        for s in std::mem::take(&mut self.unsure) {
+            let Some(b) = &s.batch else { continue };
+            // A batch is stored whole or not at all: one record tells.
+            // (Seqs a later batch stored anew were dropped from new_seqs.)
+            let Some(&seq) = b.new_seqs.first() else {
+                continue;
+            };
+            match self.state.store.record(s.device.as_str(), seq) {
+                Ok(Some(_)) => {
+                    let Some(mut b) = s.batch else { continue };
+                    b.appended.new = b.new_seqs.len() as u64;
+                    // Escalations are asked again from the pending marks.
+                    let kept: std::collections::HashSet<u64> = b.new_seqs.iter().copied().collect();
+                    b.appended.edge_results.retain(|r| kept.contains(&r.seq));
+                    b.predictions.retain(|r| kept.contains(&r.seq));
+                    self.count(&s.device, &b);
+                    self.publisher.ack(&s.device, &s.ack);
+                    self.router
+                        .dispatch(&s.device, b.appended.edge_results, Vec::new())
+                        .await;
+                }
+                // Rolled back: the agent re-sends it.
+                Ok(None) => {}
+                Err(e) => self.store_failed(&format_args!(
+                    "cannot tell whether a batch of {} survived the store's recovery \
+                     (it is not acknowledged; the agent re-sends it): {e}",
+                    s.device
+                )),
+            }
+        }
+        self.resync(generation);
+    }
+
+    /// Counts a durable batch: metrics and the device's entry.
+    fn count(&self, device: &DeviceId, b: &StoredBatch) {
+        let device = device.as_str();
+        let metrics = &self.state.metrics;
+        metrics.records_received.inc_by(b.appended.new);
+        metrics.records_duplicate.inc_by(b.appended.duplicates);
+        metrics.batches_received.inc();
+        metrics.observe_latency(b.latencies_us.iter().copied());
+        {
+            let mut registry = self.state.registry();
+            let at = b.received_at_us;
+            registry.on_batch(
+                device,
+                b.appended.new,
+                b.appended.duplicates,
+                b.last_seq,
+                at,
+            );
+            for r in &b.predictions {
+                registry.on_prediction(device, r, at);
+            }
+        }
+    }
+
+    /// The store rolled back to its last durable commit (it recovered from
+    /// a fault): its counts are the truth, and escalations whose answers
+    /// were not yet durable are pending again.
+    fn resync(&mut self, generation: u64) {
+        let store = &self.state.store;
+        match store.device_counts() {
+            Ok(counts) => {
+                self.state.registry().resync(&counts);
+                self.generation = generation;
+            }
+            // Still unavailable: the next group tries again.
+            Err(e) => {
+                self.store_failed(&format_args!("cannot read the store's counts: {e}"));
+                return;
+            }
+        }
+        match store.pending() {
+            Ok(pending) => {
+                let router = self.router.clone();
+                tokio::spawn(async move { router.resume(pending).await });
+            }
+            Err(e) => tracing::error!("cannot read the pending escalations after a recovery: {e}"),
+        }
+    }
+
+    /// `seqs` of `device` were just stored as new: an unsure batch holding
+    /// them was rolled back, so they no longer tell whether it survived.
+    fn stored_anew(&mut self, device: &DeviceId, seqs: &[u64]) {
+        if self.unsure.is_empty() || seqs.is_empty() {
+            return;
+        }
+        let seqs: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        for s in &mut self.unsure {
+            if let Some(b) = &mut s.batch {
+                if s.device == *device {
+                    b.new_seqs.retain(|q| !seqs.contains(q));
+                }
+            }
+        }
+    }
+
+    /// Logs a store failure seen by ingest, rate-limited: while the store
+    /// cannot write, every batch and every commit fails. (The store logs
+    /// the fault itself, once.)
+    fn store_failed(&mut self, what: &dyn std::fmt::Display) {
+        self.store_failures += 1;
+        if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(self.store_failures) {
+            tracing::error!(store_failures = self.store_failures, "{what}");
         }
     }
 
@@ -122,7 +307,7 @@ impl Ingest {
     /// Handles one message; for a record batch, returns the ack to send
     /// (to the device's ack topic) and the results to route, once the
     /// store is durable.
-    pub fn handle(&self, msg: &Received) -> Option<Stored> {
+    pub fn handle(&mut self, msg: &Received) -> Option<Stored> {
         // The device side parsed the topic; one that is no device topic is
         // counted and refused here, like any bad input.
         let msg = match msg {
@@ -139,11 +324,10 @@ impl Ingest {
             TopicKind::Records => {
                 return self
                     .handle_batch(topic, payload, now)
-                    .map(|(a, appended)| Stored {
-                        ack: a,
+                    .map(|(ack, batch)| Stored {
+                        ack,
                         device: topic.device.clone(),
-                        edge_results: appended.edge_results,
-                        escalated: appended.escalated,
+                        batch,
                     })
             }
             TopicKind::Status => match DeviceStatus::decode(payload) {
@@ -172,7 +356,12 @@ impl Ingest {
         None
     }
 
-    fn handle_batch(&self, topic: &Topic, payload: &[u8], now: i64) -> Option<(Ack, Appended)> {
+    fn handle_batch(
+        &mut self,
+        topic: &Topic,
+        payload: &[u8],
+        now: i64,
+    ) -> Option<(Ack, Option<StoredBatch>)> {
         let device = topic.device.as_str();
         let batch = match RecordBatch::decode_checked(payload, &topic.device) {
             Ok(b) => b,
@@ -189,55 +378,55 @@ impl Ingest {
                         last_seq: first.max(last),
                         rejected: Some(e.to_string()),
                     },
-                    Appended::default(),
+                    None,
                 ));
             }
         };
-        let metrics = &self.state.metrics;
-        let mut latencies = Vec::with_capacity(batch.records.len());
+        let mut latencies_us = Vec::with_capacity(batch.records.len());
+        let mut new_seqs = Vec::with_capacity(batch.records.len());
         let mut predictions = Vec::new();
+        let generation = self.state.store.generation();
         match self
             .state
             .store
             .append(&topic.device, &batch.records, now, &mut |r| {
-                latencies.push(now - r.source_ts_us);
+                latencies_us.push(now - r.source_ts_us);
+                new_seqs.push(r.seq);
                 if r.prediction.is_some() {
                     predictions.push(r.clone());
                 }
             }) {
             Ok(appended) => {
-                metrics.records_received.inc_by(appended.new);
-                metrics.records_duplicate.inc_by(appended.duplicates);
-                metrics.batches_received.inc();
-                metrics.observe_latency(latencies.into_iter());
+                self.stored_anew(&topic.device, &new_seqs);
                 let (first, last) = (
                     batch.records[0].seq,
                     batch.records[batch.records.len() - 1].seq,
                 );
-                let mut registry = self.state.registry();
-                registry.on_batch(device, appended.new, appended.duplicates, last, now);
-                for r in &predictions {
-                    registry.on_prediction(device, r, now);
-                }
-                drop(registry);
                 Some((
                     Ack {
                         first_seq: first,
                         last_seq: last,
                         rejected: None,
                     },
-                    appended,
+                    Some(StoredBatch {
+                        generation,
+                        appended,
+                        last_seq: last,
+                        received_at_us: now,
+                        new_seqs,
+                        latencies_us,
+                        predictions,
+                    }),
                 ))
             }
             Err(e) => {
                 // Not the device's fault, and not acknowledged: the agent
                 // keeps the records and re-sends them.
-                metrics.reject("store_error");
-                tracing::error!(
-                    device,
-                    records = batch.records.len(),
-                    "could not store batch: {e}"
-                );
+                self.state.metrics.reject("store_error");
+                self.store_failed(&format_args!(
+                    "could not store a batch of {} records from {device}: {e}",
+                    batch.records.len()
+                ));
                 None
             }
         }

@@ -8,6 +8,8 @@ use cloud_hub::cascade::report::ReportArgs;
 use cloud_hub::config::{ConfigErrors, HubConfig};
 use cloud_hub::hub::Hub;
 use cloud_hub::inference::{Device, InferenceService};
+use cloud_hub::store::redb::Checked;
+use cloud_hub::store::StoreError;
 use conveyor_process::EXIT_CONFIG;
 
 /// Conveyor hub: MQTT ingest, storage, HTTP API, inference.
@@ -41,6 +43,11 @@ enum Command {
     /// Accuracy and uplink bytes of edge-only, hub-only and the cascade at
     /// several thresholds, on the held-out test data.
     CascadeReport(ReportArgs),
+    /// Work on the hub's store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// The demo moved to its own binary; this only says where (any
     /// arguments are ignored).
     #[command(hide = true, disable_help_flag = true)]
@@ -48,6 +55,65 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check the store file for damage, repairing what can be repaired
+    /// (stop the hub first: the store must not be open). Exits 0 if the
+    /// store is sound or was repaired, 1 if it is damaged beyond repair or
+    /// cannot be checked.
+    Check {
+        /// The hub config whose `store.path` to check.
+        #[arg(short, long, required_unless_present = "path", conflicts_with = "path")]
+        config: Option<PathBuf>,
+        /// The store directory to check (the one holding `hub.redb`).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+}
+
+/// `cloud-hub store check`.
+fn store_check(config: Option<PathBuf>, path: Option<PathBuf>) -> ExitCode {
+    let dir = match (config, path) {
+        (_, Some(p)) => p,
+        (Some(c), None) => match load_config(Some(&c), None) {
+            Ok(config) => config.store.path,
+            Err(code) => return code,
+        },
+        // clap requires one of them.
+        (None, None) => return ExitCode::from(EXIT_CONFIG),
+    };
+    // The engine may panic on a damaged file; the check catches that and
+    // reports it as damage, so the default panic message would only be
+    // noise before the verdict.
+    std::panic::set_hook(Box::new(|_| {}));
+    let shown = dir.display();
+    match cloud_hub::store::redb::check(&dir) {
+        Ok(Checked::Ok) => {
+            println!("{shown}: ok (the store passed its integrity check)");
+            ExitCode::SUCCESS
+        }
+        Ok(Checked::Repaired) => {
+            println!(
+                "{shown}: repaired (the store failed its integrity check and was repaired; \
+                 writes after its last sound commit may be gone, and the agents re-send \
+                 only what they still hold)"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(StoreError::Damaged { found, .. }) => {
+            eprintln!(
+                "{shown}: corrupt: {found}. It cannot be repaired: move {shown} aside \
+                 (keep it for inspection) and start the hub on an empty store"
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cloud-hub store check: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// What `cloud-hub demo` says, and its exit code (a usage error, as clap's own).
@@ -151,6 +217,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        Command::Store {
+            command: StoreCommand::Check { config, path },
+        } => store_check(config, path),
         Command::Demo { .. } => {
             eprintln!("{DEMO_MOVED}");
             ExitCode::from(EXIT_DEMO_MOVED)

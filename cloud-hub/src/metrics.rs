@@ -29,6 +29,10 @@ pub struct HubMetrics {
     pub devices_online: Gauge,
     pub devices_known: Gauge,
     pub ingest_rate: Gauge<f64, AtomicU64>,
+    store_healthy: Gauge,
+    store_write_failures: Counter,
+    store_recoveries: Counter,
+    store_free_bytes: Gauge,
     latency_quantiles: Family<Labels, Gauge<f64, AtomicU64>>,
     latency_us: Mutex<Histogram<u64>>,
 }
@@ -55,6 +59,30 @@ impl HubMetrics {
         let devices_known = Gauge::default();
         let ingest_rate = Gauge::default();
         let latency_quantiles = Family::default();
+        let store_healthy = Gauge::default();
+        let store_write_failures = Counter::default();
+        let store_recoveries = Counter::default();
+        let store_free_bytes = Gauge::default();
+        registry.register(
+            "store_healthy",
+            "1 while the store can write, 0 from a storage failure until a write is durable again",
+            store_healthy.clone(),
+        );
+        registry.register(
+            "store_write_failures",
+            "Store writes and commits that failed in the storage (disk full, I/O error, read-only)",
+            store_write_failures.clone(),
+        );
+        registry.register(
+            "store_recoveries",
+            "Times the store was reopened to recover from a storage failure",
+            store_recoveries.clone(),
+        );
+        registry.register(
+            "store_free_bytes",
+            "Free bytes on the store's filesystem",
+            store_free_bytes.clone(),
+        );
         registry.register(
             "records_received",
             "Distinct records stored",
@@ -107,6 +135,10 @@ impl HubMetrics {
             devices_online,
             devices_known,
             ingest_rate,
+            store_healthy,
+            store_write_failures,
+            store_recoveries,
+            store_free_bytes,
             latency_quantiles,
             // 1 µs .. 1 h at 3 significant digits.
             latency_us: Mutex::new(
@@ -150,6 +182,21 @@ impl HubMetrics {
             p50_us: h.value_at_quantile(0.5),
             p99_us: h.value_at_quantile(0.99),
             max_us: h.max(),
+        }
+    }
+
+    /// Takes the store's health into the store families (before a scrape).
+    pub fn observe_store(&self, h: &crate::store::StoreHealth) {
+        self.store_healthy.set(h.healthy.into());
+        // The store's counters only grow; these follow them.
+        let follow = |c: &Counter, v: u64| {
+            c.inc_by(v.saturating_sub(c.get()));
+        };
+        follow(&self.store_write_failures, h.write_failures);
+        follow(&self.store_recoveries, h.recoveries);
+        if let Some(free) = h.free_bytes {
+            self.store_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
         }
     }
 
@@ -198,7 +245,31 @@ mod tests {
         m.records_received.inc_by(3);
         m.reject("not_protobuf");
         m.observe_latency([1000, 2000, 3000].into_iter());
+        m.observe_store(&crate::store::StoreHealth {
+            healthy: false,
+            error: Some("disk full".into()),
+            since_us: Some(1),
+            write_failures: 4,
+            recoveries: 2,
+            free_bytes: Some(4096),
+        });
+        m.observe_store(&crate::store::StoreHealth {
+            healthy: false,
+            error: Some("disk full".into()),
+            since_us: Some(1),
+            write_failures: 5,
+            recoveries: 2,
+            free_bytes: Some(4096),
+        });
         let text = m.render();
+        for line in [
+            "conveyor_hub_store_healthy 0",
+            "conveyor_hub_store_write_failures_total 5",
+            "conveyor_hub_store_recoveries_total 2",
+            "conveyor_hub_store_free_bytes 4096",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(
             text.contains("conveyor_hub_records_received_total 3"),
             "{text}"

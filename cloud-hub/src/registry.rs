@@ -263,6 +263,31 @@ impl Registry {
         self.devices.values().map(|e| e.rate.rate(now_us)).sum()
     }
 
+    /// After the store rolled back to its last durable commit (recovering
+    /// from a fault): every device's records and highest seq become the
+    /// store's `counts`, which are the truth, and every entry is saved
+    /// again (saves since that commit were rolled back with it).
+    pub fn resync(&mut self, counts: &BTreeMap<String, (u64, u64)>) {
+        for (device, &(records, highest)) in counts {
+            let e = self
+                .devices
+                .entry(device.clone())
+                .or_insert_with(|| DeviceEntry {
+                    device_id: device.clone(),
+                    ..Default::default()
+                });
+            e.records = records;
+            e.highest_seq = Some(highest);
+        }
+        for e in self.devices.values_mut() {
+            if !counts.contains_key(&e.device_id) {
+                e.records = 0;
+                e.highest_seq = None;
+            }
+        }
+        self.dirty.extend(self.devices.keys().cloned());
+    }
+
     /// Entries changed since the last call, for persisting.
     pub fn take_dirty(&mut self) -> Vec<DeviceEntry> {
         std::mem::take(&mut self.dirty)
@@ -315,6 +340,26 @@ mod tests {
         assert!(e.online);
         assert_eq!(r.take_dirty().len(), 1);
         assert!(r.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn resync_takes_the_stores_counts_and_saves_everything_again() {
+        let mut r = Registry::default();
+        r.on_batch("d", 10, 0, 9, S);
+        r.on_batch("gone", 3, 0, 2, S);
+        r.on_heartbeat("quiet", Default::default(), S);
+        r.take_dirty();
+        // The store rolled back: it holds 7 of d's records and none of
+        // "gone"'s, and knows "new" from a batch the registry missed.
+        let counts = BTreeMap::from([("d".to_string(), (7, 6)), ("new".to_string(), (2, 1))]);
+        r.resync(&counts);
+        let e = |d: &str| r.get(d, S).unwrap().entry;
+        assert_eq!((e("d").records, e("d").highest_seq), (7, Some(6)));
+        assert_eq!((e("gone").records, e("gone").highest_seq), (0, None));
+        assert_eq!((e("new").records, e("new").highest_seq), (2, Some(1)));
+        assert_eq!(e("quiet").records, 0);
+        assert!(e("d").online, "resync changes counts only");
+        assert_eq!(r.take_dirty().len(), 4);
     }
 
     #[test]

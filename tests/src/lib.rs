@@ -287,6 +287,8 @@ pub struct Hub {
     pub http: SocketAddr,
     pub mqtt_port: u16,
     pub dir: PathBuf,
+    /// The store directory, `store.path` (kept across restarts).
+    pub store: PathBuf,
     /// Appended to hub.toml (kept across restarts).
     extra: String,
 }
@@ -313,11 +315,25 @@ impl Hub {
     /// hub.toml (e.g. [`hub_models_toml`]).
     pub fn start_serving(dir: &Path, extra: &str) -> Hub {
         for _ in 0..4 {
-            if let Ok(hub) = Self::try_start_on(dir, None, free_port(), free_port(), extra) {
+            if let Ok(hub) = Self::try_start_on(dir, None, free_port(), free_port(), None, extra) {
                 return hub;
             }
         }
-        Self::start_on(dir, None, free_port(), free_port(), extra)
+        Self::start_on(dir, None, free_port(), free_port(), None, extra)
+    }
+
+    /// Starts a hub with its embedded broker and its store in `store`
+    /// instead of `<dir>/hub-store` (e.g. on a [`tmpfs::Tmpfs`]). A store
+    /// that cannot write does not stop it: it may answer 503 `degraded`.
+    pub fn start_with_store(dir: &Path, store: &Path) -> Hub {
+        for _ in 0..4 {
+            if let Ok(hub) =
+                Self::try_start_on(dir, None, free_port(), free_port(), Some(store), "")
+            {
+                return hub;
+            }
+        }
+        Self::start_on(dir, None, free_port(), free_port(), Some(store), "")
     }
 
     /// Starts a hub; with `external` it uses that broker port instead of
@@ -327,11 +343,11 @@ impl Hub {
         // connection) before the hub binds it; then the hub exits with
         // "address in use" and we try again on other ports.
         for _ in 0..4 {
-            if let Ok(hub) = Self::try_start_on(dir, external, free_port(), free_port(), "") {
+            if let Ok(hub) = Self::try_start_on(dir, external, free_port(), free_port(), None, "") {
                 return hub;
             }
         }
-        Self::start_on(dir, external, free_port(), free_port(), "")
+        Self::start_on(dir, external, free_port(), free_port(), None, "")
     }
 
     /// Stops this hub (SIGTERM) and starts a new one on the same ports and
@@ -343,9 +359,10 @@ impl Hub {
             self.proc.log()
         );
         let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
+        let store = self.store.clone();
         let extra = std::mem::take(&mut self.extra);
         drop(self);
-        Self::start_on(&dir, None, http, mqtt, &extra)
+        Self::start_on(&dir, None, http, mqtt, Some(&store), &extra)
     }
 
     /// SIGKILLs this hub (no goodbye, no flush) and starts a new one on
@@ -354,14 +371,15 @@ impl Hub {
         self.proc.signal(libc::SIGKILL);
         self.proc.wait();
         let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
+        let store = self.store.clone();
         let extra = std::mem::take(&mut self.extra);
         drop(self);
-        Self::start_on(&dir, None, http, mqtt, &extra)
+        Self::start_on(&dir, None, http, mqtt, Some(&store), &extra)
     }
 
     /// Starts a hub whose embedded broker listens on `mqtt_port`.
     pub fn start_at(dir: &Path, mqtt_port: u16) -> Hub {
-        Self::start_on(dir, None, free_port(), mqtt_port, "")
+        Self::start_on(dir, None, free_port(), mqtt_port, None, "")
     }
 
     fn start_on(
@@ -369,21 +387,24 @@ impl Hub {
         external: Option<u16>,
         http_port: u16,
         embedded_mqtt_port: u16,
+        store: Option<&Path>,
         extra: &str,
     ) -> Hub {
-        Self::try_start_on(dir, external, http_port, embedded_mqtt_port, extra)
+        Self::try_start_on(dir, external, http_port, embedded_mqtt_port, store, extra)
             .unwrap_or_else(|log| panic!("the hub exited before it was healthy:\n{log}"))
     }
 
-    /// Starts a hub and waits until it answers; `Err(its log)` if it exits
-    /// first.
+    /// Starts a hub (its store in `store`, by default `<dir>/hub-store`)
+    /// and waits until it answers; `Err(its log)` if it exits first.
     fn try_start_on(
         dir: &Path,
         external: Option<u16>,
         http_port: u16,
         embedded_mqtt_port: u16,
+        store: Option<&Path>,
         extra: &str,
     ) -> Result<Hub, String> {
+        let store = store.map_or_else(|| dir.join("hub-store"), Path::to_path_buf);
         let (broker, mqtt_port) = match external {
             Some(port) => (
                 format!("[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n"),
@@ -397,15 +418,20 @@ impl Hub {
         let config = dir.join("hub.toml");
         std::fs::write(
             &config,
-            format!("{broker}[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"hub-store\"\n{extra}"),
+            format!(
+                "{broker}[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = {:?}\n{extra}",
+                store.display().to_string()
+            ),
         )
         .unwrap();
         let mut cmd = Command::new(hub_bin());
         cmd.args(["serve", "--config"]).arg(&config);
         let mut proc = Proc::spawn("cloud-hub", cmd, dir.join("hub.log"));
         let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        // A hub whose store cannot write (a full disk) is up, and answers
+        // 503 `degraded`: it counts as started.
         let healthy = wait_for("the hub's /healthz", || {
-            if http_ok(http, "/healthz").is_some() {
+            if http_up(http, "/healthz").is_some() {
                 Some(true)
             } else {
                 proc.try_wait().map(|_| false)
@@ -419,6 +445,7 @@ impl Hub {
             http,
             mqtt_port,
             dir: dir.to_path_buf(),
+            store,
             extra: extra.to_string(),
         })
     }
@@ -467,10 +494,24 @@ impl Hub {
     pub fn metrics(&self) -> String {
         http(self.http, "GET", "/metrics", None).unwrap().1
     }
+
+    /// `GET /healthz`: the status code and the body.
+    pub fn health(&self) -> (u16, Value) {
+        let (status, body) = http(self.http, "GET", "/healthz", None)
+            .unwrap_or_else(|e| panic!("GET /healthz: {e}"));
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/healthz: {e}: {body}"));
+        (status, json)
+    }
 }
 
-fn http_ok(addr: SocketAddr, path: &str) -> Option<()> {
-    matches!(http(addr, "GET", path, None), Ok((200, _))).then_some(())
+/// Whether the hub is up: its health check answers 200 `ok`, or 503
+/// `degraded` (up, but its store cannot write).
+fn http_up(addr: SocketAddr, path: &str) -> Option<()> {
+    match http(addr, "GET", path, None) {
+        Ok((200, _)) => Some(()),
+        Ok((503, body)) if body.contains("\"degraded\"") => Some(()),
+        _ => None,
+    }
 }
 
 /// Renders `config` to `<dir>/<name>.toml`, the file the agent reads, and

@@ -24,8 +24,16 @@
 //!   fsync per group of batches); ingest acknowledges only after it.
 //! - **Counts are the store's.** [`HubStore::device_counts`] is what the
 //!   store holds, not what the periodically saved registry last knew.
+//! - **A storage fault is survived, not fatal.** A write that fails in the
+//!   storage (a full disk, an I/O error, a read-only remount) is a
+//!   [`StoreError::Io`]: the store reports itself unhealthy
+//!   ([`HubStore::health`]) and recovers by itself once the storage takes
+//!   writes again. Recovering may roll back to the last durable commit;
+//!   [`HubStore::generation`] counts those rollbacks, so a caller can tell
+//!   whether a write it made was durable when a commit succeeded.
 
 pub mod codec;
+pub mod health;
 mod legacy;
 pub mod redb;
 
@@ -41,7 +49,29 @@ pub type Store = Arc<dyn HubStore>;
 
 /// Opens (or creates) the embedded default store in the directory `path`.
 pub fn open(path: &Path) -> Result<Store, StoreError> {
-    Ok(Arc::new(redb::RedbStore::open(path)?))
+    open_with(path, &StoreOptions::default())
+}
+
+/// [`open`] with options.
+pub fn open_with(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+    Ok(Arc::new(redb::RedbStore::open_with(path, options)?))
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Verify the whole file when opening it (and when reopening it after
+    /// a fault), so a file damaged outside the hub is refused with an error
+    /// instead of being trusted. Costs a read of the whole file.
+    pub check_on_open: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            check_on_open: true,
+        }
+    }
 }
 
 /// Per device: `(records held, highest seq)`.
@@ -119,6 +149,34 @@ pub trait HubStore: Send + Sync + 'static {
 
     /// Every saved registry entry.
     fn devices(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Whether the store can write, and its fault and recovery counters.
+    fn health(&self) -> StoreHealth;
+
+    /// How many times the store has rolled back to its last durable
+    /// commit (to recover from a fault). A write made while this was `g`
+    /// is durable once a later [`commit`](Self::commit) succeeds, if this
+    /// is still `g` after that commit; otherwise it may be gone.
+    fn generation(&self) -> u64;
+}
+
+/// The store's health, as `/healthz`, `/api/v1/stats` and `/metrics`
+/// report it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StoreHealth {
+    /// Whether the store can write: false from a storage failure until a
+    /// durable commit succeeds again.
+    pub healthy: bool,
+    /// The last storage error while unhealthy.
+    pub error: Option<String>,
+    /// When the store became unhealthy (µs since the epoch).
+    pub since_us: Option<i64>,
+    /// Writes and commits that failed in the storage, since start.
+    pub write_failures: u64,
+    /// Times the store was reopened to recover from a fault, since start.
+    pub recoveries: u64,
+    /// Free bytes on the store's filesystem, where it can be asked.
+    pub free_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +193,24 @@ pub enum StoreError {
          an empty store; the old one is left untouched"
     )]
     Unsupported { path: String, found: String },
+    #[error(
+        "store at {path} is damaged: {found}. Move {path} aside to start an empty \
+         store (the agents re-send only what they still hold), or stop the hub and \
+         run `cloud-hub store check --path {path}` to repair what can be repaired"
+    )]
+    Damaged { path: String, found: String },
     #[error("store: {0}")]
     Engine(Box<dyn std::error::Error + Send + Sync>),
+    /// The storage failed (disk full, I/O error, read-only): the store
+    /// recovers by itself once it takes writes again.
+    #[error("store: the storage failed: {0}")]
+    Io(Box<dyn std::error::Error + Send + Sync>),
+    /// The store is being reopened after a fault, or cannot be reopened.
+    #[error(
+        "store at {path} is unavailable: {reason}. The hub keeps running and \
+         retries; the agents keep their records until it can store them"
+    )]
+    Unavailable { path: String, reason: String },
     #[error("stored record {key:?} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -184,6 +258,8 @@ pub struct StoredRecord {
     pub result: Option<FinalPrediction>,
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod result_tests;
 #[cfg(test)]

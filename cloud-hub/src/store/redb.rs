@@ -19,20 +19,51 @@
 //! after its handle is dropped opens; a second open while one is live fails
 //! at once with a clear error instead of waiting.
 //!
+//! **Faults.** redb latches an I/O failure: after one failed write or
+//! commit, every later operation fails (`PreviousIo`) until the database
+//! is dropped and opened again. So a failure in the storage (a full disk,
+//! an I/O error, a read-only remount) marks the store unhealthy
+//! ([`health`](super::health)) and the next [`commit`] reopens the
+//! database, with backoff. The handle sits in an `RwLock<Option<_>>`:
+//! every operation holds the read side for its duration and the reopen
+//! takes the write side, so the old handle is dropped (its file lock
+//! released) only when nothing uses it. An operation that finds the handle
+//! being reopened, or closed because the reopen failed, fails at once with
+//! [`StoreError::Unavailable`]. A reopen rolls back to the last durable
+//! commit, discarding the `Durability::None` transactions since; ingest
+//! acknowledges only what a durable commit covered in the same generation
+//! ([`HubStore::generation`]), so nothing acknowledged is lost. The store is
+//! healthy again after the first durable commit of new writes on the
+//! reopened handle.
+//!
+//! **Damage.** The file is opened with redb's integrity check (unless
+//! `store.check_on_open = false`), so a file damaged outside redb is
+//! refused with [`StoreError::Damaged`] instead of being trusted (where a
+//! plain open may panic); the open also runs under `catch_unwind` as a
+//! backstop. [`check`] is `cloud-hub store check`.
+//!
 //! [`commit`]: RedbStore::commit
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
+use std::time::Instant;
 
+use conveyor_process::LogEvery;
+use conveyor_shared::time::now_us;
 use conveyor_shared::{DeviceId, FinalPrediction, Record};
 use prost::Message;
 use redb::{
-    AccessGuard, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableDefinition, WriteTransaction,
+    AccessGuard, Database, DatabaseError, Durability, ReadTransaction, ReadableDatabase,
+    ReadableTable, StorageError, TableDefinition, TableHandle, WriteTransaction,
 };
 
 use super::codec::{decode_record, decode_result, decode_stored, encode_record, key, split_key};
-use super::{Appended, DeviceCounts, HubStore, StoreError, StoredRecord};
+use super::health::HealthState;
+use super::{
+    Appended, DeviceCounts, HubStore, StoreError, StoreHealth, StoreOptions, StoredRecord,
+};
 
 /// The database file inside the store directory.
 pub const FILE_NAME: &str = "hub.redb";
@@ -48,51 +79,345 @@ const PENDING: TableDefinition<Bytes, ()> = TableDefinition::new("pending");
 const COUNTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("counts");
 const DEVICES: TableDefinition<&str, Bytes> = TableDefinition::new("devices");
 
+/// A redb error as a store error: a failure of the storage itself (or the
+/// state redb leaves after one) is [`StoreError::Io`], a fault the store
+/// recovers from; anything else (a bug, a value too large) is
+/// [`StoreError::Engine`].
 fn engine(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Engine(Box::new(e.into()))
+    use redb::Error as E;
+    match e.into() {
+        e @ (E::Io(_)
+        | E::PreviousIo
+        | E::DatabaseClosed
+        | E::Backend(_)
+        | E::LockPoisoned(_)
+        | E::TransactionPoisoned
+        | E::Corrupted(_)) => StoreError::Io(Box::new(e)),
+        e => StoreError::Engine(Box::new(e)),
+    }
+}
+
+/// A failed open of `path`, said so that the operator knows what to do.
+fn open_error(path: &str, e: DatabaseError) -> StoreError {
+    let damaged = |found: String| StoreError::Damaged {
+        path: path.to_string(),
+        found,
+    };
+    match e {
+        DatabaseError::Storage(StorageError::Corrupted(what)) => {
+            damaged(format!("{FILE_NAME} failed its integrity check ({what})"))
+        }
+        DatabaseError::Storage(StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            damaged(format!("{FILE_NAME} is not a readable redb database ({e})"))
+        }
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Open {
+            path: path.to_string(),
+            source: format!(
+                "{FILE_NAME} is already open in another process (is a hub running on it?)"
+            )
+            .into(),
+        },
+        e => StoreError::Open {
+            path: path.to_string(),
+            source: Box::new(redb::Error::from(e)),
+        },
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Opens `dir/hub.redb` (creating it if missing and `create`), with
+/// redb's integrity check if `check`; a panic in the engine is reported as
+/// damage.
+fn open_db(dir: &Path, create: bool, check: bool) -> Result<Database, StoreError> {
+    let path = dir.display().to_string();
+    let file = dir.join(FILE_NAME);
+    let opened = catch_unwind(|| {
+        let mut builder = Database::builder();
+        builder
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(check);
+        if create {
+            builder.create(&file)
+        } else {
+            builder.open(&file)
+        }
+    });
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(open_error(&path, e)),
+        Err(panic) => {
+            return Err(StoreError::Damaged {
+                path,
+                found: format!(
+                    "the storage engine failed reading {FILE_NAME} ({})",
+                    panic_message(&*panic)
+                ),
+            })
+        }
+    };
+    create_tables(&db)?;
+    Ok(db)
+}
+
+/// Creates the tables that are missing, so readers never meet one; writes
+/// nothing when they all exist (a store on a full disk still opens).
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let read = db.begin_read().map_err(engine)?;
+    let have: Vec<String> = read
+        .list_tables()
+        .map_err(engine)?
+        .map(|t| t.name().to_string())
+        .collect();
+    drop(read);
+    let names = [
+        RECORDS.name(),
+        RESULTS.name(),
+        PENDING.name(),
+        COUNTS.name(),
+        DEVICES.name(),
+    ];
+    if names.iter().all(|n| have.iter().any(|h| h == n)) {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(engine)?;
+    txn.open_table(RECORDS).map_err(engine)?;
+    txn.open_table(RESULTS).map_err(engine)?;
+    txn.open_table(PENDING).map_err(engine)?;
+    txn.open_table(COUNTS).map_err(engine)?;
+    txn.open_table(DEVICES).map_err(engine)?;
+    txn.commit().map_err(engine)?;
+    Ok(())
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// The file passed redb's integrity check.
+    Ok,
+    /// It failed, and redb repaired it (possibly rolling back to an
+    /// earlier commit).
+    Repaired,
+}
+
+/// `cloud-hub store check`: runs redb's integrity check on the store in
+/// `dir`, which repairs what it can. A file that cannot be repaired is
+/// [`StoreError::Damaged`]. The store must not be open elsewhere.
+pub fn check(dir: &Path) -> Result<Checked, StoreError> {
+    let path = dir.display().to_string();
+    let file = dir.join(FILE_NAME);
+    if !file.is_file() {
+        return Err(StoreError::Open {
+            path,
+            source: format!("there is no store here (no {FILE_NAME})").into(),
+        });
+    }
+    let opened = catch_unwind(|| Database::builder().set_cache_size(CACHE_BYTES).open(&file));
+    let damaged = |panic: Box<dyn std::any::Any + Send>| StoreError::Damaged {
+        path: path.clone(),
+        found: format!(
+            "the storage engine failed reading {FILE_NAME} ({})",
+            panic_message(&*panic)
+        ),
+    };
+    let mut db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(open_error(&path, e)),
+        // The plain open trusted what it read and tripped over it: the
+        // open with the integrity check says what is wrong, or repairs it.
+        Err(_) => {
+            let checked = catch_unwind(|| {
+                Database::builder()
+                    .set_cache_size(CACHE_BYTES)
+                    .set_check_integrity_on_open(true)
+                    .open(&file)
+            });
+            return match checked {
+                Ok(Ok(_)) => Ok(Checked::Repaired),
+                Ok(Err(e)) => Err(open_error(&path, e)),
+                Err(panic) => Err(damaged(panic)),
+            };
+        }
+    };
+    match catch_unwind(AssertUnwindSafe(|| db.check_integrity())) {
+        Ok(Ok(true)) => Ok(Checked::Ok),
+        Ok(Ok(false)) => Ok(Checked::Repaired),
+        Ok(Err(e)) => Err(open_error(&path, e)),
+        Err(panic) => Err(damaged(panic)),
+    }
 }
 
 pub struct RedbStore {
-    db: Database,
+    dir: PathBuf,
+    /// `dir`, for messages.
+    path: String,
+    options: StoreOptions,
+    /// `None` while a reopen after a fault has failed.
+    db: RwLock<Option<Database>>,
     /// Non-durable transactions committed so far, and how many of them a
     /// durable commit is known to cover: `commit` skips the fsync when
     /// nothing was written since.
     written: AtomicU64,
     synced: AtomicU64,
+    /// Handles dropped to recover from a fault ([`HubStore::generation`]).
+    generation: AtomicU64,
+    /// `!health.healthy()`, readable without the lock.
+    faulted: AtomicBool,
+    health: Mutex<HealthState>,
 }
 
 impl RedbStore {
     /// Opens (or creates) the store in the directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &StoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with options.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let open_err = |source: redb::Error| StoreError::Open {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: path.clone(),
-            source: Box::new(source),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
+            source: Box::new(e),
+        })?;
         super::legacy::refuse_old_store(dir)?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(dir.join(FILE_NAME))
-            .map_err(|e| open_err(e.into()))?;
-        // Create the tables, so readers never meet a missing one.
-        let txn = db.begin_write().map_err(engine)?;
-        txn.open_table(RECORDS).map_err(engine)?;
-        txn.open_table(RESULTS).map_err(engine)?;
-        txn.open_table(PENDING).map_err(engine)?;
-        txn.open_table(COUNTS).map_err(engine)?;
-        txn.open_table(DEVICES).map_err(engine)?;
-        txn.commit().map_err(engine)?;
+        let db = open_db(dir, true, options.check_on_open)?;
         Ok(RedbStore {
-            db,
+            dir: dir.to_path_buf(),
+            path,
+            options: options.clone(),
+            db: RwLock::new(Some(db)),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            faulted: AtomicBool::new(false),
+            health: Mutex::new(HealthState::default()),
         })
     }
 
+    fn health_state(&self) -> MutexGuard<'_, HealthState> {
+        // Plain data, consistent after every method: usable after a panic.
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unavailable(&self, reason: String) -> StoreError {
+        StoreError::Unavailable {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Runs `f` on the open handle (`write`: it writes); a storage failure
+    /// marks a fault. Fails at once while the handle is being reopened or
+    /// is closed.
+    fn with_db<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = match self.db.try_read() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                return Err(self.unavailable("it is being reopened after a storage failure".into()))
+            }
+        };
+        let Some(db) = guard.as_ref() else {
+            let error = self.health_state().report(None).error;
+            return Err(self.unavailable(match error {
+                Some(e) => format!("it could not be reopened: {e}"),
+                None => "it is closed".into(),
+            }));
+        };
+        let result = f(db);
+        drop(guard);
+        if let Err(StoreError::Io(e)) = &result {
+            self.fault(&e.to_string(), write);
+        }
+        result
+    }
+
+    fn fault(&self, error: &str, write: bool) {
+        let f = self.health_state().failed(error, write, now_us());
+        self.faulted.store(true, Ordering::SeqCst);
+        let every = LogEvery::FIRST_10_THEN_EVERY_1000;
+        if f.new_fault {
+            if every.should_log(f.faults) {
+                tracing::error!(
+                    store = %self.path,
+                    faults = f.faults,
+                    "the store cannot write: {error}. Records are not acknowledged \
+                     until it can (the agents keep them); the store reopens itself to \
+                     recover once the storage takes writes again"
+                );
+            }
+        } else if write && every.should_log(f.write_failures) {
+            tracing::warn!(
+                store = %self.path,
+                write_failures = f.write_failures,
+                "the store still cannot write: {error}"
+            );
+        }
+    }
+
+    /// Reopens the database if a fault left it failed or closed and the
+    /// backoff allows. Blocks (a reopen may read the whole file): called by
+    /// `commit`, which callers run off the async threads.
+    fn recover_if_due(&self) {
+        if !self.faulted.load(Ordering::SeqCst) || !self.health_state().reopen_due(now_us()) {
+            return;
+        }
+        // Waits for the operations in flight; new ones fail as unavailable.
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.health_state().reopen_due(now_us()) {
+            return; // another thread reopened it meanwhile
+        }
+        // Dropping the handle closes the file and releases its lock. What
+        // was not durable goes with it: a new generation.
+        drop(db.take());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.synced
+            .store(self.written.load(Ordering::SeqCst), Ordering::SeqCst);
+        let started = Instant::now();
+        // The file must still be there: a store whose file went away is
+        // unavailable, not silently replaced by an empty one.
+        let reopened = open_db(&self.dir, false, self.options.check_on_open);
+        let took_ms = started.elapsed().as_millis() as u64;
+        let mut health = self.health_state();
+        match reopened {
+            Ok(handle) => {
+                *db = Some(handle);
+                health.reopened(now_us());
+                let recoveries = health.report(None).recoveries;
+                drop(health);
+                if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(recoveries) {
+                    tracing::info!(
+                        store = %self.path,
+                        took_ms,
+                        recoveries,
+                        "store reopened after a storage failure; healthy again once a \
+                         write is durable"
+                    );
+                }
+            }
+            Err(e) => {
+                health.reopen_failed(&e.to_string(), now_us());
+                drop(health);
+                tracing::warn!(store = %self.path, took_ms, "cannot reopen the store yet: {e}");
+            }
+        }
+    }
+
     /// A write transaction that becomes durable with the next `commit`.
-    fn write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(engine)?;
+    fn write(db: &Database) -> Result<WriteTransaction, StoreError> {
+        let mut txn = db.begin_write().map_err(engine)?;
         txn.set_durability(Durability::None).map_err(engine)?;
         Ok(txn)
     }
@@ -103,8 +428,8 @@ impl RedbStore {
         Ok(())
     }
 
-    fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(engine)
+    fn read(db: &Database) -> Result<ReadTransaction, StoreError> {
+        db.begin_read().map_err(engine)
     }
 
     /// Up to `limit` of `device`'s records from seq `from`, or its last
@@ -116,38 +441,40 @@ impl RedbStore {
         limit: usize,
         newest: bool,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let read = self.read()?;
-        let records = read.open_table(RECORDS).map_err(engine)?;
-        let results = read.open_table(RESULTS).map_err(engine)?;
-        let (lo, hi) = (key(device, from), key(device, u64::MAX));
-        let range = records
-            .range(lo.as_slice()..=hi.as_slice())
-            .map_err(engine)?;
-        let mut out = Vec::new();
-        let mut push = |item: Item<'_>| -> Result<(), StoreError> {
-            let (k, v) = item.map_err(engine)?;
-            let mut r = decode_stored(k.value(), v.value())?;
-            if r.prediction.is_some() {
-                r.result = results
-                    .get(k.value())
-                    .map_err(engine)?
-                    .map(|v| decode_result(k.value(), v.value()))
-                    .transpose()?;
+        self.with_db(false, |db| {
+            let read = Self::read(db)?;
+            let records = read.open_table(RECORDS).map_err(engine)?;
+            let results = read.open_table(RESULTS).map_err(engine)?;
+            let (lo, hi) = (key(device, from), key(device, u64::MAX));
+            let range = records
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(engine)?;
+            let mut out = Vec::new();
+            let mut push = |item: Item<'_>| -> Result<(), StoreError> {
+                let (k, v) = item.map_err(engine)?;
+                let mut r = decode_stored(k.value(), v.value())?;
+                if r.prediction.is_some() {
+                    r.result = results
+                        .get(k.value())
+                        .map_err(engine)?
+                        .map(|v| decode_result(k.value(), v.value()))
+                        .transpose()?;
+                }
+                out.push(r);
+                Ok(())
+            };
+            if newest {
+                for item in range.rev().take(limit) {
+                    push(item)?;
+                }
+                out.reverse();
+            } else {
+                for item in range.take(limit) {
+                    push(item)?;
+                }
             }
-            out.push(r);
-            Ok(())
-        };
-        if newest {
-            for item in range.rev().take(limit) {
-                push(item)?;
-            }
-            out.reverse();
-        } else {
-            for item in range.take(limit) {
-                push(item)?;
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn results_in(
@@ -157,27 +484,29 @@ impl RedbStore {
         limit: usize,
         newest: bool,
     ) -> Result<Vec<FinalPrediction>, StoreError> {
-        let read = self.read()?;
-        let results = read.open_table(RESULTS).map_err(engine)?;
-        let (lo, hi) = (key(device, from), key(device, u64::MAX));
-        let range = results
-            .range(lo.as_slice()..=hi.as_slice())
-            .map_err(engine)?;
-        if newest {
-            let mut out = range
-                .rev()
-                .take(limit)
-                .map(decode_result_item)
-                .collect::<Result<Vec<_>, _>>()?;
-            out.reverse();
-            Ok(out)
-        } else {
-            range.take(limit).map(decode_result_item).collect()
-        }
+        self.with_db(false, |db| {
+            let read = Self::read(db)?;
+            let results = read.open_table(RESULTS).map_err(engine)?;
+            let (lo, hi) = (key(device, from), key(device, u64::MAX));
+            let range = results
+                .range(lo.as_slice()..=hi.as_slice())
+                .map_err(engine)?;
+            if newest {
+                let mut out = range
+                    .rev()
+                    .take(limit)
+                    .map(decode_result_item)
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.reverse();
+                Ok(out)
+            } else {
+                range.take(limit).map(decode_result_item).collect()
+            }
+        })
     }
 }
 
-type Item<'a> = Result<(AccessGuard<'a, Bytes>, AccessGuard<'a, Bytes>), redb::StorageError>;
+type Item<'a> = Result<(AccessGuard<'a, Bytes>, AccessGuard<'a, Bytes>), StorageError>;
 
 fn decode_result_item(item: Item<'_>) -> Result<FinalPrediction, StoreError> {
     let (k, v) = item.map_err(engine)?;
@@ -193,80 +522,99 @@ impl HubStore for RedbStore {
         on_new: &mut dyn FnMut(&Record),
     ) -> Result<Appended, StoreError> {
         let device = device.as_str();
-        let mut out = Appended::default();
-        // The duplicate check reads inside the write transaction, and redb
-        // has one writer at a time: check-then-write is sound.
-        let txn = self.write()?;
-        {
-            let mut table = txn.open_table(RECORDS).map_err(engine)?;
-            let mut results = txn.open_table(RESULTS).map_err(engine)?;
-            let mut pending = txn.open_table(PENDING).map_err(engine)?;
-            let mut highest = None::<u64>;
-            for r in records {
-                let k = key(device, r.seq);
-                if table.get(k.as_slice()).map_err(engine)?.is_some() {
-                    out.duplicates += 1;
-                    continue;
-                }
-                // The result or pending mark goes in the same transaction
-                // as its record: a stored record always has one.
-                if r.escalation.is_some() && r.prediction.is_some() {
-                    pending.insert(k.as_slice(), ()).map_err(engine)?;
-                    out.escalated.push(r.clone());
-                } else if let Some(f) = FinalPrediction::by_edge(r, received_at_us) {
-                    results
-                        .insert(k.as_slice(), f.encode_to_vec().as_slice())
+        self.with_db(true, |db| {
+            let mut out = Appended::default();
+            // The duplicate check reads inside the write transaction, and
+            // redb has one writer at a time: check-then-write is sound.
+            let txn = Self::write(db)?;
+            {
+                let mut table = txn.open_table(RECORDS).map_err(engine)?;
+                let mut results = txn.open_table(RESULTS).map_err(engine)?;
+                let mut pending = txn.open_table(PENDING).map_err(engine)?;
+                let mut highest = None::<u64>;
+                for r in records {
+                    let k = key(device, r.seq);
+                    if table.get(k.as_slice()).map_err(engine)?.is_some() {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    // The result or pending mark goes in the same
+                    // transaction as its record: a stored record always has
+                    // one.
+                    if r.escalation.is_some() && r.prediction.is_some() {
+                        pending.insert(k.as_slice(), ()).map_err(engine)?;
+                        out.escalated.push(r.clone());
+                    } else if let Some(f) = FinalPrediction::by_edge(r, received_at_us) {
+                        results
+                            .insert(k.as_slice(), f.encode_to_vec().as_slice())
+                            .map_err(engine)?;
+                        out.edge_results.push(f);
+                    }
+                    table
+                        .insert(k.as_slice(), encode_record(r, received_at_us).as_slice())
                         .map_err(engine)?;
-                    out.edge_results.push(f);
+                    out.new += 1;
+                    highest = Some(highest.map_or(r.seq, |h| h.max(r.seq)));
+                    on_new(r);
                 }
-                table
-                    .insert(k.as_slice(), encode_record(r, received_at_us).as_slice())
-                    .map_err(engine)?;
-                out.new += 1;
-                highest = Some(highest.map_or(r.seq, |h| h.max(r.seq)));
-                on_new(r);
+                if let Some(highest) = highest {
+                    let mut counts = txn.open_table(COUNTS).map_err(engine)?;
+                    let (n, h) = counts
+                        .get(device)
+                        .map_err(engine)?
+                        .map(|v| v.value())
+                        .unwrap_or((0, 0));
+                    counts
+                        .insert(device, (n + out.new, h.max(highest)))
+                        .map_err(engine)?;
+                }
             }
-            if let Some(highest) = highest {
-                let mut counts = txn.open_table(COUNTS).map_err(engine)?;
-                let (n, h) = counts
-                    .get(device)
-                    .map_err(engine)?
-                    .map(|v| v.value())
-                    .unwrap_or((0, 0));
-                counts
-                    .insert(device, (n + out.new, h.max(highest)))
-                    .map_err(engine)?;
+            if out.new == 0 {
+                // Nothing to write: leave no empty transaction behind.
+                txn.abort().map_err(engine)?;
+                return Ok(out);
             }
-        }
-        if out.new == 0 {
-            // Nothing to write: leave no empty transaction behind.
-            txn.abort().map_err(engine)?;
-            return Ok(out);
-        }
-        self.finish(txn)?;
-        Ok(out)
+            self.finish(txn)?;
+            Ok(out)
+        })
     }
 
     fn commit(&self) -> Result<(), StoreError> {
+        self.recover_if_due();
         let written = self.written.load(Ordering::SeqCst);
         if self.synced.load(Ordering::SeqCst) >= written {
             return Ok(());
         }
         // A durable commit makes every transaction before it durable.
-        let txn = self.db.begin_write().map_err(engine)?;
-        txn.commit().map_err(engine)?;
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(engine)?;
+            txn.commit().map_err(engine)
+        })?;
         self.synced.fetch_max(written, Ordering::SeqCst);
+        if self.faulted.load(Ordering::SeqCst) {
+            let recovered = self.health_state().durable(now_us());
+            if let Some(since_us) = recovered {
+                self.faulted.store(false, Ordering::SeqCst);
+                tracing::info!(
+                    store = %self.path,
+                    unhealthy_secs = (now_us() - since_us) / 1_000_000,
+                    "the store writes again: healthy"
+                );
+            }
+        }
         Ok(())
     }
 
     fn record(&self, device: &str, seq: u64) -> Result<Option<Record>, StoreError> {
-        let read = self.read()?;
-        let table = read.open_table(RECORDS).map_err(engine)?;
-        let k = key(device, seq);
-        let Some(v) = table.get(k.as_slice()).map_err(engine)? else {
-            return Ok(None);
-        };
-        Ok(Some(decode_record(&k, v.value())?.1))
+        self.with_db(false, |db| {
+            let read = Self::read(db)?;
+            let table = read.open_table(RECORDS).map_err(engine)?;
+            let k = key(device, seq);
+            let Some(v) = table.get(k.as_slice()).map_err(engine)? else {
+                return Ok(None);
+            };
+            Ok(Some(decode_record(&k, v.value())?.1))
+        })
     }
 
     fn records_from(
@@ -283,60 +631,70 @@ impl HubStore for RedbStore {
     }
 
     fn device_counts(&self) -> Result<DeviceCounts, StoreError> {
-        let read = self.read()?;
-        let counts = read.open_table(COUNTS).map_err(engine)?;
-        let mut out = DeviceCounts::new();
-        for item in counts.iter().map_err(engine)? {
-            let (k, v) = item.map_err(engine)?;
-            out.insert(k.value().to_string(), v.value());
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let read = Self::read(db)?;
+            let counts = read.open_table(COUNTS).map_err(engine)?;
+            let mut out = DeviceCounts::new();
+            for item in counts.iter().map_err(engine)? {
+                let (k, v) = item.map_err(engine)?;
+                out.insert(k.value().to_string(), v.value());
+            }
+            Ok(out)
+        })
     }
 
     fn put_result(&self, device: &str, result: &FinalPrediction) -> Result<(), StoreError> {
         let k = key(device, result.seq);
-        let txn = self.write()?;
-        {
-            let mut results = txn.open_table(RESULTS).map_err(engine)?;
-            results
-                .insert(k.as_slice(), result.encode_to_vec().as_slice())
-                .map_err(engine)?;
-            let mut pending = txn.open_table(PENDING).map_err(engine)?;
-            pending.remove(k.as_slice()).map_err(engine)?;
-        }
-        self.finish(txn)
+        self.with_db(true, |db| {
+            let txn = Self::write(db)?;
+            {
+                let mut results = txn.open_table(RESULTS).map_err(engine)?;
+                results
+                    .insert(k.as_slice(), result.encode_to_vec().as_slice())
+                    .map_err(engine)?;
+                let mut pending = txn.open_table(PENDING).map_err(engine)?;
+                pending.remove(k.as_slice()).map_err(engine)?;
+            }
+            self.finish(txn)
+        })
     }
 
     fn forget_pending(&self, device: &str, seq: u64) -> Result<(), StoreError> {
-        let txn = self.write()?;
-        {
-            let mut pending = txn.open_table(PENDING).map_err(engine)?;
-            pending
-                .remove(key(device, seq).as_slice())
-                .map_err(engine)?;
-        }
-        self.finish(txn)
+        self.with_db(true, |db| {
+            let txn = Self::write(db)?;
+            {
+                let mut pending = txn.open_table(PENDING).map_err(engine)?;
+                pending
+                    .remove(key(device, seq).as_slice())
+                    .map_err(engine)?;
+            }
+            self.finish(txn)
+        })
     }
 
     fn pending(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let read = self.read()?;
-        let pending = read.open_table(PENDING).map_err(engine)?;
-        let mut out = Vec::new();
-        for item in pending.iter().map_err(engine)? {
-            let (k, _) = item.map_err(engine)?;
-            if let Some(parts) = split_key(k.value()) {
-                out.push(parts);
+        self.with_db(false, |db| {
+            let read = Self::read(db)?;
+            let pending = read.open_table(PENDING).map_err(engine)?;
+            let mut out = Vec::new();
+            for item in pending.iter().map_err(engine)? {
+                let (k, _) = item.map_err(engine)?;
+                if let Some(parts) = split_key(k.value()) {
+                    out.push(parts);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn result(&self, device: &str, seq: u64) -> Result<Option<FinalPrediction>, StoreError> {
-        let read = self.read()?;
-        let results = read.open_table(RESULTS).map_err(engine)?;
-        let k = key(device, seq);
-        let v = results.get(k.as_slice()).map_err(engine)?;
-        v.map(|v| decode_result(&k, v.value())).transpose()
+        self.with_db(false, |db| {
+            let read = Self::read(db)?;
+            let results = read.open_table(RESULTS).map_err(engine)?;
+            let k = key(device, seq);
+            let v = results.get(k.as_slice()).map_err(engine)?;
+            v.map(|v| decode_result(&k, v.value())).transpose()
+        })
     }
 
     fn results_from(
@@ -357,22 +715,35 @@ impl HubStore for RedbStore {
     }
 
     fn put_device(&self, device: &str, json: &[u8]) -> Result<(), StoreError> {
-        let txn = self.write()?;
-        {
-            let mut devices = txn.open_table(DEVICES).map_err(engine)?;
-            devices.insert(device, json).map_err(engine)?;
-        }
-        self.finish(txn)
+        self.with_db(true, |db| {
+            let txn = Self::write(db)?;
+            {
+                let mut devices = txn.open_table(DEVICES).map_err(engine)?;
+                devices.insert(device, json).map_err(engine)?;
+            }
+            self.finish(txn)
+        })
     }
 
     fn devices(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let read = self.read()?;
-        let devices = read.open_table(DEVICES).map_err(engine)?;
-        let mut out = Vec::new();
-        for item in devices.iter().map_err(engine)? {
-            let (k, v) = item.map_err(engine)?;
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let read = Self::read(db)?;
+            let devices = read.open_table(DEVICES).map_err(engine)?;
+            let mut out = Vec::new();
+            for item in devices.iter().map_err(engine)? {
+                let (k, v) = item.map_err(engine)?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn health(&self) -> StoreHealth {
+        let free = conveyor_process::disk::free_bytes(&self.dir);
+        self.health_state().report(free)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }

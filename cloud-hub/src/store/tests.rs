@@ -186,3 +186,46 @@ fn an_old_sled_store_is_refused_with_what_to_do() {
     assert!(e.contains("new directory"), "{e}");
     assert!(!dir.path().join(redb::FILE_NAME).exists(), "left untouched");
 }
+
+/// `cloud-hub store check`, and the start on a damaged file: a clear
+/// `Damaged` error naming the directory, never a panic.
+#[test]
+fn a_damaged_store_is_refused_with_what_to_do() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let a = DeviceId::new("a").unwrap();
+    {
+        let store = open(dir.path()).unwrap();
+        for b in 0..200u64 {
+            let batch: Vec<Record> = (b * 100..b * 100 + 100).map(rec).collect();
+            append(&store, &a, &batch, 1);
+        }
+        store.commit().unwrap();
+    }
+    assert_eq!(redb::check(dir.path()).unwrap(), redb::Checked::Ok);
+    let missing = redb::check(&dir.path().join("nope")).unwrap_err();
+    assert!(missing.to_string().contains("no store here"), "{missing}");
+
+    let file = dir.path().join(redb::FILE_NAME);
+    let len = std::fs::metadata(&file).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    let mut at = 64 * 1024;
+    while at + 512 <= len {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[0xA5; 512]).unwrap();
+        at += 64 * 1024;
+    }
+    drop(f);
+    let shown = dir.path().display().to_string();
+    let e = open(dir.path())
+        .err()
+        .expect("a damaged store does not open");
+    assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&shown) && text.contains("cloud-hub store check"),
+        "{text}"
+    );
+    let e = redb::check(dir.path()).unwrap_err();
+    assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+}

@@ -363,6 +363,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         },
         store: StoreConfig {
             path: work.path().join("hub-store"),
+            ..Default::default()
         },
         inference,
     };

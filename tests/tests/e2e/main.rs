@@ -13,5 +13,6 @@ mod edge_storage_faults;
 mod exactly_once;
 mod faults;
 mod sources_and_brokers;
+mod storage_faults;
 mod third_party_clients;
 mod wasm_transforms;
