@@ -14,7 +14,11 @@ use cloud_hub::cascade::report::{
 use conveyor_shared::ModelMetadata;
 
 fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../models")
 }
 
 /// Thresholds of the shared report: 0, the defaults, 1 and above 1.

@@ -10,14 +10,17 @@ use std::path::Path;
 
 use cloud_hub::inference::backend::{self, Device, DeviceError};
 
-const HUB_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/basicmotions/hub.fp32.json"
-);
+fn hub_model() -> std::path::PathBuf {
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../models/basicmotions/hub.fp32.json")
+}
 
 #[test]
 fn cuda_is_refused_with_a_reason_or_matches_the_cpu() {
-    let metadata = Path::new(HUB_MODEL);
+    let metadata = &hub_model();
     match backend::check_device(Device::Cuda) {
         Err(e) => no_gpu(metadata, e),
         Ok(()) => with_gpu(metadata),

@@ -19,7 +19,11 @@ use conveyor_shared::{ModelMetadata, Prediction};
 use futures_util::future::join_all;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..")
 }
 
 fn hub_model(dataset: &str) -> PathBuf {

@@ -14,7 +14,11 @@ use edge_agent::pipeline::{Pipeline, StageConfig, StageContext, StageControl};
 use edge_agent::sources::Reading;
 
 fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../models")
 }
 
 /// Where the models under test are: the committed ones, or (to try the

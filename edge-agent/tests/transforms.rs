@@ -11,9 +11,12 @@ use edge_agent::sources::Reading;
 use edge_agent::transform::{dead_letter, TransformEngine, TransformStageConfig};
 
 fn dist(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../transforms/dist")
-        .join(format!("{name}.wasm"))
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../transforms/dist")
+    .join(format!("{name}.wasm"))
 }
 
 /// A transform stage on stream `s` built from `toml` (its `chain` etc.).

@@ -27,10 +27,13 @@ pub use edge_agent::transform::{ChainEntry, OnDisabled, TransformStageConfig};
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .parent()
+    .expect("workspace root")
+    .to_path_buf()
 }
 
 pub fn data_file(rel: &str) -> PathBuf {

@@ -239,9 +239,12 @@ mod tests {
     use super::*;
 
     fn data_file(rel: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../models/data")
-            .join(rel)
+        Path::new(
+            &std::env::var_os("CARGO_MANIFEST_DIR")
+                .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+        )
+        .join("../../models/data")
+        .join(rel)
     }
 
     #[test]

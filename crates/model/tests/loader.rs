@@ -12,7 +12,11 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../models")
 }
 
 /// Where the models under test are: the committed ones, or (to try the

@@ -108,10 +108,13 @@ pub fn assert_abi_surface(file: &str, wasm: &[u8], name: &str, with_init: bool) 
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("run by cargo, which sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../..")
+    .canonicalize()
+    .unwrap()
 }
 
 /// The Rust examples in `transforms/dist`: file stem = transform name.
