@@ -23,8 +23,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "next-seq";
-/// Seqs reserved at a time: one synced overwrite per block of records.
-pub const BLOCK: u64 = 1 << 16;
+/// Seqs reserved at a time: one synced overwrite per block of records
+/// (at 1 << 16 the extra fsync cost 8% of the append rate at 1.1M records/s;
+/// a skipped block costs nothing but numbers).
+pub const BLOCK: u64 = 1 << 20;
 const LINE_LEN: usize = 80;
 
 /// What the file said.
