@@ -64,28 +64,58 @@ pub const SPACE_RETURNED_BYTES: u64 = 1 << 20;
 /// again.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
 
-/// The bound a full disk put on the log, as plain data: no I/O, no clock.
+/// How long a log with nothing in it waits, on a full disk, before trying
+/// to store again: there are no acknowledgements to wait for, so it tries
+/// on a clock, not on every tick (each failed try reopens the file).
+pub const EMPTY_RETRY: Duration = Duration::from_secs(1);
+
+/// The bound a full disk put on the log, as plain data: no I/O; the time
+/// is a parameter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskBound {
     /// Bytes (as the log counts them) the log is held below, while the
     /// disk is full.
     cap: Option<u64>,
+    /// When the disk last refused a write.
+    filled_at: Option<Instant>,
 }
 
 impl DiskBound {
-    /// The disk filled while the log held `held` bytes: hold it a tenth
-    /// below that (the engine needs room to rewrite pages), or lower still
-    /// if it was already capped.
-    pub fn filled(&mut self, held: u64) {
+    /// The disk filled at `now` while the log held `held` bytes: hold it a
+    /// tenth below that (the engine needs room to rewrite pages), or lower
+    /// still if it was already capped.
+    pub fn filled(&mut self, held: u64, now: Instant) {
         let cap = held - held / 10;
         self.cap = Some(self.cap.map_or(cap, |c| c.min(cap)));
+        self.filled_at = Some(now);
+    }
+
+    /// A write succeeded with the log holding `held` bytes: that much
+    /// fits, whatever the cap guessed.
+    pub fn stored(&mut self, held: u64) {
+        if let Some(cap) = &mut self.cap {
+            *cap = (*cap).max(held);
+        }
+    }
+
+    /// Whether a log holding `records` may try to store now. Over the cap
+    /// it waits for acknowledgements to make room; but an empty log has
+    /// none coming (the disk is full of something else), so it tries again
+    /// every [`EMPTY_RETRY`].
+    pub fn may_store(&self, records: u64, bytes: u64, max_bytes: u64, now: Instant) -> bool {
+        if records == 0 {
+            return self
+                .filled_at
+                .is_none_or(|t| now.duration_since(t) >= EMPTY_RETRY);
+        }
+        bytes < self.bound(max_bytes)
     }
 
     /// `free` bytes on the filesystem now: lifts the bound once space
     /// returned. Returns whether it did.
     pub fn free_space(&mut self, free: Option<u64>) -> bool {
         if self.cap.is_some() && free.is_some_and(|f| f >= SPACE_RETURNED_BYTES) {
-            self.cap = None;
+            *self = DiskBound::default();
             return true;
         }
         false
@@ -145,15 +175,16 @@ mod tests {
 
     #[test]
     fn a_full_disk_caps_the_log_below_what_fitted_until_space_returns() {
+        let t = Instant::now();
         let mut b = DiskBound::default();
         assert_eq!(b.bound(1000), 1000);
-        b.filled(500);
+        b.filled(500, t);
         assert!(b.is_full());
         assert_eq!(b.bound(1000), 450);
         assert_eq!(b.bound(100), 100, "max_bytes still applies");
-        b.filled(600);
+        b.filled(600, t);
         assert_eq!(b.bound(1000), 450, "a second fill never raises the cap");
-        b.filled(300);
+        b.filled(300, t);
         assert_eq!(b.bound(1000), 270);
         assert!(
             !b.free_space(Some(4096)),
@@ -163,6 +194,29 @@ mod tests {
         assert!(b.free_space(Some(SPACE_RETURNED_BYTES)));
         assert_eq!(b.bound(1000), 1000);
         assert!(!b.free_space(Some(1 << 30)), "already lifted");
+    }
+
+    #[test]
+    fn an_empty_log_on_a_full_disk_tries_again_on_a_clock() {
+        let t = Instant::now();
+        let mut b = DiskBound::default();
+        assert!(b.may_store(0, 0, 1000, t), "nothing refused yet");
+        b.filled(0, t);
+        assert_eq!(b.bound(1000), 0);
+        assert!(!b.may_store(0, 0, 1000, t + Duration::from_millis(10)));
+        assert!(
+            b.may_store(0, 0, 1000, t + EMPTY_RETRY),
+            "an empty log is never held for good: nothing else would free it"
+        );
+        b.stored(300);
+        assert_eq!(b.bound(1000), 300, "what was stored fits");
+        assert!(
+            !b.may_store(10, 300, 1000, t + EMPTY_RETRY),
+            "at the cap: wait for acks"
+        );
+        assert!(b.may_store(5, 100, 1000, t), "below it: go on");
+        b.stored(100);
+        assert_eq!(b.bound(1000), 300, "a success never lowers the cap");
     }
 
     #[test]

@@ -29,6 +29,7 @@
 
 mod config;
 pub mod fault;
+pub mod reserve;
 pub mod salvage;
 pub mod seq_file;
 
@@ -44,6 +45,7 @@ use thiserror::Error;
 
 pub use config::{FullPolicy, LogConfig};
 use fault::{DiskBound, Fault, Retry};
+use reserve::Reserve;
 use seq_file::{Loaded, SeqFile};
 
 /// The file inside the log directory.
@@ -192,6 +194,8 @@ pub struct DurableLog {
     next_seq: u64,
     stats: LogStats,
     seqs: SeqFile,
+    /// Disk held back for the log's own removals on a full disk.
+    reserve: Reserve,
     disk: DiskBound,
     fault: Option<Fault>,
     faults: u64,
@@ -217,6 +221,7 @@ impl DurableLog {
             next_seq: 0,
             stats: LogStats::default(),
             seqs,
+            reserve: Reserve::new(dir),
             disk: DiskBound::default(),
             fault: None,
             faults: 0,
@@ -225,6 +230,9 @@ impl DurableLog {
             free_checked: None,
         };
         log.open_db(true)?;
+        if log.db.is_some() {
+            log.hold_reserve();
+        }
         Ok(log)
     }
 
@@ -455,10 +463,17 @@ impl DurableLog {
             }
             Fault::DiskFull => {
                 self.fault = Some(Fault::DiskFull);
+                if self.reserve.release() {
+                    tracing::warn!(
+                        "the log's disk is full: released the {} KiB held back for it, so that \
+                         acknowledgements can make room",
+                        reserve::BYTES >> 10
+                    );
+                }
                 // Not an error: the same file reopens or fails again.
                 let _ = self.open_db(false);
                 // What fits is what was durable when the disk filled.
-                self.disk.filled(self.stats.bytes);
+                self.disk.filled(self.stats.bytes, Instant::now());
                 self.free_checked = None;
                 return;
             }
@@ -466,6 +481,13 @@ impl DurableLog {
         }
         self.fault = Some(fault);
         let _ = self.open_db(false);
+    }
+
+    /// Takes the disk reserve back, if there is room for it.
+    fn hold_reserve(&mut self) {
+        if let Err(e) = self.reserve.hold() {
+            tracing::debug!("cannot hold the log's disk reserve yet: {e}");
+        }
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -494,7 +516,22 @@ impl DurableLog {
     /// is at its bound, or cannot be written.
     pub fn blocks(&self) -> bool {
         self.config.full_policy == FullPolicy::Block
-            && (self.db.is_none() || self.stats.bytes >= self.bound())
+            && (self.db.is_none() || !self.may_store(Instant::now()))
+    }
+
+    /// Whether the log is below its bound (or, empty on a full disk, due
+    /// for another try).
+    fn may_store(&self, now: Instant) -> bool {
+        if self.disk.is_full() {
+            self.disk.may_store(
+                self.stats.records,
+                self.stats.bytes,
+                self.config.max_bytes,
+                now,
+            )
+        } else {
+            self.stats.bytes < self.config.max_bytes
+        }
     }
 
     /// Periodic care, on the uplink's tick: retries a log that could not
@@ -521,6 +558,16 @@ impl DurableLog {
                 if self.fault == Some(Fault::DiskFull) {
                     self.fault = None;
                 }
+                self.hold_reserve();
+            } else if !self.disk.is_full()
+                && self.db.is_some()
+                && self
+                    .free_bytes
+                    .is_some_and(|f| f >= fault::SPACE_RETURNED_BYTES)
+                && !self.reserve.is_held()
+            {
+                // Started on a disk too full to hold it.
+                self.hold_reserve();
             }
         }
     }
@@ -548,7 +595,11 @@ impl DurableLog {
         if self.db.is_none() && self.reopen.due(Instant::now()) {
             let _ = self.open_db(false);
         }
-        for _ in 0..ATTEMPTS {
+        // An empty log on a full disk tries on a clock, not on every chunk
+        // (under drop_oldest what arrives meanwhile is dropped, counted);
+        // one holding records makes room by dropping the oldest first.
+        let due = !self.disk.is_full() || self.stats.records > 0 || self.may_store(Instant::now());
+        for _ in 0..if due { ATTEMPTS } else { 0 } {
             if self.db.is_none() {
                 break;
             }
@@ -644,7 +695,10 @@ impl DurableLog {
                 table.insert(r.seq, value.as_slice())?;
             }
             if self.config.full_policy == FullPolicy::DropOldest {
-                let bound = self.bound();
+                // The disk's bound, if any, was made room for before
+                // (`make_room`): what was just appended is never dropped
+                // for it.
+                let bound = self.config.max_bytes;
                 while bytes > bound {
                     let Some((_, v)) = table.pop_first()? else {
                         break;
@@ -670,6 +724,7 @@ impl DurableLog {
         self.stats.records = records;
         self.stats.bytes = bytes;
         self.stats.dropped_full += dropped;
+        self.disk.stored(bytes);
         pending.clear();
         Ok(n)
     }
