@@ -4,7 +4,8 @@
 //! defined here and only here: the MQTT topic layout ([`topics`]), the binary
 //! record batches ([`records`]) and final predictions ([`results`]), schema in
 //! `shared/proto/conveyor.proto`, and
-//! the JSON control messages ([`control`]). Neither binary defines its own
+//! the JSON control messages ([`control`]), and the signed documents of
+//! over-the-air updates ([`ota`]). Neither binary defines its own
 //! wire types; that keeps the two ends from drifting apart.
 //!
 //! Decoding never panics: every decoder returns a [`WireError`] naming what
@@ -14,6 +15,7 @@ pub mod broker_url;
 pub mod config_file;
 pub mod control;
 pub mod model_meta;
+pub mod ota;
 pub mod records;
 pub mod results;
 pub mod time;
