@@ -194,6 +194,9 @@ pub struct DurableLog {
     next_seq: u64,
     stats: LogStats,
     seqs: SeqFile,
+    /// Whether the seq file had a snapshot of what the log held (it has
+    /// none before the first heartbeat of an agent with this version).
+    held_known: bool,
     /// Disk held back for the log's own removals on a full disk.
     reserve: Reserve,
     disk: DiskBound,
@@ -211,6 +214,7 @@ impl DurableLog {
     /// another process holds the log, or for a file of another format.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Self, LogError> {
         let (seqs, loaded) = SeqFile::load(dir);
+        let held_known = matches!(loaded, Loaded::Found(_));
         if let Loaded::Unreadable(why) = &loaded {
             tracing::warn!("{why}: the log's own next seq is used");
         }
@@ -221,6 +225,7 @@ impl DurableLog {
             next_seq: 0,
             stats: LogStats::default(),
             seqs,
+            held_known,
             reserve: Reserve::new(dir),
             disk: DiskBound::default(),
             fault: None,
@@ -378,9 +383,12 @@ impl DurableLog {
         }
         let lost = held.saturating_sub(salvaged);
         self.stats.lost_corrupt += lost;
-        let meta = self.write_meta();
-        if let Err(e) = meta {
-            self.on_error(e);
+        if starting && !self.held_known {
+            tracing::warn!(
+                "how many records the corrupt log held is unknown (no snapshot of it in {}): \
+                 the loss is not counted",
+                self.seqs.path().display()
+            );
         }
         tracing::warn!(
             salvaged,
@@ -389,7 +397,10 @@ impl DurableLog {
             stopped = stopped.as_deref().unwrap_or("no: read to the end"),
             "salvaged what the corrupt log still held; what it held beyond that is counted as lost"
         );
-        self.fault = None;
+        match self.write_meta() {
+            Ok(()) => self.fault = None,
+            Err(e) => self.on_error(e),
+        }
     }
 
     /// Stores salvaged records under their own seqs (durable).
