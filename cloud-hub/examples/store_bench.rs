@@ -1,7 +1,8 @@
 //! Measures the hub's store as ingest drives it: batches of records from
 //! several devices, one durable commit per group of batches (ingest's
 //! group commit), a share of redelivered batches (duplicates), then a
-//! reopen (a hub restart) that reads the per-device counts.
+//! reopen (a hub restart) that reads the per-device counts; then reopens
+//! with and without the integrity check, interleaved (its cost at start).
 //!
 //!   cargo run -p cloud-hub --example store_bench -- [ENGINE] [RECORDS]
 //!
@@ -135,15 +136,34 @@ fn main() {
     let reopen_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(counts.values().map(|c| c.0).sum::<u64>(), new);
     assert_eq!(new as usize, batches * BATCH);
+    drop(store);
+    // The integrity check's share of a restart: opens with and without it,
+    // interleaved, median of 5 each.
+    let (mut plain, mut checked) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for (check_on_open, times) in [(false, &mut plain), (true, &mut checked)] {
+            let t = Instant::now();
+            let s = store::open_with(&path, &store::StoreOptions { check_on_open }).unwrap();
+            s.device_counts().unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (plain_ms, checked_ms) = (median(&mut plain), median(&mut checked));
     println!(
         "{{\"engine\":\"{engine}\",\"records\":{new},\"duplicates\":{dup},\"secs\":{secs:.2},\
 \"records_per_sec\":{:.0},\"rss_start_mb\":{:.1},\"rss_end_mb\":{:.1},\"rss_peak_mb\":{:.1},\
-\"disk_mb\":{:.1},\"disk_allocated_mb\":{:.1},\"read_ms\":{read_ms:.1},\"reopen_counts_ms\":{reopen_ms:.1}}}",
+\"disk_mb\":{:.1},\"disk_allocated_mb\":{:.1},\"read_ms\":{read_ms:.1},\"reopen_counts_ms\":{reopen_ms:.1},\
+\"reopen_plain_ms\":{plain_ms:.1},\"reopen_checked_ms\":{checked_ms:.1},\"check_ratio\":{:.2}}}",
         new as f64 / secs,
         rss_start as f64 / 1024.0,
         rss_end as f64 / 1024.0,
         hwm as f64 / 1024.0,
         apparent as f64 / 1e6,
         allocated as f64 / 1e6,
+        checked_ms / plain_ms,
     );
 }
