@@ -14,6 +14,7 @@ pub mod config;
 pub mod hub;
 pub mod inference;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod registry;
 pub mod store;

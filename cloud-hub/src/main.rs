@@ -48,6 +48,12 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The hub's signing key, for the artifacts and desired states it
+    /// sends to agents.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The demo moved to its own binary; this only says where (any
     /// arguments are ignored).
     #[command(hide = true, disable_help_flag = true)]
@@ -71,6 +77,47 @@ enum StoreCommand {
         #[arg(long)]
         path: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new ed25519 signing key (a file of mode 0600, never
+    /// overwritten) and print its public key, which agents are given to
+    /// trust.
+    Generate {
+        /// Where to write the key.
+        #[arg(long, default_value = "hub-signing.key")]
+        out: PathBuf,
+    },
+    /// Print the public key and key id of a signing key.
+    Show {
+        #[arg(long, default_value = "hub-signing.key")]
+        key: PathBuf,
+    },
+}
+
+/// `cloud-hub keys ...`.
+fn keys(command: KeysCommand) -> ExitCode {
+    let shown = match command {
+        KeysCommand::Generate { out } => cloud_hub::keys::generate(&out).inspect(|_| {
+            eprintln!(
+                "cloud-hub: wrote a new signing key to {} (keep it private: whoever has it can sign)",
+                out.display()
+            );
+        }),
+        KeysCommand::Show { key } => cloud_hub::keys::load(&key).map(|k| k.public()),
+    };
+    match shown {
+        Ok(public) => {
+            println!("{public}");
+            eprintln!("key id {}", public.id());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cloud-hub keys: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `cloud-hub store check`.
@@ -220,6 +267,7 @@ fn main() -> ExitCode {
         Command::Store {
             command: StoreCommand::Check { config, path },
         } => store_check(config, path),
+        Command::Keys { command } => keys(command),
         Command::Demo { .. } => {
             eprintln!("{DEMO_MOVED}");
             ExitCode::from(EXIT_DEMO_MOVED)

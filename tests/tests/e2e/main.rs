@@ -12,6 +12,7 @@ mod edge_inference;
 mod edge_storage_faults;
 mod exactly_once;
 mod faults;
+mod keys;
 mod sources_and_brokers;
 mod storage_faults;
 mod third_party_clients;
