@@ -91,6 +91,12 @@ pub struct Stats {
     pub payloads_rejected: u64,
     pub devices_online: usize,
     pub devices_known: usize,
+    /// Online devices whose last heartbeat reports a storage fault.
+    #[serde(default)]
+    pub devices_storage_fault: usize,
+    /// Online devices whose log's disk is full.
+    #[serde(default)]
+    pub devices_log_disk_full: usize,
     pub ingest_records_per_sec: f64,
     pub latency: LatencySummary,
     pub store: StoreHealth,
@@ -98,9 +104,9 @@ pub struct Stats {
 
 pub fn stats_of(s: &HubState) -> Stats {
     let now = now_us();
-    let (online, known, rate) = {
+    let (online, known, rate, (faulted, full)) = {
         let r = s.registry();
-        (r.online(), r.known(), r.total_rate(now))
+        (r.online(), r.known(), r.total_rate(now), r.storage_faults())
     };
     Stats {
         records_received: s.metrics.records_received.get(),
@@ -109,6 +115,8 @@ pub fn stats_of(s: &HubState) -> Stats {
         payloads_rejected: s.metrics.rejected_total(),
         devices_online: online,
         devices_known: known,
+        devices_storage_fault: faulted,
+        devices_log_disk_full: full,
         ingest_records_per_sec: rate,
         latency: s.metrics.latency(),
         store: s.store.health(),

@@ -182,12 +182,19 @@ async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (online, known, rate) = {
+        let (online, known, rate, (faulted, full)) = {
             let r = state.registry();
-            (r.online(), r.known(), r.total_rate(now_us()))
+            (
+                r.online(),
+                r.known(),
+                r.total_rate(now_us()),
+                r.storage_faults(),
+            )
         };
         state.metrics.devices_online.set(online as i64);
         state.metrics.devices_known.set(known as i64);
+        state.metrics.devices_storage_fault.set(faulted as i64);
+        state.metrics.devices_log_disk_full.set(full as i64);
         state.metrics.ingest_rate.set(rate);
         persist_registry(&state, &mut persist_failures);
         // What was written outside ingest's group commits (device entries,

@@ -28,6 +28,8 @@ pub struct HubMetrics {
     pub rejected: Family<Labels, Counter>,
     pub devices_online: Gauge,
     pub devices_known: Gauge,
+    pub devices_storage_fault: Gauge,
+    pub devices_log_disk_full: Gauge,
     pub ingest_rate: Gauge<f64, AtomicU64>,
     store_healthy: Gauge,
     store_write_failures: Counter,
@@ -57,6 +59,8 @@ impl HubMetrics {
         let rejected = Family::default();
         let devices_online = Gauge::default();
         let devices_known = Gauge::default();
+        let devices_storage_fault = Gauge::default();
+        let devices_log_disk_full = Gauge::default();
         let ingest_rate = Gauge::default();
         let latency_quantiles = Family::default();
         let store_healthy = Gauge::default();
@@ -116,6 +120,16 @@ impl HubMetrics {
         );
         registry.register("devices_known", "Devices ever seen", devices_known.clone());
         registry.register(
+            "devices_storage_fault",
+            "Online devices whose last heartbeat reports a storage fault (full, unwritable)",
+            devices_storage_fault.clone(),
+        );
+        registry.register(
+            "devices_log_disk_full",
+            "Online devices whose log's disk is full (their full_policy applies)",
+            devices_log_disk_full.clone(),
+        );
+        registry.register(
             "ingest_records_per_second",
             "Records stored per second, averaged over the last 9 s",
             ingest_rate.clone(),
@@ -134,6 +148,8 @@ impl HubMetrics {
             rejected,
             devices_online,
             devices_known,
+            devices_storage_fault,
+            devices_log_disk_full,
             ingest_rate,
             store_healthy,
             store_write_failures,

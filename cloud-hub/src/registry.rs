@@ -258,6 +258,22 @@ impl Registry {
         self.devices.len()
     }
 
+    /// Online devices whose last heartbeat reports a storage fault, and
+    /// how many of those have a full disk: what an operator alerts on.
+    pub fn storage_faults(&self) -> (usize, usize) {
+        let heartbeats = self
+            .devices
+            .values()
+            .filter(|e| e.online)
+            .filter_map(|e| e.last_heartbeat.as_ref());
+        heartbeats.fold((0, 0), |(faulted, full), h| {
+            (
+                faulted + usize::from(h.storage_fault.is_some()),
+                full + usize::from(h.log_disk_full),
+            )
+        })
+    }
+
     /// Records/s over all devices.
     pub fn total_rate(&self, now_us: i64) -> f64 {
         self.devices.values().map(|e| e.rate.rate(now_us)).sum()
@@ -374,6 +390,49 @@ mod tests {
         let mut m = RateMeter::default();
         m.add(900, 100 * S);
         assert_eq!(m.rate(101 * S), 100.0);
+    }
+
+    #[test]
+    fn storage_faults_count_online_devices_by_their_last_heartbeat() {
+        let mut r = Registry::default();
+        let hb = |fault: Option<&str>, full: bool| Heartbeat {
+            storage_fault: fault.map(str::to_string),
+            log_disk_full: full,
+            ..Heartbeat::default()
+        };
+        for d in ["a", "b", "c", "off"] {
+            r.on_status(
+                d,
+                DeviceStatus {
+                    device_id: d.into(),
+                    ..status(DeviceState::Online)
+                },
+                S,
+            );
+        }
+        r.on_heartbeat("a", hb(Some("disk full"), true), S);
+        r.on_heartbeat(
+            "b",
+            hb(Some("cannot write: Read-only file system"), false),
+            S,
+        );
+        r.on_heartbeat("c", hb(None, false), S);
+        r.on_heartbeat("off", hb(Some("disk full"), true), S);
+        r.on_status(
+            "off",
+            DeviceStatus {
+                device_id: "off".into(),
+                ..status(DeviceState::Offline)
+            },
+            S,
+        );
+        assert_eq!(
+            r.storage_faults(),
+            (2, 1),
+            "offline devices are not counted"
+        );
+        r.on_heartbeat("a", hb(None, false), 2 * S);
+        assert_eq!(r.storage_faults(), (1, 0));
     }
 
     #[test]

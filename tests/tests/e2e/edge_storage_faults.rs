@@ -324,6 +324,13 @@ fn agent_read_only_disk_holds_back_and_recovers() {
         })
     });
     assert_eq!(hb["records_produced"], 0, "{hb}");
+    // The fleet view an operator alerts on.
+    wait_for("the hub's metrics to count the device", || {
+        hub.metrics()
+            .contains("conveyor_hub_devices_storage_fault 1")
+            .then_some(())
+    });
+    assert_eq!(hub.get("/api/v1/stats")["devices_storage_fault"], 1);
     assert!(
         agent.try_wait().is_none(),
         "the agent keeps running:\n{}",
