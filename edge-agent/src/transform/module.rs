@@ -16,15 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
+use wasmtime::{Engine, Module};
 
-/// The custom section a module declares itself in.
-pub const META_SECTION: &str = "conveyor.transform";
-/// The ABI version this agent speaks.
-pub const ABI_VERSION: u32 = 1;
+pub use conveyor_wasm_abi::{read_meta, AbiError, TransformMeta};
 
 /// Why a module was refused.
 #[derive(Debug, Error)]
@@ -34,86 +30,11 @@ pub enum ModuleError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("not a WebAssembly module: it starts with {0:02x?}, a module starts with 00 61 73 6d")]
-    NotWasm(Vec<u8>),
-    #[error(
-        "this is a WebAssembly component; transforms are core modules (docs/transform-abi.md)"
-    )]
-    Component,
-    #[error("invalid WebAssembly: {0}")]
-    Invalid(String),
-    #[error(
-        "no `{META_SECTION}` custom section: the module does not declare its name and version \
-         (docs/transform-abi.md)"
-    )]
-    NoMeta,
-    #[error("`{META_SECTION}` section: {0}")]
-    BadMeta(String),
-    #[error(
-        "imports `{module}.{name}`: a transform may import only conveyor.emit and conveyor.fail \
-         (no WASI, no other host functions)"
-    )]
-    ForbiddenImport { module: String, name: String },
-    #[error("`{what}` has type {got}; the ABI says {want}")]
-    WrongType {
-        what: String,
-        got: String,
-        want: &'static str,
-    },
-    #[error("missing export `{0}` (docs/transform-abi.md)")]
-    MissingExport(&'static str),
+    /// It is not a transform (the ABI's checks, shared with the hub).
+    #[error(transparent)]
+    Abi(#[from] AbiError),
     #[error("compiling: {0}")]
     Compile(String),
-}
-
-/// What a module says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct TransformMeta {
-    pub name: String,
-    pub version: String,
-    pub abi: u32,
-}
-
-impl TransformMeta {
-    fn parse(bytes: &[u8]) -> Result<Self, ModuleError> {
-        let meta: TransformMeta =
-            serde_json::from_slice(bytes).map_err(|e| ModuleError::BadMeta(e.to_string()))?;
-        let ok_name = |s: &str| {
-            (1..=64).contains(&s.len())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        };
-        if !ok_name(&meta.name) {
-            return Err(ModuleError::BadMeta(format!(
-                "name {:?} must be 1-64 characters of [A-Za-z0-9_.-]",
-                meta.name
-            )));
-        }
-        let ok_version = |s: &str| {
-            (1..=64).contains(&s.len())
-                && s.chars()
-                    .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
-        };
-        if !ok_version(&meta.version) {
-            return Err(ModuleError::BadMeta(format!(
-                "version {:?} must be 1-64 printable ASCII characters without spaces, quotes or \
-                 backslashes",
-                meta.version
-            )));
-        }
-        if meta.abi != ABI_VERSION {
-            return Err(ModuleError::BadMeta(format!(
-                "abi {} is not supported (this agent speaks abi {ABI_VERSION})",
-                meta.abi
-            )));
-        }
-        Ok(meta)
-    }
-
-    /// `name@version`, as records carry it.
-    pub fn tag(&self) -> String {
-        format!("{}@{}", self.name, self.version)
-    }
 }
 
 /// A checked, compiled module.
@@ -192,7 +113,9 @@ impl TransformEngine {
         let meta = read_meta(bytes)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
         let (module, from_cache) = self.compile_cached(bytes, &sha256)?;
-        let has_init = check_abi(&module)?;
+        // After compiling (which validates the code), so an invalid module
+        // is reported as such rather than by its imports.
+        let has_init = conveyor_wasm_abi::check_abi(bytes)?;
         Ok(TransformModule {
             meta,
             sha256,
@@ -289,99 +212,4 @@ fn store_cached(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written
-}
-
-/// Finds and parses the `conveyor.transform` section, without compiling.
-pub fn read_meta(bytes: &[u8]) -> Result<TransformMeta, ModuleError> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(ModuleError::NotWasm(bytes[..bytes.len().min(8)].to_vec()));
-    }
-    // Bytes 4..8: version 1 and layer 0 for a core module.
-    if bytes[6..8] != [0, 0] {
-        return Err(ModuleError::Component);
-    }
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| ModuleError::Invalid(e.to_string()))? {
-            wasmparser::Payload::CustomSection(s) if s.name() == META_SECTION => {
-                return TransformMeta::parse(s.data());
-            }
-            _ => {}
-        }
-    }
-    Err(ModuleError::NoMeta)
-}
-
-fn signature(ty: &FuncType) -> String {
-    let list = |it: &mut dyn Iterator<Item = ValType>| {
-        it.map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
-    };
-    format!(
-        "({}) -> ({})",
-        list(&mut ty.params()),
-        list(&mut ty.results())
-    )
-}
-
-fn expect_func(what: String, ty: ExternType, want: &'static str) -> Result<(), ModuleError> {
-    let got = match &ty {
-        ExternType::Func(f) => signature(f),
-        other => format!("{other:?}")
-            .split('(')
-            .next()
-            .unwrap_or("not a function")
-            .to_lowercase(),
-    };
-    if got == want {
-        Ok(())
-    } else {
-        Err(ModuleError::WrongType { what, got, want })
-    }
-}
-
-const EMIT: &str = "(i32, i32) -> ()";
-const FAIL: &str = "(i32, i32, i32) -> ()";
-const ALLOC: &str = "(i32) -> (i32)";
-const TRANSFORM: &str = "(i32, i32, i32) -> (i32)";
-const INIT: &str = "(i32, i32) -> (i32)";
-
-/// Checks imports and exports against the ABI; says whether the module
-/// has `conveyor_init`.
-fn check_abi(module: &Module) -> Result<bool, ModuleError> {
-    for import in module.imports() {
-        let want = match (import.module(), import.name()) {
-            ("conveyor", "emit") => EMIT,
-            ("conveyor", "fail") => FAIL,
-            (m, n) => {
-                return Err(ModuleError::ForbiddenImport {
-                    module: m.to_string(),
-                    name: n.to_string(),
-                })
-            }
-        };
-        expect_func(
-            format!("import conveyor.{}", import.name()),
-            import.ty(),
-            want,
-        )?;
-    }
-    let export = |name: &'static str| module.get_export(name);
-    match export("memory") {
-        Some(ExternType::Memory(m)) if !m.is_64() && !m.is_shared() => {}
-        Some(_) => {
-            return Err(ModuleError::WrongType {
-                what: "export memory".into(),
-                got: "something else".into(),
-                want: "a 32-bit linear memory",
-            })
-        }
-        None => return Err(ModuleError::MissingExport("memory")),
-    }
-    for (name, want) in [("conveyor_alloc", ALLOC), ("conveyor_transform", TRANSFORM)] {
-        let ty = export(name).ok_or(ModuleError::MissingExport(name))?;
-        expect_func(format!("export {name}"), ty, want)?;
-    }
-    match export("conveyor_init") {
-        Some(ty) => expect_func("export conveyor_init".into(), ty, INIT).map(|()| true),
-        None => Ok(false),
-    }
 }
