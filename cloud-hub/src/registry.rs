@@ -132,31 +132,19 @@ impl Registry {
         entries: impl IntoIterator<Item = DeviceEntry>,
         counts: &BTreeMap<String, (u64, u64)>,
     ) -> Self {
-        let mut devices: BTreeMap<String, DeviceEntry> = entries
+        let devices = entries
             .into_iter()
             .map(|e| (e.device_id.clone(), e))
             .collect();
-        for (device, &(records, highest)) in counts {
-            let e = devices
-                .entry(device.clone())
-                .or_insert_with(|| DeviceEntry {
-                    device_id: device.clone(),
-                    ..Default::default()
-                });
-            e.records = records;
-            e.highest_seq = Some(highest);
-        }
-        for e in devices.values_mut() {
-            e.online = false;
-            if !counts.contains_key(&e.device_id) {
-                e.records = 0;
-                e.highest_seq = None;
-            }
-        }
-        Registry {
+        let mut registry = Registry {
             devices,
             dirty: BTreeSet::new(),
+        };
+        registry.take_counts(counts);
+        for e in registry.devices.values_mut() {
+            e.online = false;
         }
+        registry
     }
 
     fn entry(&mut self, device: &str, now_us: i64) -> &mut DeviceEntry {
@@ -284,6 +272,13 @@ impl Registry {
     /// store's `counts`, which are the truth, and every entry is saved
     /// again (saves since that commit were rolled back with it).
     pub fn resync(&mut self, counts: &BTreeMap<String, (u64, u64)>) {
+        self.take_counts(counts);
+        self.dirty.extend(self.devices.keys().cloned());
+    }
+
+    /// Every device's records and highest seq from the store's `counts`;
+    /// a device the store holds nothing of has none.
+    fn take_counts(&mut self, counts: &BTreeMap<String, (u64, u64)>) {
         for (device, &(records, highest)) in counts {
             let e = self
                 .devices
@@ -301,7 +296,6 @@ impl Registry {
                 e.highest_seq = None;
             }
         }
-        self.dirty.extend(self.devices.keys().cloned());
     }
 
     /// Entries changed since the last call, for persisting.

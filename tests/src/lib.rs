@@ -494,6 +494,29 @@ impl Hub {
         }
     }
 
+    /// The seqs of every record the hub holds for `device`, in order.
+    pub fn seqs(&self, device: &str) -> Vec<u64> {
+        self.all_records(device)
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// How many records the hub says it holds for `device` (0 if it does
+    /// not know the device yet).
+    pub fn records(&self, device: &str) -> u64 {
+        self.device(device)
+            .and_then(|d| d["records"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// The last heartbeat the hub has from `device`.
+    pub fn heartbeat(&self, device: &str) -> Option<Value> {
+        self.device(device)
+            .map(|d| d["last_heartbeat"].clone())
+            .filter(|h| !h.is_null())
+    }
+
     pub fn metrics(&self) -> String {
         http(self.http, "GET", "/metrics", None).unwrap().1
     }
@@ -519,6 +542,24 @@ fn http_up(addr: SocketAddr, path: &str) -> Option<()> {
 
 /// Renders `config` to `<dir>/<name>.toml`, the file the agent reads, and
 /// returns its path.
+/// Overwrites 512-byte blocks of `file` with a pattern no page holds,
+/// from byte `first` on, every `stride` bytes, as a failing SD card or
+/// disk does; returns how many blocks it overwrote.
+pub fn damage_blocks(file: &Path, first: u64, stride: u64) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    let len = std::fs::metadata(file).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    let (mut at, mut blocks) = (first, 0);
+    while at + 512 <= len {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[0xA5; 512]).unwrap();
+        at += stride;
+        blocks += 1;
+    }
+    f.sync_all().unwrap();
+    blocks
+}
+
 pub fn write_agent_config(dir: &Path, name: &str, config: &AgentConfig) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config.to_toml()).unwrap();

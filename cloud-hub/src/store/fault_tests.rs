@@ -3,53 +3,11 @@
 //! loudly and return (the e2e suite's `storage_faults` runs the same
 //! faults through the whole hub).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use conveyor_e2e::tmpfs::Tmpfs;
+
 use super::*;
-
-struct Tmpfs(tempfile::TempDir);
-
-fn mount(args: &[&str], target: &Path) -> Result<(), String> {
-    let out = Command::new("mount")
-        .args(args)
-        .arg(target)
-        .output()
-        .map_err(|e| format!("cannot run mount: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-impl Tmpfs {
-    fn mount(test: &str, bytes: u64) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let size = format!("size={bytes},mode=0755");
-        match mount(&["-t", "tmpfs", "-o", &size, "tmpfs"], dir.path()) {
-            Ok(()) => Some(Tmpfs(dir)),
-            Err(e) => {
-                eprintln!(
-                    "\n!!! SKIPPED {test}: it needs a tmpfs mount (root), which failed: {e}\n"
-                );
-                None
-            }
-        }
-    }
-
-    fn remount(&self, options: &str) {
-        mount(&["-o", &format!("remount,{options}")], self.0.path())
-            .unwrap_or_else(|e| panic!("remount {options}: {e}"));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
 
 fn batch(from: u64, n: u64) -> Vec<Record> {
     (from..from + n)
@@ -90,7 +48,7 @@ fn a_full_disk_is_a_fault_the_store_recovers_from_once_space_returns() {
     let Some(fs) = Tmpfs::mount("store::a_full_disk_is_a_fault", 1 << 20) else {
         return;
     };
-    let store = open(fs.0.path()).unwrap();
+    let store = open(fs.path()).unwrap();
     let d = DeviceId::new("d").unwrap();
     let g0 = store.generation();
     // Fill the disk; remember what a durable commit covered.
@@ -119,7 +77,7 @@ fn a_full_disk_is_a_fault_the_store_recovers_from_once_space_returns() {
     assert!(store.generation() > g0);
     assert!(!store.health().healthy);
 
-    fs.remount("size=64m");
+    fs.resize(64 << 20);
     let mut from = next + 100;
     write_until_healthy(&store, &d, &mut from);
     let h = store.health();
@@ -165,7 +123,7 @@ fn a_store_that_cannot_be_reopened_is_unavailable_until_it_can() {
     let Some(fs) = Tmpfs::mount("store::a_store_that_cannot_be_reopened", 1 << 20) else {
         return;
     };
-    let store = open(fs.0.path()).unwrap();
+    let store = open(fs.path()).unwrap();
     let d = DeviceId::new("d").unwrap();
     append_ok(&store, &d, &batch(0, 100));
     store.commit().unwrap();
@@ -180,8 +138,8 @@ fn a_store_that_cannot_be_reopened_is_unavailable_until_it_can() {
         }
         next += 100;
     }
-    let file = fs.0.path().join(redb::FILE_NAME);
-    let away = fs.0.path().join("moved-away");
+    let file = fs.path().join(redb::FILE_NAME);
+    let away = fs.path().join("moved-away");
     std::fs::rename(&file, &away).unwrap();
     // The next commit reopens the store (at once: the first reopen of a
     // fault does not wait), which fails: the store is closed.
@@ -189,12 +147,12 @@ fn a_store_that_cannot_be_reopened_is_unavailable_until_it_can() {
     let e = store.record("d", 0).unwrap_err();
     assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
     let text = e.to_string();
-    assert!(text.contains(&fs.0.path().display().to_string()), "{text}");
+    assert!(text.contains(&fs.path().display().to_string()), "{text}");
     assert!(!file.exists(), "no empty store was created in its place");
     assert!(!store.health().healthy);
 
     std::fs::rename(&away, &file).unwrap();
-    fs.remount("size=64m");
+    fs.resize(64 << 20);
     let mut from = next;
     write_until_healthy(&store, &d, &mut from);
     assert!(

@@ -9,7 +9,6 @@
 
 use conveyor_e2e::tmpfs::Tmpfs;
 use conveyor_e2e::*;
-use serde_json::Value;
 
 fn agent_config(
     device: &str,
@@ -36,12 +35,6 @@ fn agent_config(
         })
 }
 
-fn heartbeat(hub: &Hub, device: &str) -> Option<Value> {
-    hub.device(device)
-        .map(|d| d["last_heartbeat"].clone())
-        .filter(|h| !h.is_null())
-}
-
 /// Waits for `n` records at the hub; on a timeout, says what the agent's
 /// last heartbeat said.
 fn wait_for_delivery(hub: &Hub, device: &str, n: u64) {
@@ -55,15 +48,8 @@ fn wait_for_delivery(hub: &Hub, device: &str, n: u64) {
     panic!(
         "timed out waiting for {n} records from {device}; the hub holds {:?}; last heartbeat: {}",
         hub.device(device).map(|d| d["records"].clone()),
-        heartbeat(hub, device).unwrap_or_default()
+        hub.heartbeat(device).unwrap_or_default()
     );
-}
-
-fn seqs(hub: &Hub, device: &str) -> Vec<u64> {
-    hub.all_records(device)
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect()
 }
 
 fn assert_no_panic(proc: &Proc) {
@@ -117,7 +103,7 @@ fn agent_full_disk_keeps_running_and_recovers() {
     // The hub comes; the disk is still full, and the agent says so.
     let hub = Hub::start_at(dir.path(), mqtt_port);
     let hb = wait_for("a heartbeat reporting the full disk", || {
-        heartbeat(&hub, device).filter(|h| h["log_disk_full"] == true)
+        hub.heartbeat(device).filter(|h| h["log_disk_full"] == true)
     });
     assert_eq!(hb["storage_fault"], "disk full", "{hb}");
     assert!(hb["disk_free_bytes"].as_u64().is_some(), "{hb}");
@@ -125,16 +111,16 @@ fn agent_full_disk_keeps_running_and_recovers() {
     // Space returns: the agent lifts the bound by itself.
     disk.resize(64 << 20);
     wait_for("a heartbeat with the disk no longer full", || {
-        heartbeat(&hub, device)
+        hub.heartbeat(device)
             .filter(|h| h["log_disk_full"] == false && h["storage_fault"].is_null())
     });
     assert!(agent.wait().success(), "{}", agent.log());
     assert_no_panic(&agent);
 
-    let hb = heartbeat(&hub, device).unwrap();
+    let hb = hub.heartbeat(device).unwrap();
     let dropped =
         hb["log_dropped_full"].as_u64().unwrap() + hb["log_dropped_unwritable"].as_u64().unwrap();
-    let seqs = seqs(&hub, device);
+    let seqs = hub.seqs(device);
     assert_each_once(&seqs);
     eprintln!(
         "full disk: {} records delivered, {dropped} dropped, {} storage faults",
@@ -189,11 +175,11 @@ fn agent_full_disk_with_block_loses_nothing() {
     assert!(agent.wait().success(), "{}", agent.log());
     assert_no_panic(&agent);
     assert_eq!(
-        seqs(&hub, device),
+        hub.seqs(device),
         (0..n).collect::<Vec<_>>(),
         "block loses nothing"
     );
-    let hb = heartbeat(&hub, device).unwrap();
+    let hb = hub.heartbeat(device).unwrap();
     assert_eq!(hb["log_dropped_full"], 0, "{hb}");
     assert_eq!(hb["log_dropped_unwritable"], 0, "{hb}");
 }
@@ -236,17 +222,7 @@ fn agent_corrupt_log_is_moved_aside_and_seqs_go_on() {
 
     // 3. A failing SD card.
     let file = data_dir.join("log/log.redb");
-    let len = std::fs::metadata(&file).unwrap().len();
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-        let mut at = 4096;
-        while at + 512 <= len {
-            f.seek(SeekFrom::Start(at)).unwrap();
-            f.write_all(&[0xA5; 512]).unwrap();
-            at += 16 * 1024;
-        }
-    }
+    damage_blocks(&file, 4096, 16 * 1024);
 
     // 4. The hub is back, the agent starts on the damaged log.
     hub = Hub::start_at(dir.path(), mqtt_port);
@@ -269,10 +245,10 @@ fn agent_corrupt_log_is_moved_aside_and_seqs_go_on() {
         .collect();
     assert_eq!(aside.len(), 1, "kept for forensics: {aside:?}");
 
-    let hb = heartbeat(&hub, device).unwrap();
+    let hb = hub.heartbeat(device).unwrap();
     let lost = hb["log_lost_corrupt"].as_u64().unwrap();
     assert!(lost > 0 && lost <= 3000, "{hb}");
-    let seqs = seqs(&hub, device);
+    let seqs = hub.seqs(device);
     assert_each_once(&seqs);
     assert_eq!(
         seqs.len() as u64,
@@ -317,7 +293,7 @@ fn agent_read_only_disk_holds_back_and_recovers() {
         &agent_config(device, &disk.join("state"), hub.mqtt_port, n, 5000, log),
     );
     let hb = wait_for("a heartbeat reporting the read-only disk", || {
-        heartbeat(&hub, device).filter(|h| {
+        hub.heartbeat(device).filter(|h| {
             h["storage_fault"]
                 .as_str()
                 .is_some_and(|f| f.contains("Read-only"))
@@ -342,11 +318,11 @@ fn agent_read_only_disk_holds_back_and_recovers() {
     assert_no_panic(&agent);
     hub.wait_for_records(device, n);
     assert_eq!(
-        seqs(&hub, device),
+        hub.seqs(device),
         (0..n).collect::<Vec<_>>(),
         "block loses nothing"
     );
-    let hb = heartbeat(&hub, device).unwrap();
+    let hb = hub.heartbeat(device).unwrap();
     assert!(hb["storage_fault"].is_null(), "{hb}");
     assert_eq!(hb["log_dropped_unwritable"], 0, "{hb}");
 }

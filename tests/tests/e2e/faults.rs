@@ -28,19 +28,6 @@ fn agent_config(
         })
 }
 
-fn seqs(hub: &Hub, device: &str) -> Vec<u64> {
-    hub.all_records(device)
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect()
-}
-
-fn records(hub: &Hub, device: &str) -> u64 {
-    hub.device(device)
-        .and_then(|d| d["records"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn hub_killed_mid_stream_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,12 +39,12 @@ fn hub_killed_mid_stream_and_restarted() {
         &agent_config("f-hubkill", hub.mqtt_port, n, 4000, LogConfig::default()),
     );
     wait_for("some records stored", || {
-        (records(&hub, "f-hubkill") > 2_000).then_some(())
+        (hub.records("f-hubkill") > 2_000).then_some(())
     });
     let hub = hub.kill_and_restart();
     assert!(agent.wait().success(), "{}", agent.log());
     hub.wait_for_records("f-hubkill", n);
-    assert_eq!(seqs(&hub, "f-hubkill"), (0..n).collect::<Vec<_>>());
+    assert_eq!(hub.seqs("f-hubkill"), (0..n).collect::<Vec<_>>());
 }
 
 #[test]
@@ -73,7 +60,7 @@ fn agent_killed_mid_stream_and_restarted() {
     );
     let agent = start_agent(dir.path(), "agent", &config);
     wait_for("some records stored", || {
-        (records(&hub, "f-agentkill") > 2_000).then_some(())
+        (hub.records("f-agentkill") > 2_000).then_some(())
     });
     agent.signal(libc::SIGKILL);
     drop(agent);
@@ -88,7 +75,7 @@ fn agent_killed_mid_stream_and_restarted() {
     let next_seq = d["last_heartbeat"]["next_seq"].as_u64().unwrap();
     assert!(next_seq >= 10_000, "{d}");
     hub.wait_for_records("f-agentkill", next_seq);
-    assert_eq!(seqs(&hub, "f-agentkill"), (0..next_seq).collect::<Vec<_>>());
+    assert_eq!(hub.seqs("f-agentkill"), (0..next_seq).collect::<Vec<_>>());
 }
 
 #[test]
@@ -103,14 +90,14 @@ fn external_broker_restarted_mid_stream() {
         &agent_config("f-broker", port, n, 3000, LogConfig::default()),
     );
     wait_for("some records stored", || {
-        (records(&hub, "f-broker") > 2_000).then_some(())
+        (hub.records("f-broker") > 2_000).then_some(())
     });
     mosquitto.signal(libc::SIGKILL);
     drop(mosquitto);
     let _mosquitto = start_mosquitto_at(dir.path(), port);
     assert!(agent.wait().success(), "{}", agent.log());
     hub.wait_for_records("f-broker", n);
-    assert_eq!(seqs(&hub, "f-broker"), (0..n).collect::<Vec<_>>());
+    assert_eq!(hub.seqs("f-broker"), (0..n).collect::<Vec<_>>());
 }
 
 #[test]
@@ -143,5 +130,5 @@ fn hub_unreachable_past_the_log_bound_drops_exactly_the_counted_oldest() {
     assert!(dropped > 0 && dropped < n, "{d}");
     hub.wait_for_records("f-bound", n - dropped);
     // Exactly the counted records are missing, and they are the oldest.
-    assert_eq!(seqs(&hub, "f-bound"), (dropped..n).collect::<Vec<_>>());
+    assert_eq!(hub.seqs("f-bound"), (dropped..n).collect::<Vec<_>>());
 }

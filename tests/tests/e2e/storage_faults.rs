@@ -28,19 +28,6 @@ fn agent_config(device: &str, mqtt_port: u16, limit: u64) -> AgentConfig {
         })
 }
 
-fn seqs(hub: &Hub, device: &str) -> Vec<u64> {
-    hub.all_records(device)
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect()
-}
-
-fn records(hub: &Hub, device: &str) -> u64 {
-    hub.device(device)
-        .and_then(|d| d["records"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn hub_store_full_disk_recovers_without_restart() {
     let Some(disk) = Tmpfs::mount("hub_store_full_disk_recovers_without_restart", 4 << 20) else {
@@ -65,7 +52,7 @@ fn hub_store_full_disk_recovers_without_restart() {
     assert!(store["error"].is_string(), "{stats}");
     assert!(store["since_us"].is_i64(), "{stats}");
     assert!(store["write_failures"].as_u64() >= Some(1), "{stats}");
-    assert!(records(&hub, device) < n, "{stats}");
+    assert!(hub.records(device) < n, "{stats}");
     let metrics = hub.metrics();
     assert!(
         metrics.contains("conveyor_hub_store_write_failures_total")
@@ -79,7 +66,7 @@ fn hub_store_full_disk_recovers_without_restart() {
     assert!(agent.wait().success(), "{}", agent.log());
     hub.wait_for_records(device, n);
     assert_eq!(
-        seqs(&hub, device),
+        hub.seqs(device),
         (0..n).collect::<Vec<_>>(),
         "each record once"
     );
@@ -118,19 +105,11 @@ fn hub_store_full_disk_recovers_without_restart() {
 /// Overwrites 512-byte blocks every 64 KiB of `file` (after its first
 /// 64 KiB, the header's) with a pattern no page holds.
 fn damage(file: &std::path::Path) {
-    use std::io::{Seek, SeekFrom, Write};
-    let len = std::fs::metadata(file).unwrap().len();
-    let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-    let mut offset = 64 * 1024;
-    let mut blocks = 0;
-    while offset + 512 <= len {
-        f.seek(SeekFrom::Start(offset)).unwrap();
-        f.write_all(&[0xA5; 512]).unwrap();
-        offset += 64 * 1024;
-        blocks += 1;
-    }
-    assert!(blocks >= 4, "the store file is only {len} bytes");
-    f.sync_all().unwrap();
+    let blocks = damage_blocks(file, 64 * 1024, 64 * 1024);
+    assert!(
+        blocks >= 4,
+        "the store file has only {blocks} blocks to damage"
+    );
 }
 
 fn store_check(path: &std::path::Path) -> (Option<i32>, String) {
