@@ -44,6 +44,16 @@ pub fn parse_or_exit_code<T>(parsed: Result<T, clap::Error>) -> Result<T, ExitCo
     })
 }
 
+/// The message a caught panic carried (`panic!("...")` gives a `&str` or a
+/// `String`), for reporting a panic that was caught and handled.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,7 +150,7 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let was = QUIET.with(|q| q.replace(true));
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     QUIET.with(|q| q.set(was));
-    out.map_err(|p| panic_message(&p))
+    out.map_err(|p| conveyor_process::panic_message(&*p))
 }
 
 fn install_panic_hook() {
@@ -169,11 +169,4 @@ fn install_panic_hook() {
             }
         }));
     });
-}
-
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }

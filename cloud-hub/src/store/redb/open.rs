@@ -57,14 +57,6 @@ fn open_error(path: &str, e: DatabaseError) -> StoreError {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
-}
-
 /// Opens `dir/hub.redb` (creating it if missing and `create`), with
 /// redb's integrity check if `check`; a panic in the engine is reported as
 /// damage.
@@ -90,7 +82,7 @@ pub(super) fn open_db(dir: &Path, create: bool, check: bool) -> Result<Database,
                 path,
                 found: format!(
                     "the storage engine failed reading {FILE_NAME} ({})",
-                    panic_message(&*panic)
+                    conveyor_process::panic_message(&*panic)
                 ),
             })
         }
@@ -156,7 +148,7 @@ pub fn check(dir: &Path) -> Result<Checked, StoreError> {
         path: path.clone(),
         found: format!(
             "the storage engine failed reading {FILE_NAME} ({})",
-            panic_message(&*panic)
+            conveyor_process::panic_message(&*panic)
         ),
     };
     let mut db = match opened {
