@@ -7,8 +7,10 @@ For each data set under models/data/ this trains an edge CNN and a hub CNN on
 the TRAIN split, exports both to ONNX (opset 17, fp32), quantises the edge
 model to int8 (ONNX Runtime static quantisation, QDQ format, Softmax kept in
 fp32), evaluates every file with ONNX Runtime on the TEST split and writes
-metadata, reference cases and model cards next to the models. The layout and
-schema are read by the Rust runtime: see README.md.
+metadata, reference cases and model cards next to the models. A plan's
+`variants` are later versions of its edge model (same id and input, retrained
+with their own recipe and seed), written int8-only to <slug>/<folder>/. The
+layout and schema are read by the Rust runtime: see README.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,12 +60,25 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class EdgeVariant:
+    """A later version of a data set's edge model: same id, input, labels and normalisation,
+    retrained with its own recipe and seed; shipped as int8 only, in <slug>/<folder>/."""
+
+    folder: str  # output subfolder, e.g. "v2"
+    version: str  # e.g. "2.0.0"; the metadata says "<version>-int8"
+    seed: int
+    edge: Recipe
+    why: str  # the model card's "what changed and why" (markdown)
+
+
+@dataclass(frozen=True)
 class DatasetPlan:
     name: str  # folder and file stem under data/
     slug: str  # output folder and id prefix
     blurb: str
     edge: Recipe
     hub: Recipe
+    variants: tuple[EdgeVariant, ...] = ()
 
 
 PLANS = [
@@ -80,6 +96,30 @@ PLANS = [
         hub=Recipe(
             NetSpec((C(64, 7, 1), C(128, 5, 1, 2), C(128, 5, 1, 2), C(128, 3, 1)), dropout=0.2),
             TrainConfig(epochs=100, lr=3e-3, max_shift=0.1, scale=0.1, noise=0.05),
+        ),
+        variants=(
+            EdgeVariant(
+                folder="v2",
+                version="2.0.0",
+                seed=1,
+                edge=Recipe(
+                    NetSpec((C(16, 5, 2), C(32, 5, 2), C(32, 3, 1))),
+                    TrainConfig(epochs=200, lr=3e-3, max_shift=0.2, scale=0.2, noise=0.1, mixup=0.2),
+                ),
+                why=(
+                    "Why: the main known limit of 1.0.0 is other sensors and placements (gain and noise\n"
+                    "differences). 2.0.0 keeps the architecture, so the size and the cost on the device stay\n"
+                    "the same, and is retrained from another seed with twice the epochs, twice the time\n"
+                    "shift, amplitude scaling and noise, and mixup, to be more tolerant of such differences.\n"
+                    "The recipe was chosen by 4-fold cross-validation on the TRAINING split (the test split\n"
+                    "was not used): both recipes score 1.000 on the held-out folds as recorded; with every\n"
+                    "channel's gain of the held-out windows perturbed by up to +/-50% and Gaussian noise\n"
+                    "(sigma 0.6, normalised units) added, this recipe scores 0.890 and the 1.0.0 recipe\n"
+                    "0.757 (mean over seeds 1 and 2, 10 draws per fold). That probe is synthetic and each\n"
+                    "fold has 10 windows: it is indicative only. On the test split 1.0.0 is already at\n"
+                    "1.0000, so the test split cannot show a gain."
+                ),
+            ),
         ),
     ),
     DatasetPlan(
@@ -138,12 +178,12 @@ def onnx_params(path: Path) -> int:
 
 def metadata(
     *, ds: Dataset, plan: DatasetPlan, role: str, precision: str, path: Path, batch, acc: float,
-    acc_fp32: float, recipe: Recipe, params: int,
+    acc_fp32: float, recipe: Recipe, params: int, version: str = VERSION, seed: int = SEED,
 ) -> dict:
     return {
         "schema": 1,
         "id": f"{plan.slug}-{role}",
-        "version": f"{VERSION}-{precision}",
+        "version": f"{version}-{precision}",
         "dataset": ds.name,
         "model_file": path.name,
         "model_sha256": sha256(path),
@@ -165,7 +205,7 @@ def metadata(
         "trained": {
             "framework": f"torch {version_of(torch)}",
             "epochs": recipe.cfg.epochs,
-            "seed": SEED,
+            "seed": seed,
             "train_windows": int(len(ds.y_train)),
             "params": params,
         },
@@ -191,21 +231,29 @@ def reference(path: Path, ds: Dataset, input_shape: list[int]) -> None:
     cards.write_reference(out_dir / f"{path.stem}.json", path.name, ort.__version__, input_shape, cases)
 
 
-def build(plan: DatasetPlan, data_dir: Path, out_root: Path) -> list[dict]:
-    t0 = time.time()
-    ds = load_dataset(data_dir, plan.name)
-    k = len(ds.labels)
-    out = out_root / plan.slug
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"== {ds.name}: train {ds.x_train.shape}, test {ds.x_test.shape}, {k} classes {ds.labels}")
-    log(f"   normalisation mean={ds.norm.mean.tolist()} std={ds.norm.std.tolist()}")
+@dataclass
+class Edge:
+    """An edge model as built: its fp32 and int8 files and their test results."""
 
-    # ---------------- edge ----------------
-    log(f"-- {plan.slug}/edge: training {plan.edge.spec.describe()}")
+    fp32: Path
+    int8: Path
+    p32: np.ndarray  # test probabilities, fp32
+    p8: np.ndarray  # test probabilities, int8
+    acc32: float
+    acc8: float
+    params: int
+    agree: float  # int8 vs fp32 argmax agreement on the training windows
+    variant: dict  # the QUANT_VARIANTS entry chosen
+    excluded: list[str]  # nodes kept fp32
+
+
+def build_edge(ds: Dataset, slug: str, tag: str, recipe: Recipe, seed: int, edge_fp32: Path, edge_int8: Path) -> Edge:
+    """Train, export, quantise and evaluate one edge model."""
+    k = len(ds.labels)
+    log(f"-- {slug}/{tag}: training {recipe.spec.describe()} (seed {seed})")
     t = time.time()
-    edge = train(ds.x_train, ds.y_train, k, plan.edge.spec, plan.edge.cfg, SEED, log_every=50, tag="edge", threads=THREADS)
+    edge = train(ds.x_train, ds.y_train, k, recipe.spec, recipe.cfg, seed, log_every=50, tag=tag, threads=THREADS)
     log(f"   trained in {time.time() - t:.1f}s; torch test accuracy {float((predict(edge, ds.x_test) == ds.y_test).mean()):.4f}")
-    edge_fp32 = out / "edge.fp32.onnx"
     export_fp32(edge, edge_fp32, ds.channels, ds.window, dynamic_batch=False)
     p_edge32 = run_batch1(edge_fp32, ds.x_test)
     check_probs(edge_fp32, p_edge32)
@@ -219,12 +267,11 @@ def build(plan: DatasetPlan, data_dir: Path, out_root: Path) -> list[dict]:
     assert edge_params == onnx_params(edge_fp32), (edge_params, onnx_params(edge_fp32))
 
     # int8: choose the quantisation variant on the TRAINING windows only
-    edge_int8 = out / "edge.int8.onnx"
     train_ref = run_batch1(edge_fp32, ds.x_train).argmax(axis=1)
     first_conv = next(n.name for n in onnx.load(str(edge_fp32)).graph.node if n.op_type == "Conv")
     best = None
     for v in QUANT_VARIANTS:
-        tmp = out / "edge.int8.candidate.onnx"
+        tmp = edge_int8.parent / "edge.int8.candidate.onnx"
         excluded = quantize_qdq(
             edge_fp32, tmp, ds.x_train, per_channel=v["per_channel"], activation_type=v["activation_type"],
             extra_exclude=(first_conv,) if v["exclude_first"] else (),
@@ -242,7 +289,103 @@ def build(plan: DatasetPlan, data_dir: Path, out_root: Path) -> list[dict]:
     p_edge8 = run_batch1(edge_int8, ds.x_test)
     check_probs(edge_int8, p_edge8)
     acc_edge8 = accuracy(p_edge8, ds.y_test)
-    log(f"   edge test accuracy fp32 {acc_edge32:.4f}, int8 {acc_edge8:.4f} ({variant['name']})")
+    log(f"   {tag} test accuracy fp32 {acc_edge32:.4f}, int8 {acc_edge8:.4f} ({variant['name']})")
+    for p in (edge_fp32, edge_int8):
+        if opset_of(p) != 17:
+            raise RuntimeError(f"{p}: opset {opset_of(p)}")
+    return Edge(edge_fp32, edge_int8, p_edge32, p_edge8, acc_edge32, acc_edge8, edge_params, agree, variant, excluded)
+
+
+def quant_notes(ds: Dataset, e: Edge, source: str) -> str:
+    return (
+        "ONNX Runtime "
+        f"{ort.__version__} static quantisation of {source}: `quant_pre_process`, then\n"
+        "`quantize_static` in **QDQ** format (QuantizeLinear/DequantizeLinear pairs around standard ops;\n"
+        "no QOperator or Microsoft-domain ops), int8 symmetric weights, MinMax calibration over the\n"
+        f"{len(ds.x_train)} normalised TRAINING windows (batch 1). Variant: {e.variant['name']}.\n"
+        f"Nodes kept in fp32: {', '.join('`' + x + '`' for x in e.excluded)} -- the Softmax is never quantised,\n"
+        "so the output is plain fp32 probabilities (a quantised Softmax is mis-evaluated by some engines).\n"
+        f"The variant was chosen on the training windows: int8 and fp32 argmax agree on {e.agree:.4f} of them.\n"
+        f"Ops: {', '.join(f'{a} x{b}' for a, b in op_histogram(e.int8).items())}."
+    )
+
+
+def table_row(m: dict, file: str) -> dict:
+    return dict(file=file, params=m["trained"]["params"], size=m["size_bytes"],
+                fp32=m["metrics"]["test_accuracy_fp32"], acc=m["metrics"]["test_accuracy"], n=m["metrics"]["test_windows"])
+
+
+def build_variant(ds: Dataset, plan: DatasetPlan, var: EdgeVariant, out: Path, base: dict) -> dict:
+    """Build a later version of the edge model (int8 only) into out/<folder>/; `base` is 1.0.0's int8 metadata."""
+    k = len(ds.labels)
+    vdir = out / var.folder
+    vdir.mkdir(parents=True, exist_ok=True)
+    edge_int8 = vdir / "edge.int8.onnx"
+    with tempfile.TemporaryDirectory() as tmp:  # its fp32 original is built but not shipped
+        e = build_edge(ds, plan.slug, f"edge {var.folder}", var.edge, var.seed, Path(tmp) / "edge.fp32.onnx", edge_int8)
+        ops32 = op_histogram(e.fp32)
+    meta = metadata(ds=ds, plan=plan, role="edge", precision="int8", path=edge_int8, batch=1, acc=e.acc8,
+                    acc_fp32=e.acc32, recipe=var.edge, params=e.params, version=var.version, seed=var.seed)
+    cards.write_json(vdir / "edge.int8.json", meta)
+    reference(edge_int8, ds, [1, ds.channels, ds.window])
+
+    def convs(spec: NetSpec) -> str:
+        return "-".join(str(b.out_channels) for b in spec.blocks)
+
+    def aug(cfg: TrainConfig) -> str:
+        return f"{cfg.max_shift} / {cfg.scale} / {cfg.noise} / {cfg.mixup or 'off'}"
+
+    rows = [
+        ("architecture (Conv channels)", convs(plan.edge.spec), convs(var.edge.spec)),
+        ("seed", base["trained"]["seed"], var.seed),
+        ("epochs", base["trained"]["epochs"], var.edge.cfg.epochs),
+        ("augmentation: time shift / scaling / noise / mixup", aug(plan.edge.cfg), aug(var.edge.cfg)),
+        ("parameters", base["trained"]["params"], e.params),
+        ("int8 file size (bytes)", base["size_bytes"], meta["size_bytes"]),
+        ("test accuracy, fp32", f"{base['metrics']['test_accuracy_fp32']:.4f}", f"{e.acc32:.4f}"),
+        ("test accuracy, int8", f"{base['metrics']['test_accuracy']:.4f}", f"{e.acc8:.4f}"),
+    ]
+    changes = "\n".join([
+        f"## Changes from {base['version']}",
+        "",
+        f"Retrained, not just re-quantised: the same id, input, labels and normalisation as\n"
+        f"`{base['version']}` (`../{base['model_file']}`), so it is a drop-in update; new weights from a\n"
+        "different training recipe.",
+        "",
+        f"| | {base['version']} | {meta['version']} |",
+        "| --- | ---: | ---: |",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+        var.why,
+    ])
+    cm = lambda p: cards.confusion_md(cards.confusion(ds.y_test, p.argmax(axis=1), k), ds.labels)  # noqa: E731
+    (vdir / "edge.int8.md").write_text(
+        cards.model_card(
+            title=f"{ds.name} edge model {var.folder} (int8, QDQ)", meta=meta, other_meta=None,
+            arch=var.edge.spec.describe(), ops=ops32, train_cfg=var.edge.cfg.to_json(),
+            confusion_tables=[("fp32 original (not shipped)", cm(e.p32)), ("edge.int8.onnx", cm(e.p8))],
+            quant_notes=quant_notes(ds, e, "its fp32 export (built by `train.py` in a temporary folder, not shipped)"),
+            dataset_blurb=plan.blurb, threads=THREADS, changes=changes,
+        ),
+        encoding="utf-8",
+    )
+    log(f"   {plan.slug}/{var.folder}: {meta['id']} {meta['version']}, {meta['size_bytes']} bytes")
+    return table_row(meta, f"{plan.slug}/{var.folder}/{edge_int8.name}")
+
+
+def build(plan: DatasetPlan, data_dir: Path, out_root: Path) -> list[dict]:
+    t0 = time.time()
+    ds = load_dataset(data_dir, plan.name)
+    k = len(ds.labels)
+    out = out_root / plan.slug
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"== {ds.name}: train {ds.x_train.shape}, test {ds.x_test.shape}, {k} classes {ds.labels}")
+    log(f"   normalisation mean={ds.norm.mean.tolist()} std={ds.norm.std.tolist()}")
+
+    # ---------------- edge ----------------
+    e = build_edge(ds, plan.slug, "edge", plan.edge, SEED, out / "edge.fp32.onnx", out / "edge.int8.onnx")
+    edge_fp32, edge_int8, p_edge32, p_edge8 = e.fp32, e.int8, e.p32, e.p8
+    acc_edge32, acc_edge8, edge_params = e.acc32, e.acc8, e.params
 
     # ---------------- hub ----------------
     log(f"-- {plan.slug}/hub: training {plan.hub.spec.describe()}")
@@ -272,23 +415,12 @@ def build(plan: DatasetPlan, data_dir: Path, out_root: Path) -> list[dict]:
         reference(path, ds, [1, ds.channels, ds.window])
 
     cm = lambda p: cards.confusion_md(cards.confusion(ds.y_test, p.argmax(axis=1), k), ds.labels)  # noqa: E731
-    quant_notes = (
-        "ONNX Runtime "
-        f"{ort.__version__} static quantisation of `edge.fp32.onnx`: `quant_pre_process`, then\n"
-        "`quantize_static` in **QDQ** format (QuantizeLinear/DequantizeLinear pairs around standard ops;\n"
-        "no QOperator or Microsoft-domain ops), int8 symmetric weights, MinMax calibration over the\n"
-        f"{len(ds.x_train)} normalised TRAINING windows (batch 1). Variant: {variant['name']}.\n"
-        f"Nodes kept in fp32: {', '.join('`' + e + '`' for e in excluded)} -- the Softmax is never quantised,\n"
-        "so the output is plain fp32 probabilities (a quantised Softmax is mis-evaluated by some engines).\n"
-        f"The variant was chosen on the training windows: int8 and fp32 argmax agree on {agree:.4f} of them.\n"
-        f"Ops: {', '.join(f'{a} x{b}' for a, b in op_histogram(edge_int8).items())}."
-    )
     (out / "edge.int8.md").write_text(
         cards.model_card(
             title=f"{ds.name} edge model (int8, QDQ)", meta=m_edge8, other_meta=m_edge32,
             arch=plan.edge.spec.describe(), ops=op_histogram(edge_fp32), train_cfg=plan.edge.cfg.to_json(),
             confusion_tables=[("edge.fp32.onnx", cm(p_edge32)), ("edge.int8.onnx", cm(p_edge8))],
-            quant_notes=quant_notes, dataset_blurb=plan.blurb, threads=THREADS,
+            quant_notes=quant_notes(ds, e, "`edge.fp32.onnx`"), dataset_blurb=plan.blurb, threads=THREADS,
         ),
         encoding="utf-8",
     )
@@ -304,12 +436,11 @@ def build(plan: DatasetPlan, data_dir: Path, out_root: Path) -> list[dict]:
     for p in (edge_fp32, edge_int8, hub_fp32):
         if opset_of(p) != 17:
             raise RuntimeError(f"{p}: opset {opset_of(p)}")
+    rows = [table_row(m, f"{plan.slug}/{m['model_file']}") for m in (m_edge32, m_edge8, m_hub)]
+    for var in plan.variants:
+        rows.append(build_variant(ds, plan, var, out, m_edge8))
     log(f"== {ds.name} done in {time.time() - t0:.1f}s")
-    return [
-        dict(file=f"{plan.slug}/{m['model_file']}", params=m["trained"]["params"], size=m["size_bytes"],
-             fp32=m["metrics"]["test_accuracy_fp32"], acc=m["metrics"]["test_accuracy"], n=m["metrics"]["test_windows"])
-        for m in (m_edge32, m_edge8, m_hub)
-    ]
+    return rows
 
 
 def latency_us(path: Path, x: np.ndarray, reps: int = 200) -> float:
@@ -369,8 +500,9 @@ def main() -> None:
     for plan in PLANS:
         if plan.name in args.datasets:
             if args.quick:
-                plan = replace(plan, edge=replace(plan.edge, cfg=replace(plan.edge.cfg, epochs=3)),
-                               hub=replace(plan.hub, cfg=replace(plan.hub.cfg, epochs=3)))
+                quick = lambda r: replace(r, cfg=replace(r.cfg, epochs=3))  # noqa: E731
+                plan = replace(plan, edge=quick(plan.edge), hub=quick(plan.hub),
+                               variants=tuple(replace(v, edge=quick(v.edge)) for v in plan.variants))
             rows += build(plan, args.data, args.out)
     table = results_table(rows)
     if set(args.datasets) == {p.name for p in PLANS} and args.out.resolve() == ROOT:

@@ -79,7 +79,9 @@ def model_card(
     quant_notes: str | None,
     dataset_blurb: str,
     threads: int,
+    changes: str | None = None,
 ) -> str:
+    """`changes`: a later version's "what changed and why" section (markdown), after the first line."""
     inp, out = meta["input"], meta["output"]
     norm = meta["normalization"]
     m = meta["metrics"]
@@ -92,6 +94,7 @@ def model_card(
         + (f" (and its fp32 original `{other_meta['model_file']}`)" if other_meta else "")
         + ".",
         "",
+        *([changes, ""] if changes else []),
         "## Intended use",
         "",
         dataset_blurb,
