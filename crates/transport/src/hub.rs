@@ -36,14 +36,25 @@ pub fn received(topic: &str, payload: Bytes) -> Received {
 pub const INBOUND_CAPACITY: usize = 4096;
 
 /// The topics the hub consumes, for every device.
-pub const UPLINK_KINDS: [TopicKind; 3] =
-    [TopicKind::Records, TopicKind::Status, TopicKind::Heartbeat];
+pub const UPLINK_KINDS: [TopicKind; 4] = [
+    TopicKind::Records,
+    TopicKind::Status,
+    TopicKind::Heartbeat,
+    TopicKind::State,
+];
 
 /// How a device side sends to one device. Never blocks.
 pub trait Outbound: Send + Sync {
     /// Queues `payload` for `topic`; `reliable` asks for at-least-once
-    /// delivery to subscribers where the transport distinguishes.
-    fn try_publish(&self, topic: &Topic, payload: Vec<u8>, reliable: bool) -> Result<(), String>;
+    /// delivery to subscribers where the transport distinguishes, `retain`
+    /// for the broker to keep it for later subscribers.
+    fn try_publish(
+        &self,
+        topic: &Topic,
+        payload: Vec<u8>,
+        reliable: bool,
+        retain: bool,
+    ) -> Result<(), String>;
 }
 
 /// Publishes hub -> device messages (acks, results). Never blocks: a
@@ -70,9 +81,16 @@ impl Publisher {
         self.send(device, TopicKind::Results, batch.encode_to_vec(), true)
     }
 
+    /// Publishes a signed desired state, reliable and retained: an agent
+    /// that is offline now gets it when it next connects.
+    pub fn desired(&self, device: &DeviceId, envelope: Vec<u8>) -> Result<(), String> {
+        let topic = Topic::new(device.clone(), TopicKind::Desired);
+        self.0.try_publish(&topic, envelope, true, true)
+    }
+
     fn send(&self, device: &DeviceId, kind: TopicKind, payload: Vec<u8>, reliable: bool) {
         let topic = Topic::new(device.clone(), kind);
-        if let Err(e) = self.0.try_publish(&topic, payload, reliable) {
+        if let Err(e) = self.0.try_publish(&topic, payload, reliable, false) {
             tracing::warn!("could not publish to a device: {e}");
         }
     }
@@ -125,7 +143,13 @@ mod tests {
     struct Recorder(Mutex<Vec<(String, bool)>>);
 
     impl Outbound for Arc<Recorder> {
-        fn try_publish(&self, topic: &Topic, _: Vec<u8>, reliable: bool) -> Result<(), String> {
+        fn try_publish(
+            &self,
+            topic: &Topic,
+            _: Vec<u8>,
+            reliable: bool,
+            _retain: bool,
+        ) -> Result<(), String> {
             self.0.lock().unwrap().push((topic.to_string(), reliable));
             Err("full".into())
         }

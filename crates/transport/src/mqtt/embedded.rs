@@ -9,6 +9,7 @@
 //! hub's store is the source of truth.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -64,14 +65,44 @@ fn broker_config(listen: SocketAddr, max_connections: usize) -> Config {
 struct LinkOutbound(Arc<Mutex<LinkTx>>);
 
 impl Outbound for LinkOutbound {
-    fn try_publish(&self, topic: &Topic, payload: Vec<u8>, _reliable: bool) -> Result<(), String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .try_publish(topic.to_string(), payload)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    fn try_publish(
+        &self,
+        topic: &Topic,
+        payload: Vec<u8>,
+        _reliable: bool,
+        retain: bool,
+    ) -> Result<(), String> {
+        let mut link = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !retain {
+            return link
+                .try_publish(topic.to_string(), payload)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        // A local link's `try_publish` never retains; its `send` takes the
+        // packet as built. (`send` is async in name only: its body queues
+        // and notifies the router without awaiting, so one poll finishes it.)
+        let publish = rumqttd::protocol::Publish::new(
+            bytes::Bytes::from(topic.to_string()),
+            bytes::Bytes::from(payload),
+            true,
+        );
+        let send = link.send(rumqttd::protocol::Packet::Publish(publish, None));
+        let mut send = std::pin::pin!(send);
+        let waker = std::task::Waker::from(Arc::new(NoWake));
+        let mut cx = std::task::Context::from_waker(&waker);
+        match send.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+            std::task::Poll::Pending => Err("the embedded broker's queue is busy".into()),
+        }
     }
+}
+
+/// A waker for a future that finishes on its first poll.
+struct NoWake;
+
+impl std::task::Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
 }
 
 /// Starts rumqttd on `listen` and subscribes the hub's link to the uplinks.

@@ -19,7 +19,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 struct ClientOutbound(AsyncClient);
 
 impl Outbound for ClientOutbound {
-    fn try_publish(&self, topic: &Topic, payload: Vec<u8>, reliable: bool) -> Result<(), String> {
+    fn try_publish(
+        &self,
+        topic: &Topic,
+        payload: Vec<u8>,
+        reliable: bool,
+        retain: bool,
+    ) -> Result<(), String> {
         // Acks at QoS 0: a lost ack only costs a re-send. Results at QoS 1.
         let qos = if reliable {
             QoS::AtLeastOnce
@@ -27,7 +33,7 @@ impl Outbound for ClientOutbound {
             QoS::AtMostOnce
         };
         self.0
-            .try_publish(topic.to_string(), qos, false, payload)
+            .try_publish(topic.to_string(), qos, retain, payload)
             .map_err(|e| e.to_string())
     }
 }
