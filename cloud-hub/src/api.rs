@@ -13,6 +13,9 @@
 //! | `GET /api/v1/models` | the hub's models: batching limits, counters, latency |
 //! | `POST /api/v1/models/{id}/infer` | classify one window: `{"window": [[v, ...], ...]}` (readings x channels, sensor units) |
 //!
+//! The OTA routes (keys, artifacts, desired states, agents' reports) are
+//! listed in `api_artifacts.rs` and `api_desired.rs`.
+//!
 //! Errors are JSON `{"error": "..."}` with a 4xx status (5xx when the hub
 //! itself fails; 503 when a model is overloaded).
 
@@ -30,6 +33,7 @@ use serde_json::json;
 
 use crate::ingest::HubState;
 use crate::metrics::LatencySummary;
+use crate::registry::DeviceView;
 use crate::store::StoreHealth;
 
 /// Most records one request returns.
@@ -47,11 +51,67 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/results/stream", get(crate::api_results::stream))
         .route("/api/v1/models", get(crate::api_results::models))
         .route("/api/v1/models/{id}/infer", post(crate::api_results::infer))
+        .route("/api/v1/keys", get(crate::api_artifacts::keys))
+        .route(
+            "/api/v1/artifacts",
+            get(crate::api_artifacts::list)
+                .post(crate::api_artifacts::push)
+                // The files plus the form's own bytes; the handler counts
+                // the files' bytes itself and answers 413 with the bound.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    usize::try_from(state.ota.max_artifact_bytes)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(1 << 20),
+                )),
+        )
+        .route(
+            "/api/v1/artifacts/{reference}",
+            get(crate::api_artifacts::show),
+        )
+        .route(
+            "/api/v1/artifacts/{id}/manifest",
+            get(crate::api_artifacts::manifest),
+        )
+        .route(
+            "/api/v1/artifacts/{id}/files/{name}",
+            get(crate::api_artifacts::file),
+        )
+        .route(
+            "/api/v1/devices/{id}/desired",
+            get(crate::api_desired::get_desired).put(crate::api_desired::put_desired),
+        )
+        .route(
+            "/api/v1/devices/{id}/state",
+            get(crate::api_desired::get_state),
+        )
+        .route("/api/v1/deploy", post(crate::api_desired::deploy))
         .with_state(state)
 }
 
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// An error answer not yet rendered (small, for `Result`s inside handlers).
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, self.message)
+    }
 }
 
 async fn healthz(State(s): State<Arc<HubState>>) -> Response {
@@ -127,14 +187,24 @@ async fn stats(State(s): State<Arc<HubState>>) -> Json<Stats> {
     Json(stats_of(&s))
 }
 
+/// Fills in a device view's OTA standing.
+fn with_ota(s: &HubState, mut view: DeviceView) -> DeviceView {
+    if let Some(d) = s.ota.devices().devices.get(&view.entry.device_id) {
+        view.ota = d.view();
+    }
+    view
+}
+
 async fn devices(State(s): State<Arc<HubState>>) -> Response {
     let list = s.registry().list(now_us());
+    let list: Vec<_> = list.into_iter().map(|v| with_ota(&s, v)).collect();
     Json(json!({ "devices": list })).into_response()
 }
 
 async fn device(State(s): State<Arc<HubState>>, Path(id): Path<String>) -> Response {
-    match s.registry().get(&id, now_us()) {
-        Some(view) => Json(view).into_response(),
+    let view = s.registry().get(&id, now_us());
+    match view {
+        Some(view) => Json(with_ota(&s, view)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no device {id:?}")),
     }
 }

@@ -27,6 +27,9 @@ pub struct HubConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub inference: InferenceConfig,
+    /// Over-the-air updates: the signing key, artifact bounds.
+    #[serde(default)]
+    pub ota: crate::ota::OtaConfig,
 }
 
 /// Which MQTT broker the devices talk to.
@@ -175,6 +178,11 @@ impl HubConfig {
                 config.store.path = dir.join(&config.store.path);
             }
             config.inference.resolve_paths(dir);
+            if let Some(k) = &mut config.ota.signing_key {
+                if k.is_relative() {
+                    *k = dir.join(&*k);
+                }
+            }
         }
         Ok(config)
     }
@@ -224,6 +232,7 @@ impl HubConfig {
             }
         }
         self.inference.validate(&mut found);
+        self.ota.validate(&mut found);
         if self.store.path.as_os_str().is_empty() {
             found.push(ConfigError::invalid("store.path", "must not be empty"));
         }

@@ -28,6 +28,8 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] HubTransportError),
+    #[error(transparent)]
+    Ota(#[from] crate::ota::OtaError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
         addr: SocketAddr,
@@ -80,6 +82,7 @@ impl Hub {
                 max_connections: b.max_connections,
             },
         };
+        let ota = crate::ota::OtaHub::open(&config.ota, &config.store.path)?;
         let connection = conveyor_transport::start_hub(&side)?;
         let state = Arc::new(HubState {
             store,
@@ -89,7 +92,14 @@ impl Hub {
             results: broadcast::channel(RESULTS_BROADCAST).0,
             broker_mode: connection.mode,
             device_url: connection.device_url.clone(),
+            ota,
+            publisher: connection.publisher.clone(),
         });
+        state.metrics.ota_skipped.inc_by(state.ota.skipped_at_open);
+        // The embedded broker forgets retained messages with the process
+        // (and an external one may have lost them): every stored desired
+        // state is published again, retained.
+        republish_desired(&state, now_us());
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| HubError::HttpBind {
@@ -152,6 +162,30 @@ impl Hub {
         if let Err(e) = self.state.store.commit() {
             tracing::error!("flushing the store at shutdown: {e}");
         }
+    }
+}
+
+/// Publishes every device's desired state (retained).
+fn republish_desired(state: &HubState, now: i64) {
+    let mut store = state.ota.devices();
+    let mut sent = 0u64;
+    for (id, d) in store.devices.iter_mut() {
+        let (Some(desired), Ok(device)) = (&d.desired, conveyor_shared::DeviceId::new(id.clone()))
+        else {
+            continue;
+        };
+        d.published_at_us = Some(now);
+        match state.publisher.desired(&device, desired.envelope.clone()) {
+            Ok(()) => sent += 1,
+            Err(e) => tracing::warn!(device = %id, "could not publish the desired state: {e}"),
+        }
+    }
+    state.metrics.desired_published.inc_by(sent);
+    if sent > 0 {
+        tracing::info!(
+            devices = sent,
+            "published the stored desired states again (retained)"
+        );
     }
 }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use conveyor_process::LogEvery;
 use conveyor_shared::control::{Ack, DeviceStatus, Heartbeat};
+use conveyor_shared::ota::AgentState;
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
 use conveyor_shared::{DeviceId, Record, RecordBatch, Topic};
@@ -49,6 +50,10 @@ pub struct HubState {
     pub broker_mode: &'static str,
     /// The URL devices connect to.
     pub device_url: String,
+    /// Over-the-air updates: the registry, desired states, agent reports.
+    pub ota: crate::ota::OtaHub,
+    /// Hub -> device messages (the API publishes desired states).
+    pub publisher: Publisher,
 }
 
 impl HubState {
@@ -331,7 +336,13 @@ impl Ingest {
                     })
             }
             TopicKind::Status => match DeviceStatus::decode(payload) {
-                Ok(s) if s.device_id == device => self.state.registry().on_status(device, s, now),
+                Ok(s) if s.device_id == device => {
+                    let online = s.state == conveyor_shared::control::DeviceState::Online;
+                    self.state.registry().on_status(device, s, now);
+                    if online {
+                        crate::ota::reports::on_online(&self.state, &topic.device, now);
+                    }
+                }
                 Ok(s) => self.reject(
                     Some(device),
                     "bad_status",
@@ -349,6 +360,17 @@ impl Ingest {
                     &format_args!("heartbeat names device {:?}", h.device_id),
                 ),
                 Err(e) => self.reject(Some(device), "bad_heartbeat", &e),
+            },
+            TopicKind::State => match AgentState::decode(payload) {
+                Ok(s) if s.device_id == device => {
+                    crate::ota::reports::on_report(&self.state, &topic.device, s, now)
+                }
+                Ok(s) => self.reject(
+                    Some(device),
+                    "bad_state",
+                    &format_args!("state names device {:?}", s.device_id),
+                ),
+                Err(e) => self.reject(Some(device), "bad_state", &e),
             },
             // Downlink topics are the hub's own; it does not consume them.
             TopicKind::Ack | TopicKind::Desired | TopicKind::Results => {}

@@ -8,6 +8,8 @@
 //! ARCHITECTURE.md for the invariants.
 
 pub mod api;
+pub mod api_artifacts;
+pub mod api_desired;
 pub mod api_results;
 pub mod cascade;
 pub mod config;
@@ -16,5 +18,7 @@ pub mod inference;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
+pub mod ota;
+pub mod ota_cli;
 pub mod registry;
 pub mod store;

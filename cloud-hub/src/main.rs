@@ -54,6 +54,24 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The artifact registry of a running hub: push (checked and signed by
+    /// the hub), list, show.
+    Artifact {
+        #[command(subcommand)]
+        command: cloud_hub::ota_cli::ArtifactCommand,
+        /// The hub's HTTP API.
+        #[arg(
+            long,
+            global = true,
+            env = "CONVEYOR_HUB",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        hub: String,
+    },
+    /// Set what a stage runs on devices (by id or by tag): the hub signs
+    /// and publishes their new desired state; agents verify, download,
+    /// apply and report.
+    Deploy(cloud_hub::ota_cli::DeployCli),
     /// The demo moved to its own binary; this only says where (any
     /// arguments are ignored).
     #[command(hide = true, disable_help_flag = true)]
@@ -206,7 +224,18 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config, device } => {
-            match load_config(Some(&config), device).and_then(|c| load_models(&c)) {
+            let checked = load_config(Some(&config), device).and_then(|c| {
+                let key = c.ota.key_path(&c.store.path);
+                // A missing key is made by `serve`; one that is there must load.
+                if key.exists() {
+                    if let Err(e) = cloud_hub::keys::load(&key) {
+                        eprintln!("cloud-hub: invalid config: ota.signing_key: {e}");
+                        return Err(ExitCode::from(EXIT_CONFIG));
+                    }
+                }
+                load_models(&c)
+            });
+            match checked {
                 Ok(models) => {
                     println!(
                         "{}: ok ({} models on {})",
@@ -242,6 +271,25 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             conveyor_process::init_tracing("info,rumqttd=off");
+            // The signing key is config: a bad one stops the hub before any
+            // port is bound; a missing one is made.
+            let key_path = config.ota.key_path(&config.store.path);
+            match cloud_hub::ota::load_or_make_key(&key_path) {
+                Ok((key, made)) => {
+                    if made.is_some() {
+                        tracing::info!(key = %key_path.display(), "made a new signing key");
+                    }
+                    println!(
+                        "cloud-hub: agents trust {} (key id {})",
+                        key.public(),
+                        key.public().id()
+                    );
+                }
+                Err(e) => {
+                    eprintln!("cloud-hub: invalid config: ota.signing_key: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
             let models = match load_models(&config) {
                 Ok(m) => m,
                 Err(code) => return code,
@@ -268,6 +316,8 @@ fn main() -> ExitCode {
             command: StoreCommand::Check { config, path },
         } => store_check(config, path),
         Command::Keys { command } => keys(command),
+        Command::Artifact { command, hub } => cloud_hub::ota_cli::artifact(command, &hub),
+        Command::Deploy(args) => cloud_hub::ota_cli::deploy_command(args),
         Command::Demo { .. } => {
             eprintln!("{DEMO_MOVED}");
             ExitCode::from(EXIT_DEMO_MOVED)

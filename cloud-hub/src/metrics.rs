@@ -26,6 +26,15 @@ pub struct HubMetrics {
     pub batches_received: Counter,
     pub results_published: Counter,
     pub rejected: Family<Labels, Counter>,
+    /// Artifact pushes refused, by reason.
+    pub artifacts_rejected: Family<Labels, Counter>,
+    /// Desired states published (deploys, and sends again).
+    pub desired_published: Counter,
+    /// Agents' OTA changes that ended, by phase (applied, failed).
+    pub ota_changes: Family<Labels, Counter>,
+    /// Stored manifests, desired states and agent states skipped at start
+    /// (they did not verify or read).
+    pub ota_skipped: Counter,
     pub devices_online: Gauge,
     pub devices_known: Gauge,
     pub devices_storage_fault: Gauge,
@@ -57,6 +66,30 @@ impl HubMetrics {
         let batches_received = Counter::default();
         let results_published = Counter::default();
         let rejected = Family::default();
+        let artifacts_rejected = Family::<Labels, Counter>::default();
+        let desired_published = Counter::default();
+        registry.register(
+            "artifact_push_rejected",
+            "Artifact pushes refused, by reason",
+            artifacts_rejected.clone(),
+        );
+        registry.register(
+            "desired_published",
+            "Desired states published to devices (deploys, and sends again)",
+            desired_published.clone(),
+        );
+        let ota_changes = Family::<Labels, Counter>::default();
+        registry.register(
+            "ota_changes",
+            "Agents' OTA changes that ended, by phase (applied, failed)",
+            ota_changes.clone(),
+        );
+        let ota_skipped = Counter::default();
+        registry.register(
+            "ota_documents_skipped",
+            "Stored OTA documents skipped at start because they did not verify or read",
+            ota_skipped.clone(),
+        );
         let devices_online = Gauge::default();
         let devices_known = Gauge::default();
         let devices_storage_fault = Gauge::default();
@@ -140,6 +173,10 @@ impl HubMetrics {
             latency_quantiles.clone(),
         );
         HubMetrics {
+            artifacts_rejected,
+            desired_published,
+            ota_changes,
+            ota_skipped,
             registry,
             records_received,
             records_duplicate,
@@ -169,6 +206,19 @@ impl HubMetrics {
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
             .inc()
             + 1
+    }
+
+    pub fn artifact_rejected(&self, reason: &str) {
+        self.artifacts_rejected
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Counts an agent's OTA change that ended in `phase`.
+    pub fn ota_change(&self, phase: &str) {
+        self.ota_changes
+            .get_or_create(&vec![("phase".to_string(), phase.to_string())])
+            .inc();
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -248,6 +298,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "empty_stream",
     "bad_status",
     "bad_heartbeat",
+    "bad_state",
     "store_error",
 ];
 

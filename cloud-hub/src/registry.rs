@@ -113,6 +113,9 @@ pub struct DeviceView {
     #[serde(flatten)]
     pub entry: DeviceEntry,
     pub records_per_sec: f64,
+    /// OTA: the desired and the applied generation, the last change's
+    /// phase (filled in by the API from the OTA store).
+    pub ota: crate::ota::devices::OtaView,
 }
 
 #[derive(Debug, Default)]
@@ -311,6 +314,7 @@ fn view(e: &DeviceEntry, now_us: i64) -> DeviceView {
     DeviceView {
         entry: e.clone(),
         records_per_sec: e.rate.rate(now_us),
+        ota: Default::default(),
     }
 }
 

@@ -1,0 +1,299 @@
+//! The HTTP routes of desired states (OTA): what each device should run,
+//! and what it reports it runs.
+//!
+//! | route | what |
+//! |---|---|
+//! | `PUT /api/v1/devices/{id}/desired` | `{"stages": {"<stage>": {"model": "name@version"} \| {"transforms": [{"artifact": "name@version", "config": {...}}]} \| null}}`, merged into the device's desired state (null removes a stage): the next generation, signed, stored, published retained. `{"device_id", "generation", "desired"}` |
+//! | `POST /api/v1/deploy` | the same for several devices: `{"devices": [...], "tags": {"k": "v"}, "stages": {...}}` (a device matches when each tag equals the one it last reported); 422 if none. `{"deployed": [{"device_id", "generation", "desired"}]}` |
+//! | `GET /api/v1/devices/{id}/desired` | `{"generation", "desired", "envelope"}` (the envelope as published) |
+//! | `GET /api/v1/devices/{id}/state` | the agent's last report: what it runs, the last change's phase (and why it failed) |
+//!
+//! Artifacts are named by `name@version` (or id) and resolved to the
+//! registry's ids here; the document agents get names ids, which they
+//! check.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use conveyor_shared::ota::desired::MAX_CHAIN;
+use conveyor_shared::ota::{ArtifactKind, ArtifactRef, ChainLink, StageTarget};
+use conveyor_shared::DeviceId;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{error, ApiError};
+use crate::ingest::HubState;
+use crate::ota::devices::SetError;
+
+/// What a request asks one stage to run.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TargetRequest {
+    Model(String),
+    Transforms(Vec<LinkRequest>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    artifact: String,
+    #[serde(default)]
+    config: serde_json::Map<String, Value>,
+}
+
+type StageRequests = BTreeMap<String, Option<TargetRequest>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredRequest {
+    stages: StageRequests,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    #[serde(default)]
+    devices: Vec<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    stages: StageRequests,
+}
+
+fn unprocessable(message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+}
+
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    parsed
+        .map(|Json(b)| b)
+        .map_err(|e| ApiError::new(e.status(), format!("bad request body: {}", e.body_text())))
+}
+
+/// A stage name as the agent's `[[stages]]` may have it.
+fn check_stage_name(stage: &str) -> Result<(), ApiError> {
+    if stage.is_empty() || stage.len() > 128 || stage.chars().any(char::is_control) {
+        return Err(unprocessable(format!(
+            "stage name {:?}: 1-128 characters, no control characters",
+            stage.chars().take(140).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves each stage's `name@version`s to registry ids, checking kinds.
+fn resolve(
+    s: &HubState,
+    stages: StageRequests,
+) -> Result<BTreeMap<String, Option<StageTarget>>, ApiError> {
+    if stages.is_empty() {
+        return Err(unprocessable(
+            "`stages` is empty: name at least one stage to change".into(),
+        ));
+    }
+    let registry = s.ota.registry();
+    let find = |r: &str, kind: ArtifactKind, stage: &str| {
+        let m = registry.find(r).ok_or_else(|| {
+            unprocessable(format!(
+                "stage {stage:?}: no artifact {r:?} in the registry (push it first)"
+            ))
+        })?;
+        if m.manifest.kind != kind {
+            let found = format!("{:?}", m.manifest.kind).to_lowercase();
+            let want = format!("{kind:?}").to_lowercase();
+            return Err(unprocessable(format!(
+                "stage {stage:?}: {r} is a {found}, and a {} needs a {want}",
+                if kind == ArtifactKind::Model {
+                    "`model`"
+                } else {
+                    "`transforms` chain"
+                }
+            )));
+        }
+        Ok(ArtifactRef {
+            name: m.manifest.name.clone(),
+            version: m.manifest.version.clone(),
+            id: m.id.clone(),
+        })
+    };
+    let mut out = BTreeMap::new();
+    for (stage, target) in stages {
+        check_stage_name(&stage)?;
+        let t = match target {
+            None => None,
+            Some(TargetRequest::Model(r)) => {
+                Some(StageTarget::Model(find(&r, ArtifactKind::Model, &stage)?))
+            }
+            Some(TargetRequest::Transforms(links)) => {
+                if links.is_empty() || links.len() > MAX_CHAIN {
+                    return Err(unprocessable(format!(
+                        "stage {stage:?}: a transform chain has 1 to {MAX_CHAIN} transforms, got {}",
+                        links.len()
+                    )));
+                }
+                let mut chain = Vec::with_capacity(links.len());
+                for l in links {
+                    chain.push(ChainLink {
+                        artifact: find(&l.artifact, ArtifactKind::Transform, &stage)?,
+                        config: l.config,
+                    });
+                }
+                Some(StageTarget::Transforms(chain))
+            }
+        };
+        out.insert(stage, t);
+    }
+    Ok(out)
+}
+
+/// Sets, stores and publishes the desired state of each of `devices`.
+fn deploy_to(
+    s: &HubState,
+    devices: &[DeviceId],
+    changes: &BTreeMap<String, Option<StageTarget>>,
+) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    let now = conveyor_shared::time::now_us();
+    for device in devices {
+        let set = {
+            let mut store = s.ota.devices();
+            let set = store.set(device, changes, s.ota.key());
+            if let (Ok(_), Some(entry)) = (&set, store.devices.get_mut(device.as_str())) {
+                entry.published_at_us = Some(now);
+            }
+            set
+        };
+        let desired = match set {
+            Ok(d) => d,
+            Err(e) => {
+                let done: Vec<_> = out.iter().map(|d: &Value| d["device_id"].clone()).collect();
+                let code = match e {
+                    SetError::TooManyStages(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    SetError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                return Err(ApiError::new(
+                    code,
+                    format!("device {device}: {e} (deployed before it: {done:?})"),
+                ));
+            }
+        };
+        match s.publisher.desired(device, desired.envelope.clone()) {
+            Ok(()) => {
+                s.metrics.desired_published.inc();
+            }
+            // Stored: it goes out again when the device comes online or
+            // reports that it has not seen it.
+            Err(e) => {
+                tracing::warn!(device = %device, "could not publish the desired state now: {e}")
+            }
+        }
+        tracing::info!(device = %device, generation = desired.doc.generation, stages = ?desired.doc.stages.keys().collect::<Vec<_>>(), "desired state set");
+        out.push(json!({
+            "device_id": device,
+            "generation": desired.doc.generation,
+            "desired": desired.doc,
+        }));
+    }
+    Ok(out)
+}
+
+pub async fn put_desired(
+    State(s): State<Arc<HubState>>,
+    Path(id): Path<String>,
+    parsed: Result<Json<DesiredRequest>, JsonRejection>,
+) -> Response {
+    let device = match DeviceId::new(id) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let done = body(parsed)
+        .and_then(|b| resolve(&s, b.stages))
+        .and_then(|c| deploy_to(&s, std::slice::from_ref(&device), &c));
+    match done {
+        Ok(mut done) => Json(done.remove(0)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The devices a deploy names: by id, and those whose last report carries
+/// every one of `tags`.
+fn select(
+    s: &HubState,
+    ids: &[String],
+    tags: &BTreeMap<String, String>,
+) -> Result<Vec<DeviceId>, ApiError> {
+    let mut devices = Vec::new();
+    for id in ids {
+        let d = DeviceId::new(id.clone())
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("device {id:?}: {e}")))?;
+        if !devices.contains(&d) {
+            devices.push(d);
+        }
+    }
+    if !tags.is_empty() {
+        let store = s.ota.devices();
+        for (id, d) in &store.devices {
+            let matches = d
+                .report()
+                .is_some_and(|st| tags.iter().all(|(k, v)| st.tags.get(k) == Some(v)));
+            if let (true, Ok(d)) = (matches, DeviceId::new(id.clone())) {
+                if !devices.contains(&d) {
+                    devices.push(d);
+                }
+            }
+        }
+    }
+    if devices.is_empty() {
+        return Err(unprocessable(format!(
+            "the deploy selects no device: give `devices`, or `tags` that devices report \
+             (asked for tags {tags:?})"
+        )));
+    }
+    Ok(devices)
+}
+
+pub async fn deploy(
+    State(s): State<Arc<HubState>>,
+    parsed: Result<Json<DeployRequest>, JsonRejection>,
+) -> Response {
+    let done = body(parsed).and_then(|b| {
+        let devices = select(&s, &b.devices, &b.tags)?;
+        let changes = resolve(&s, b.stages)?;
+        deploy_to(&s, &devices, &changes)
+    });
+    match done {
+        Ok(done) => Json(json!({"deployed": done})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn get_desired(State(s): State<Arc<HubState>>, Path(id): Path<String>) -> Response {
+    let store = s.ota.devices();
+    match store.devices.get(&id).and_then(|d| d.desired.as_ref()) {
+        Some(d) => Json(json!({
+            "generation": d.doc.generation,
+            "desired": d.doc,
+            "envelope": serde_json::from_slice::<Value>(&d.envelope).unwrap_or(Value::Null),
+        }))
+        .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no desired state for device {id:?}"),
+        ),
+    }
+}
+
+pub async fn get_state(State(s): State<Arc<HubState>>, Path(id): Path<String>) -> Response {
+    let store = s.ota.devices();
+    match store.devices.get(&id).and_then(|d| d.report()) {
+        Some(st) => Json(st).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("device {id:?} has reported no OTA state"),
+        ),
+    }
+}

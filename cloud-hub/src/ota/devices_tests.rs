@@ -1,0 +1,149 @@
+use conveyor_shared::ota::{ArtifactId, ArtifactRef, ChainLink, Opened};
+
+use super::*;
+
+fn key() -> SecretKey {
+    SecretKey::from_seed([1; 32])
+}
+
+fn model(v: &str) -> StageTarget {
+    StageTarget::Model(ArtifactRef {
+        name: "m".into(),
+        version: v.into(),
+        id: ArtifactId::of_payload(v),
+    })
+}
+
+fn changes(items: &[(&str, Option<StageTarget>)]) -> BTreeMap<String, Option<StageTarget>> {
+    items
+        .iter()
+        .map(|(s, t)| (s.to_string(), t.clone()))
+        .collect()
+}
+
+fn gw() -> DeviceId {
+    DeviceId::new("gw").unwrap()
+}
+
+fn open(dir: &Path) -> (DeviceStore, Skipped) {
+    DeviceStore::open(dir, &key().public()).unwrap()
+}
+
+#[test]
+fn generations_grow_across_reopen_and_changes_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let d1 = s
+        .set(&gw(), &changes(&[("a", Some(model("1")))]), &key())
+        .unwrap();
+    assert_eq!(d1.doc.generation, 1);
+    let d2 = s
+        .set(&gw(), &changes(&[("b", Some(model("2")))]), &key())
+        .unwrap();
+    assert_eq!(d2.doc.stages.len(), 2, "merged, not replaced");
+    let (mut s, skipped) = open(dir.path());
+    assert_eq!(skipped, Skipped::default());
+    assert_eq!(s.devices["gw"].desired.as_ref().unwrap().doc, d2.doc);
+    let d3 = s.set(&gw(), &changes(&[("a", None)]), &key()).unwrap();
+    assert_eq!(d3.doc.generation, 3);
+    assert_eq!(d3.doc.stages.keys().collect::<Vec<_>>(), vec!["b"]);
+    // What is published verifies as the agent will check it.
+    let opened = DesiredState::open(&d3.envelope, &[key().public()], "gw", Some(2)).unwrap();
+    assert!(matches!(opened, Opened::New(..)));
+    // Another device has its own generations.
+    let other = DeviceId::new("other").unwrap();
+    assert_eq!(
+        s.set(&other, &changes(&[("a", None)]), &key())
+            .unwrap()
+            .doc
+            .generation,
+        1
+    );
+}
+
+#[test]
+fn a_desired_state_that_no_longer_verifies_is_skipped_but_its_generation_is_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    for _ in 0..4 {
+        s.set(&gw(), &changes(&[("a", Some(model("1")))]), &key())
+            .unwrap();
+    }
+    // The hub's key replaced: the stored document does not verify.
+    let other = SecretKey::from_seed([2; 32]);
+    let (mut s, skipped) = DeviceStore::open(dir.path(), &other.public()).unwrap();
+    assert_eq!(skipped.desired, 1);
+    assert!(s.devices["gw"].desired.is_none());
+    let next = s
+        .set(&gw(), &changes(&[("a", Some(model("2")))]), &other)
+        .unwrap();
+    assert_eq!(next.doc.generation, 5);
+}
+
+#[test]
+fn merge_sets_replaces_and_removes_stages() {
+    let mut stages = BTreeMap::from([("a".to_string(), model("1")), ("b".to_string(), model("1"))]);
+    let chain = StageTarget::Transforms(vec![ChainLink::new(ArtifactRef {
+        name: "t".into(),
+        version: "1".into(),
+        id: ArtifactId::of_payload("t"),
+    })]);
+    merge(
+        &mut stages,
+        &changes(&[
+            ("a", Some(model("2"))),
+            ("b", None),
+            ("c", Some(chain.clone())),
+            ("x", None),
+        ]),
+    );
+    assert_eq!(
+        stages,
+        BTreeMap::from([("a".to_string(), model("2")), ("c".to_string(), chain)])
+    );
+}
+
+#[test]
+fn too_many_stages_are_refused_before_anything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let many: BTreeMap<_, _> = (0..=MAX_STAGES)
+        .map(|i| (format!("s{i}"), Some(model("1"))))
+        .collect();
+    assert!(matches!(
+        s.set(&gw(), &many, &key()),
+        Err(SetError::TooManyStages(_))
+    ));
+    assert!(open(dir.path()).0.devices.is_empty());
+}
+
+#[test]
+fn reports_survive_a_reopen_and_a_bad_one_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let state = AgentState {
+        device_id: "gw".into(),
+        generation: Some(1),
+        stages: Default::default(),
+        last_change: None,
+        tags: BTreeMap::from([("store".into(), "7".into())]),
+        ts_us: 3,
+    };
+    s.report(state.clone(), 10, true).unwrap();
+    s.set(&gw(), &changes(&[("a", Some(model("1")))]), &key())
+        .unwrap();
+    let view = s.devices["gw"].view();
+    assert_eq!(
+        (
+            view.desired_generation,
+            view.applied_generation,
+            view.behind
+        ),
+        (Some(1), Some(1), false)
+    );
+    std::fs::write(dir.path().join("ota/devices/bad.state"), b"{").unwrap();
+    std::fs::write(dir.path().join("ota/devices/liar.state"), state.encode()).unwrap();
+    let (s, skipped) = open(dir.path());
+    assert_eq!(s.devices["gw"].report(), Some(&state));
+    assert_eq!(skipped.states, 2);
+}
