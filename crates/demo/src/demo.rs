@@ -366,6 +366,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             ..Default::default()
         },
         inference,
+        ota: Default::default(),
     };
     let service = InferenceService::start(&config.inference, Default::default())
         .context("loading the hub's models")?;
