@@ -6,7 +6,8 @@
 //! | `conveyor/v1/<device>/status`          | edge → hub | JSON `DeviceStatus`, retained, last will |
 //! | `conveyor/v1/<device>/heartbeat`       | edge → hub | JSON `Heartbeat`, QoS 0       |
 //! | `conveyor/v1/<device>/down/ack`        | hub → edge | JSON `Ack` (end-to-end acks)  |
-//! | `conveyor/v1/<device>/down/desired`    | hub → edge | reserved (desired state, OTA) |
+//! | `conveyor/v1/<device>/state`           | edge → hub | JSON `ota::AgentState`: what it runs, the last change's phase; retained |
+//! | `conveyor/v1/<device>/down/desired`    | hub → edge | JSON signed `ota::DesiredState`, retained |
 //! | `conveyor/v1/<device>/down/results`    | hub → edge | protobuf `ResultBatch`: final predictions (hub inference cascade) |
 //!
 //! Building and parsing live side by side so they cannot disagree; the
@@ -82,16 +83,19 @@ pub enum TopicKind {
     Records,
     Status,
     Heartbeat,
+    /// What the agent runs (OTA), retained.
+    State,
     Ack,
     Desired,
     Results,
 }
 
 impl TopicKind {
-    const ALL: [TopicKind; 6] = [
+    const ALL: [TopicKind; 7] = [
         TopicKind::Records,
         TopicKind::Status,
         TopicKind::Heartbeat,
+        TopicKind::State,
         TopicKind::Ack,
         TopicKind::Desired,
         TopicKind::Results,
@@ -103,6 +107,7 @@ impl TopicKind {
             TopicKind::Records => "up/records",
             TopicKind::Status => "status",
             TopicKind::Heartbeat => "heartbeat",
+            TopicKind::State => "state",
             TopicKind::Ack => "down/ack",
             TopicKind::Desired => "down/desired",
             TopicKind::Results => "down/results",

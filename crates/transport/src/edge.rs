@@ -38,7 +38,8 @@ pub enum LinkEvent {
     Ack(Ack),
     /// Final predictions for this device.
     Results(ResultBatch),
-    /// Desired state (reserved for OTA; no wire type yet, so raw bytes).
+    /// A desired state, as the hub signed it: the agent verifies it (only
+    /// it knows the keys it trusts and the generation it applied).
     Desired(Bytes),
 }
 
@@ -88,6 +89,11 @@ pub trait EdgeLink: Send + Sync {
     /// Queues a heartbeat, best effort (MQTT: QoS 0) and without waiting: a
     /// heartbeat is worthless late.
     fn try_publish_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), PublishError>;
+
+    /// Queues the agent's state report (an encoded `ota::AgentState`),
+    /// reliably and retained (MQTT: QoS 1, retain), without waiting: the
+    /// latest one is what the hub and late subscribers see.
+    fn try_publish_state(&self, state: &[u8]) -> Result<(), PublishError>;
 
     /// The goodbye of a connected link: `heartbeat` and a retained clean
     /// `offline` status, reliably, then the transport's orderly close,

@@ -38,6 +38,25 @@ impl std::fmt::Display for ArtifactRef {
     }
 }
 
+/// One transform of a chain: the module, and the JSON object its
+/// `conveyor_init` is given (as `config` in `agent.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainLink {
+    pub artifact: ArtifactRef,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ChainLink {
+    pub fn new(artifact: ArtifactRef) -> Self {
+        ChainLink {
+            artifact,
+            config: Default::default(),
+        }
+    }
+}
+
 /// What one stage runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -45,7 +64,17 @@ pub enum StageTarget {
     /// An inference stage's model.
     Model(ArtifactRef),
     /// A transform stage's chain, in order.
-    Transforms(Vec<ArtifactRef>),
+    Transforms(Vec<ChainLink>),
+}
+
+impl StageTarget {
+    /// Every artifact the stage needs.
+    pub fn artifacts(&self) -> Vec<&ArtifactRef> {
+        match self {
+            StageTarget::Model(a) => vec![a],
+            StageTarget::Transforms(chain) => chain.iter().map(|l| &l.artifact).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,7 +189,10 @@ mod tests {
                 ("classify".into(), StageTarget::Model(reference("2"))),
                 (
                     "redact".into(),
-                    StageTarget::Transforms(vec![reference("1"), reference("3")]),
+                    StageTarget::Transforms(vec![
+                        ChainLink::new(reference("1")),
+                        ChainLink::new(reference("3")),
+                    ]),
                 ),
             ]),
             issued_at_us: 5,

@@ -7,6 +7,8 @@
 //!   id is the digest of the signed manifest.
 //! - [`desired`]: what the hub wants a device to run, per stage, with a
 //!   generation that only grows (rollback protection).
+//! - [`state`]: the agent's report of what it runs and how the last
+//!   change went.
 //!
 //! Only verification runs on the agent; signing is the hub's. Every
 //! decoder returns an error naming what was wrong and never panics
@@ -15,10 +17,16 @@
 pub mod desired;
 pub mod manifest;
 pub mod sign;
+pub mod state;
 
-pub use desired::{ArtifactRef, DesiredError, DesiredState, Opened, StageTarget, DESIRED_TYPE};
+pub use desired::{
+    ArtifactRef, ChainLink, DesiredError, DesiredState, Opened, StageTarget, DESIRED_TYPE,
+};
 pub use manifest::{
     ArtifactFile, ArtifactId, ArtifactKind, ArtifactManifest, ManifestError, ModelInput, Requires,
     SignedManifest, MANIFEST_TYPE,
 };
 pub use sign::{Envelope, KeyError, KeyId, PublicKey, SecretKey, VerifyError};
+pub use state::{
+    bounded_reason, AgentState, Change, Phase, RunningArtifact, StageRunning, StageState,
+};

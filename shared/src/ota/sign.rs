@@ -111,6 +111,7 @@ impl<'de> Deserialize<'de> for PublicKey {
 
 /// The hub's signing key. Made from 32 random bytes (the caller's CSPRNG);
 /// its file form is one line, `conveyor-ed25519-secret-v1 <hex>`.
+#[derive(Clone)]
 pub struct SecretKey(SigningKey);
 
 const SECRET_PREFIX: &str = "conveyor-ed25519-secret-v1 ";

@@ -28,6 +28,7 @@ struct Topics {
     records: String,
     status: String,
     heartbeat: String,
+    state: String,
     /// The downlink topics subscribed to, with what each carries.
     downlinks: Vec<(String, TopicKind)>,
 }
@@ -48,6 +49,7 @@ pub fn connect(url: &BrokerUrl, options: EdgeLinkOptions) -> EdgeLinkParts {
         records: topic(TopicKind::Records),
         status: topic(TopicKind::Status),
         heartbeat: topic(TopicKind::Heartbeat),
+        state: topic(TopicKind::State),
         downlinks: options.downlinks.iter().map(|&k| (topic(k), k)).collect(),
     });
     let mut mqtt = super::options(options.device.as_str(), url, options.keep_alive);
@@ -92,7 +94,17 @@ fn try_publish(
     qos: QoS,
     payload: Vec<u8>,
 ) -> Result<(), PublishError> {
-    match client.try_publish(topic, qos, false, payload) {
+    try_publish_retained(client, topic, qos, false, payload)
+}
+
+fn try_publish_retained(
+    client: &AsyncClient,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    payload: Vec<u8>,
+) -> Result<(), PublishError> {
+    match client.try_publish(topic, qos, retain, payload) {
         Ok(()) => Ok(()),
         Err(ClientError::TryRequest(_)) => Err(PublishError::Full),
         Err(e) => Err(PublishError::Closed(e.to_string())),
@@ -118,6 +130,16 @@ impl EdgeLink for MqttEdgeLink {
             &self.topics.heartbeat,
             QoS::AtMostOnce,
             heartbeat.encode(),
+        )
+    }
+
+    fn try_publish_state(&self, state: &[u8]) -> Result<(), PublishError> {
+        try_publish_retained(
+            &self.client,
+            &self.topics.state,
+            QoS::AtLeastOnce,
+            true,
+            state.to_vec(),
         )
     }
 
@@ -195,7 +217,7 @@ fn downlink_event(kind: TopicKind, payload: &Bytes) -> Option<LinkEvent> {
         },
         TopicKind::Desired => Some(LinkEvent::Desired(payload.clone())),
         // Uplink topics are the agent's own; it does not subscribe to them.
-        TopicKind::Records | TopicKind::Status | TopicKind::Heartbeat => None,
+        TopicKind::Records | TopicKind::Status | TopicKind::Heartbeat | TopicKind::State => None,
     }
 }
 
