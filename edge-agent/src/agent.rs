@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, ConfigError, ConfigErrors};
 use crate::log::{DurableLog, LogError};
+use crate::ota::{OtaShared, Reconciler};
 use crate::pipeline::{Pipeline, StageConfig, StageContext, StageHandle, StageStorage};
 use crate::reload::Reloader;
 use crate::sources::{Reading, Source, SourceContext, SourceCounters, SourceOutput};
-use crate::uplink::{Uplink, UplinkError, UplinkSummary};
+use crate::uplink::{Uplink, UplinkError, UplinkOta, UplinkSummary};
 
 /// Readings buffered between the sources and the uplink.
 const PIPELINE_CAPACITY: usize = 4096;
@@ -25,11 +26,16 @@ const PIPELINE_CAPACITY: usize = 4096;
 const PIPELINE_CHUNK: usize = 256;
 
 pub struct Agent {
+    /// The running config: `agent.toml` with the hub's applied updates
+    /// laid over it.
     config: AgentConfig,
     sources: Vec<Box<dyn Source>>,
     pipeline: Pipeline,
     stages: Vec<StageHandle>,
     storage: StageStorage,
+    reloader: Reloader,
+    /// Over-the-air updates (`[ota]`).
+    ota: Option<Arc<OtaShared>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,32 @@ impl Agent {
     /// one that cannot be built (a file that does not load, a model that
     /// does not fit its source), not just the first.
     pub fn build(config: AgentConfig) -> Result<Self, ConfigErrors> {
+        let ota = crate::ota::shared_for(&config);
+        let Some(shared) = ota else {
+            return Self::build_effective(config, None);
+        };
+        let effective = shared.effective(&config);
+        if effective == config {
+            return Self::build_effective(config, Some(shared));
+        }
+        match Self::build_effective(effective, Some(shared.clone())) {
+            Ok(agent) => Ok(agent),
+            Err(e) => {
+                // What the hub applied does not build any more: run the
+                // file, and let the hub's desired state bring it back.
+                tracing::error!(
+                    "the artifacts the hub applied do not build, running agent.toml's: {e}"
+                );
+                shared.forget_applied();
+                Self::build_effective(config, Some(shared))
+            }
+        }
+    }
+
+    fn build_effective(
+        config: AgentConfig,
+        ota: Option<Arc<OtaShared>>,
+    ) -> Result<Self, ConfigErrors> {
         let ctx = SourceContext {
             device_id: config.device_id.clone(),
         };
@@ -72,11 +104,13 @@ impl Agent {
         };
         check_stage_inputs(&config, &sources, &stages)?;
         Ok(Agent {
+            reloader: Reloader::new(config.clone(), stages.clone()),
             config,
             sources,
             pipeline,
             stages,
             storage,
+            ota,
         })
     }
 
@@ -91,7 +125,12 @@ impl Agent {
 
     /// A handle that applies a changed config to this agent while it runs.
     pub fn reloader(&self) -> Reloader {
-        Reloader::new(self.config.clone(), self.stages.clone())
+        self.reloader.clone()
+    }
+
+    /// The OTA state shared with the SIGHUP reload (`None` without `[ota]`).
+    pub fn ota(&self) -> Option<Arc<OtaShared>> {
+        self.ota.clone()
     }
 
     /// Runs until every source has finished or `shutdown` turns true.
@@ -102,6 +141,8 @@ impl Agent {
             pipeline,
             stages,
             storage,
+            reloader,
+            ota,
         } = self;
         let log = DurableLog::open(&config.data_dir.join("log"), config.log.clone())?;
         if log.stats().records > 0 {
@@ -133,7 +174,14 @@ impl Agent {
             hub = %config.uplink.url,
             "edge agent running"
         );
+        let ota = ota.map(|shared| {
+            let (reconciler, state) = Reconciler::new(shared, reloader, stages.clone());
+            let (desired, inbox) = mpsc::unbounded_channel();
+            tokio::spawn(reconciler.run(inbox));
+            UplinkOta { desired, state }
+        });
         let uplink = Uplink {
+            ota,
             config: config.uplink.clone(),
             device: config.device_id.clone(),
             stages: stages.iter().map(|s| s.monitor.clone()).collect(),

@@ -167,7 +167,11 @@ where
                     tracing::info!("signal received; draining and shutting down");
                     let _ = stop_tx.send(true);
                 });
-                tokio::spawn(reload_on_hangup(config.clone(), agent.reloader()));
+                tokio::spawn(reload_on_hangup(
+                    config.clone(),
+                    agent.reloader(),
+                    agent.ota(),
+                ));
                 match agent.run(stop_rx).await {
                     Ok(summary) => {
                         tracing::info!(
@@ -189,8 +193,14 @@ where
 }
 
 /// On every SIGHUP: re-reads the config file and applies what can be
-/// applied while running (new models); says what needs a restart.
-async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
+/// applied while running (new models); says what needs a restart. With
+/// `[ota]`, the stages the hub set keep the hub's artifacts (laid over the
+/// file the same way as at start-up).
+async fn reload_on_hangup(
+    path: PathBuf,
+    reloader: crate::reload::Reloader,
+    ota: Option<std::sync::Arc<crate::ota::OtaShared>>,
+) {
     let mut hangups = match conveyor_process::signal::hangups() {
         Ok(h) => h,
         Err(e) => {
@@ -206,6 +216,13 @@ async fn reload_on_hangup(path: PathBuf, reloader: crate::reload::Reloader) {
                 tracing::error!("config reload refused, keeping the running config: {e}");
                 continue;
             }
+        };
+        let new = match &ota {
+            Some(shared) => {
+                *shared.base.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+                shared.effective(&new)
+            }
+            None => new,
         };
         let reloader = reloader.clone();
         let report = match tokio::task::spawn_blocking(move || reloader.apply(new)).await {

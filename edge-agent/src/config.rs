@@ -37,6 +37,14 @@ pub struct AgentConfig {
     /// order (`type = "transform"`: WASM transforms; `type = "inference"`).
     #[serde(default)]
     pub stages: Vec<crate::pipeline::StageConfig>,
+    /// Labels the hub selects devices by (`cloud-hub deploy --tag
+    /// store=7`), reported in the agent's state.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Over-the-air updates from the hub. Without it the agent runs what
+    /// this file says and ignores the hub's desired state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ota: Option<crate::ota::OtaConfig>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -203,8 +211,35 @@ impl AgentConfig {
                 ));
             }
         }
+        let mut stage_names = std::collections::HashSet::new();
         for (i, stage) in self.stages.iter().enumerate() {
             ConfigErrors::gather(stage.validate(&format!("stages[{i}]")), &mut found);
+            if !stage_names.insert(stage.name(i)) {
+                found.push(ConfigError::invalid(
+                    format!("stages[{i}].name"),
+                    format!(
+                        "stage name {:?} is used twice; names must be unique (the hub's desired state names stages)",
+                        stage.name(i)
+                    ),
+                ));
+            }
+        }
+        for (k, v) in &self.tags {
+            let plain = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            };
+            if !plain(k) || !plain(v) {
+                found.push(ConfigError::invalid(
+                    format!("tags.{k}"),
+                    "tag names and values are 1-64 of A-Z a-z 0-9 . _ -",
+                ));
+            }
+        }
+        if let Some(ota) = &self.ota {
+            ConfigErrors::gather(ota.validate("ota"), &mut found);
         }
         ConfigErrors::check(found)
     }
@@ -250,6 +285,8 @@ impl AgentConfig {
             log: Default::default(),
             sources: Vec::new(),
             stages: Vec::new(),
+            tags: Default::default(),
+            ota: None,
         }
     }
 

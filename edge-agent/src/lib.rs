@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod inference;
 pub mod log;
+pub mod ota;
 pub mod pipeline;
 pub mod reload;
 pub mod sources;

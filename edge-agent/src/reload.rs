@@ -47,6 +47,12 @@ pub fn plan(running: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
     if running.log != new.log {
         restart("log");
     }
+    if running.ota != new.ota {
+        restart("ota");
+    }
+    if running.tags != new.tags {
+        restart("tags");
+    }
     if running.sources != new.sources {
         restart("sources");
     }

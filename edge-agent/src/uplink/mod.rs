@@ -69,7 +69,17 @@ pub enum UplinkError {
     Link(#[from] PublishError),
 }
 
+/// The uplink's part in over-the-air updates: desired states go to the
+/// reconciler, its state reports go to the hub (retained).
+pub struct UplinkOta {
+    pub desired: mpsc::UnboundedSender<bytes::Bytes>,
+    /// The latest encoded `AgentState` (empty until the first).
+    pub state: watch::Receiver<Vec<u8>>,
+}
+
 pub struct Uplink {
+    /// Over-the-air updates; `None` without `[ota]`.
+    pub ota: Option<UplinkOta>,
     pub config: UplinkConfig,
     pub device: DeviceId,
     /// Counters of the pipeline stages, for heartbeats.
@@ -98,9 +108,17 @@ impl Uplink {
                 device: self.device.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 keep_alive: Duration::from_secs(self.config.keep_alive_secs),
-                downlinks: vec![TopicKind::Ack],
+                downlinks: if self.ota.is_some() {
+                    vec![TopicKind::Ack, TopicKind::Desired]
+                } else {
+                    vec![TopicKind::Ack]
+                },
             },
         );
+        let mut ota = self.ota.take();
+        // A state report not yet taken by the link (its queue was full, or
+        // it was down): offered again on every tick and connect.
+        let mut state_unsent = ota.is_some();
         let (link, mut link_rx) = (parts.link, parts.events);
         let mut counters = Counters {
             connects: parts.connects,
@@ -159,6 +177,8 @@ impl Uplink {
                         // in flight may be lost.
                         window.connected(session_resumed, self.log.first_seq(), self.log.next_seq());
                         self.send(&*link, &mut window, &mut counters, false).await?;
+                        state_unsent = ota.is_some();
+                        publish_state(&*link, ota.as_ref(), &mut state_unsent);
                     }
                     Some(LinkEvent::Disconnected) => connected = false,
                     Some(LinkEvent::Ack(ack)) => {
@@ -177,11 +197,31 @@ impl Uplink {
                             self.send(&*link, &mut window, &mut counters, true).await?;
                         }
                     }
+                    Some(LinkEvent::Desired(bytes)) => {
+                        if let Some(o) = &ota {
+                            let _ = o.desired.send(bytes);
+                        }
+                    }
                     // Not asked for.
-                    Some(LinkEvent::Results(_) | LinkEvent::Desired(_)) => {}
+                    Some(LinkEvent::Results(_)) => {}
                     None => break,
                 },
+                changed = async { ota.as_mut().expect("guarded").state.changed().await }, if ota.is_some() => {
+                    match changed {
+                        Ok(()) => {
+                            state_unsent = true;
+                            if connected {
+                                publish_state(&*link, ota.as_ref(), &mut state_unsent);
+                            }
+                        }
+                        // The reconciler is gone: no more reports.
+                        Err(_) => ota = None,
+                    }
+                }
                 _ = send_tick.tick() => {
+                    if connected && state_unsent {
+                        publish_state(&*link, ota.as_ref(), &mut state_unsent);
+                    }
                     self.log.maintain(std::time::Instant::now());
                     if !pending.is_empty() && !self.log.blocks() {
                         counters.produced += self.log.append(&mut pending);
@@ -319,6 +359,21 @@ impl Uplink {
             stages: self.stages.iter().map(|s| s.snapshot()).collect(),
         }
     }
+}
+
+/// Offers the latest state report to the link (retained); `unsent` stays
+/// true while the link's queue is full.
+fn publish_state(link: &dyn EdgeLink, ota: Option<&UplinkOta>, unsent: &mut bool) {
+    let Some(o) = ota else {
+        *unsent = false;
+        return;
+    };
+    let state = o.state.borrow().clone();
+    if state.is_empty() {
+        *unsent = false;
+        return;
+    }
+    *unsent = link.try_publish_state(&state).is_err();
 }
 
 /// Resident set size of this process, from /proc (0 elsewhere).
