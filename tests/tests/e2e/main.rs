@@ -13,6 +13,7 @@ mod edge_storage_faults;
 mod exactly_once;
 mod faults;
 mod keys;
+mod ota;
 mod ota_hub;
 mod sources_and_brokers;
 mod storage_faults;
