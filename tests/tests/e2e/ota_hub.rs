@@ -203,7 +203,7 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
     let (status, head, manifest) =
         get_bytes(hub.http, &format!("/api/v1/artifacts/{id}/manifest"), None);
     assert_eq!(status, 200, "{head}");
-    let opened = SignedManifest::open(&manifest, &[key.clone()]).unwrap();
+    let opened = SignedManifest::open(&manifest, std::slice::from_ref(&key)).unwrap();
     assert_eq!(opened.id.as_str(), id);
     let onnx_name = meta["model_file"].as_str().unwrap();
     let onnx = std::fs::read(meta_path.with_file_name(onnx_name)).unwrap();
