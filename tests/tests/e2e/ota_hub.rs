@@ -281,6 +281,22 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
         .filter(|n| *n >= 1.0)
     });
 
+    // The device list shows who is behind: once the device is known (its
+    // status), with its desired and applied generations.
+    publish(
+        hub.mqtt_port,
+        "conveyor/v1/gw-ota/status",
+        r#"{"device_id": "gw-ota", "state": "online"}"#,
+        false,
+    );
+    let view = wait_for("the device's OTA standing", || {
+        hub.device("gw-ota")
+            .filter(|d| d["ota"]["desired_generation"] == 1)
+    });
+    assert_eq!(view["ota"]["applied_generation"], Value::Null, "{view}");
+    assert_eq!(view["ota"]["phase"], "downloading", "{view}");
+    assert_eq!(view["ota"]["behind"], true, "{view}");
+
     // By tag: the device reported site=lab.
     let out = cli_ok(
         &hub,
@@ -487,4 +503,29 @@ fn a_signing_key_that_is_no_key_is_a_config_error() {
         err.contains("ota.signing_key") && err.contains("bad.key"),
         "{err}"
     );
+}
+
+#[test]
+fn a_push_over_the_bound_or_not_a_form_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_serving(dir.path(), "[ota]\nmax_artifact_bytes = 4096\n");
+    let (meta_path, _) = model_meta();
+    let (code, out, err) = cli(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("413") && err.contains("max_artifact_bytes (4096 bytes)"),
+        "{err}"
+    );
+    let (code, out) = http(hub.http, "POST", "/api/v1/artifacts", Some("{}")).unwrap();
+    assert_eq!(code, 400, "{out}");
+    assert!(out.contains("multipart/form-data"), "{out}");
+    assert!(
+        metric(
+            &hub,
+            "conveyor_hub_artifact_push_rejected_total{reason=\"too_large\"}"
+        ) >= Some(1.0)
+    );
+    assert_eq!(hub.get("/api/v1/artifacts")["artifacts"], json!([]));
+    let (code, _) = http(hub.http, "GET", "/api/v1/artifacts/nothing@1", None).unwrap();
+    assert_eq!(code, 404);
 }
