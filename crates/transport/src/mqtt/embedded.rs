@@ -81,7 +81,11 @@ impl Outbound for LinkOutbound {
         }
         // A local link's `try_publish` never retains; its `send` takes the
         // packet as built. (`send` is async in name only: its body queues
-        // and notifies the router without awaiting, so one poll finishes it.)
+        // and notifies the router without awaiting, so one poll finishes it.
+        // Its notification is a blocking send on the router's channel of
+        // 1000 events, which the router drains continuously: it waits only
+        // while the router is 1000 events behind, and desired states are
+        // published once per deploy, not per message.)
         let publish = rumqttd::protocol::Publish::new(
             bytes::Bytes::from(topic.to_string()),
             bytes::Bytes::from(payload),
