@@ -440,3 +440,103 @@ fn a_manifest_signed_by_another_key_and_an_unknown_hub_key_are_refused() {
     assert_eq!(refused["last_change"]["phase"], "failed", "{refused}");
     assert!(agent.wait().success(), "{}", agent.log());
 }
+
+#[test]
+fn a_deployed_transform_chain_with_its_config_is_swapped_in_between_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path());
+    let dist = |n: &str| {
+        repo_root()
+            .join(format!("transforms/dist/{n}.wasm"))
+            .display()
+            .to_string()
+    };
+    let out = push(&hub, &dist("scale"));
+    assert!(out.contains("pushed: scale@"), "{out}");
+    let mut config = agent_config(
+        &hub,
+        200.0,
+        &model("basicmotions/edge.int8.json"),
+        vec![hub_key(&hub)],
+    );
+    // Readings only, through one transform stage.
+    config.stages = vec![TransformStageConfig {
+        name: Some("prep".into()),
+        ..TransformStageConfig::new("motion", vec![ChainEntry::new(dist("passthrough"))])
+    }
+    .into()];
+    let mut agent = start_agent(dir.path(), "agent", &config);
+    wait_for("records at the hub", || {
+        (hub.records(DEVICE) >= 200).then_some(())
+    });
+    let scale = hub.get("/api/v1/artifacts")["artifacts"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tag = format!(
+        "{scale}@{}",
+        hub.get("/api/v1/artifacts")["artifacts"][0]["version"]
+            .as_str()
+            .unwrap()
+    );
+    let (code, out, err) = cli(
+        &hub,
+        &[
+            "deploy",
+            "--device",
+            DEVICE,
+            "--stage",
+            "prep",
+            "--artifact",
+            &tag,
+            "--config",
+            &format!("{scale}={{\"scale\": 2.0}}"),
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(agent.wait().success(), "{}", agent.log());
+    hub.wait_for_records(DEVICE, 4000);
+    let records = hub.all_records(DEVICE);
+    assert_eq!(records.len(), 4000, "every reading, once");
+    assert_eq!(hub.seqs(DEVICE), (0..4000).collect::<Vec<u64>>());
+    let tags: Vec<&str> = records
+        .iter()
+        .map(|r| r["transforms"][0].as_str().unwrap())
+        .collect();
+    let switch = tags
+        .iter()
+        .position(|t| t.starts_with("scale@"))
+        .expect("the deployed chain ran");
+    assert!(switch >= 200, "{switch}");
+    assert!(tags[..switch].iter().all(|t| t.starts_with("passthrough@")));
+    assert!(tags[switch..].iter().all(|t| t.starts_with("scale@")));
+    // Its config came with the desired state: every value doubled. The
+    // replay repeats the file's series in order, so reading i of the
+    // switch is the file's reading i of the same series position.
+    let file = std::fs::read_to_string(data_file("BasicMotions/BasicMotions_TEST.ts")).unwrap();
+    let series: Vec<Vec<f64>> = file
+        .lines()
+        .skip_while(|l| !l.starts_with("@data"))
+        .skip(1)
+        .map(|l| {
+            l.split(':')
+                .next()
+                .unwrap()
+                .split(',')
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    for (i, r) in records.iter().enumerate() {
+        let want = series[i / 100][i % 100];
+        let factor = if i >= switch { 2.0 } else { 1.0 };
+        assert_eq!(
+            r["values"][0].as_f64().unwrap(),
+            want * factor,
+            "reading {i}"
+        );
+    }
+}
