@@ -284,6 +284,21 @@ impl Drop for Proc {
     }
 }
 
+/// `cloud-hub <args>` (`artifact`, `deploy`, ...) against the running
+/// `hub`'s API: exit code, stdout, stderr.
+pub fn hub_cli(hub: &Hub, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(hub_bin())
+        .args(args)
+        .env("CONVEYOR_HUB", format!("http://{}", hub.http))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running `cloud-hub serve`.
 pub struct Hub {
     pub proc: Proc,

@@ -14,22 +14,8 @@ fn model(rel: &str) -> String {
     repo_root().join("models").join(rel).display().to_string()
 }
 
-/// `cloud-hub <args>` against `hub`: exit code, stdout, stderr.
-fn cli(hub: &Hub, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(hub_bin())
-        .args(args)
-        .env("CONVEYOR_HUB", format!("http://{}", hub.http))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn push(hub: &Hub, file: &str) -> String {
-    let (code, out, err) = cli(hub, &["artifact", "push", file]);
+    let (code, out, err) = hub_cli(hub, &["artifact", "push", file]);
     assert_eq!(code, Some(0), "{out}{err}");
     out
 }
@@ -111,7 +97,7 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     );
     // The same again is not a new artifact.
     assert!(push(&hub, &fp32).contains("already in the registry"));
-    let (code, list, _) = cli(&hub, &["artifact", "list"]);
+    let (code, list, _) = hub_cli(&hub, &["artifact", "list"]);
     assert_eq!(code, Some(0));
     assert!(
         list.contains("basicmotions-edge@1.0.0-fp32 (model"),
@@ -136,7 +122,7 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     assert_eq!(before["tags"]["store"], "7");
 
     // Deploy by tag, and wait for it.
-    let (code, out, err) = cli(
+    let (code, out, err) = hub_cli(
         &hub,
         &[
             "deploy",
@@ -165,7 +151,7 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     );
 
     // A second deploy (the same model): generation 2.
-    let (code, out, err) = cli(
+    let (code, out, err) = hub_cli(
         &hub,
         &[
             "deploy",
@@ -200,7 +186,7 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
-    let (code, out, err) = cli(
+    let (code, out, err) = hub_cli(
         &hub,
         &[
             "deploy",
@@ -278,13 +264,13 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     // A hub restart keeps the registry and every desired state, and the
     // next generation goes on from there.
     let hub = hub.restart();
-    let (_, list2, _) = cli(&hub, &["artifact", "list"]);
+    let (_, list2, _) = hub_cli(&hub, &["artifact", "list"]);
     assert_eq!(list2.lines().count(), 2, "{list2}");
     assert_eq!(
         hub.get(&format!("/api/v1/devices/{DEVICE}/desired"))["generation"],
         3
     );
-    let (code, out, err) = cli(
+    let (code, out, err) = hub_cli(
         &hub,
         &[
             "deploy",
@@ -320,7 +306,7 @@ fn an_offline_agent_applies_on_connect_resumes_a_download_and_keeps_it_after_a_r
     let fp32 = model("basicmotions/edge.fp32.json");
     push(&hub, &fp32);
     // Deployed while the device has never connected: retained.
-    let (code, out, err) = cli(
+    let (code, out, err) = hub_cli(
         &hub,
         &[
             "deploy",
@@ -386,7 +372,7 @@ fn a_manifest_signed_by_another_key_and_an_unknown_hub_key_are_refused() {
     wait_for("a few predictions", || {
         (hub.records(DEVICE) >= 2).then_some(())
     });
-    cli(
+    hub_cli(
         &hub,
         &[
             "deploy",
@@ -479,7 +465,7 @@ fn a_deployed_transform_chain_with_its_config_is_swapped_in_between_batches() {
             .as_str()
             .unwrap()
     );
-    let (code, out, err) = cli(
+    let (code, out, err) = hub_cli(
         &hub,
         &[
             "deploy",

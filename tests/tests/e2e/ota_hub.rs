@@ -14,22 +14,8 @@ use conveyor_e2e::*;
 use conveyor_shared::ota::{DesiredState, Opened, PublicKey, SignedManifest, StageTarget};
 use serde_json::{json, Value};
 
-/// `cloud-hub <args>` against `hub`: exit code, stdout, stderr.
-fn cli(hub: &Hub, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(hub_bin())
-        .args(args)
-        .env("CONVEYOR_HUB", format!("http://{}", hub.http))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn cli_ok(hub: &Hub, args: &[&str]) -> String {
-    let (code, out, err) = cli(hub, args);
+    let (code, out, err) = hub_cli(hub, args);
     assert_eq!(code, Some(0), "cloud-hub {args:?}:\n{out}{err}");
     out
 }
@@ -164,7 +150,7 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
 
     // A tampered ONNX is refused with the loader's reason.
     let bad = tampered_copy(dir.path(), &meta_path, &meta);
-    let (code, out, err) = cli(&hub, &["artifact", "push", bad.to_str().unwrap()]);
+    let (code, out, err) = hub_cli(&hub, &["artifact", "push", bad.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("422") && err.contains("sha256"), "{err}");
     assert!(
@@ -510,7 +496,7 @@ fn a_push_over_the_bound_or_not_a_form_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start_serving(dir.path(), "[ota]\nmax_artifact_bytes = 4096\n");
     let (meta_path, _) = model_meta();
-    let (code, out, err) = cli(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
+    let (code, out, err) = hub_cli(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
         err.contains("413") && err.contains("max_artifact_bytes (4096 bytes)"),
