@@ -333,6 +333,26 @@ impl AgentConfig {
     }
 }
 
+/// A small valid config (one HTTP source, device `d1`) with `extra`
+/// TOML appended (stages, usually): the unit tests' common fixture.
+#[cfg(test)]
+pub(crate) fn test_config(extra: &str) -> AgentConfig {
+    AgentConfig::from_toml(&format!(
+        r#"
+        device_id = "d1"
+        [uplink]
+        url = "mqtt://127.0.0.1:1883"
+        [[sources]]
+        type = "http"
+        name = "motion"
+        listen = "127.0.0.1:0"
+        fields = ["x"]
+        {extra}
+        "#
+    ))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,20 +182,7 @@ mod tests {
     use super::*;
 
     fn config(extra: &str) -> AgentConfig {
-        AgentConfig::from_toml(&format!(
-            r#"
-            device_id = "d1"
-            [uplink]
-            url = "mqtt://127.0.0.1:1883"
-            [[sources]]
-            type = "http"
-            name = "motion"
-            listen = "127.0.0.1:0"
-            fields = ["x"]
-            {extra}
-            "#
-        ))
-        .unwrap()
+        crate::config::test_config(extra)
     }
 
     const STAGE: &str = "[[stages]]\ntype = \"inference\"\nmodel = \"a.json\"\n";

@@ -202,23 +202,9 @@ mod tests {
     use conveyor_shared::ota::{ArtifactId, ArtifactRef};
 
     fn config() -> AgentConfig {
-        AgentConfig::from_toml(
-            r#"
-            device_id = "d1"
-            [uplink]
-            url = "mqtt://127.0.0.1:1883"
-            [[sources]]
-            type = "http"
-            name = "motion"
-            listen = "127.0.0.1:0"
-            fields = ["x"]
-            [[stages]]
-            type = "inference"
-            name = "classify"
-            model = "a.json"
-            "#,
+        crate::config::test_config(
+            "[[stages]]\ntype = \"inference\"\nname = \"classify\"\nmodel = \"a.json\"",
         )
-        .unwrap()
     }
 
     fn model(v: &str) -> StageTarget {

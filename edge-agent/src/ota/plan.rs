@@ -141,28 +141,9 @@ mod tests {
     };
 
     fn config() -> AgentConfig {
-        AgentConfig::from_toml(
-            r#"
-            device_id = "d1"
-            [uplink]
-            url = "mqtt://127.0.0.1:1883"
-            [[sources]]
-            type = "http"
-            name = "motion"
-            listen = "127.0.0.1:0"
-            fields = ["x"]
-            [[stages]]
-            type = "transform"
-            name = "features"
-            stream = "motion"
-            chain = [{ wasm = "a.wasm" }]
-            [[stages]]
-            type = "inference"
-            name = "classify"
-            model = "a.json"
-            "#,
+        crate::config::test_config(
+            "[[stages]]\ntype = \"transform\"\nname = \"features\"\nstream = \"motion\"\nchain = [{ wasm = \"a.wasm\" }]\n[[stages]]\ntype = \"inference\"\nname = \"classify\"\nmodel = \"a.json\"",
         )
-        .unwrap()
     }
 
     fn artifact(name: &str, v: &str) -> ArtifactRef {
