@@ -23,6 +23,8 @@ use conveyor_shared::BrokerUrl;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
+use crate::update::{self, DeviceUpdate, UpdateSummary};
+
 use cloud_hub::config::{BrokerConfig, HttpConfig, HubConfig, StoreConfig};
 use cloud_hub::hub::Hub;
 use cloud_hub::inference::{
@@ -30,6 +32,7 @@ use cloud_hub::inference::{
 };
 use edge_agent::config::AgentConfig;
 use edge_agent::inference::InferenceConfig;
+use edge_agent::ota::OtaConfig;
 use edge_agent::sources::ReplayConfig;
 use edge_agent::transform::{ChainEntry, TransformStageConfig};
 
@@ -80,6 +83,14 @@ pub struct DemoArgs {
     /// Agents' batch delay limit, milliseconds.
     #[arg(long, default_value_t = 20)]
     pub batch_max_delay_ms: u64,
+    /// After this many seconds, push the smart watches' better model
+    /// (basicmotions-edge 2.0.0) to the hub and deploy it to every watch
+    /// over the air, while they stream.
+    #[arg(long, default_value_t = 10.0)]
+    pub update_after: f64,
+    /// No over-the-air update: every agent keeps the model it started with.
+    #[arg(long)]
+    pub no_update: bool,
 }
 
 /// The `--json` summary.
@@ -113,6 +124,8 @@ pub struct Summary {
     pub devices: Vec<DeviceSummary>,
     /// The cascade's accuracy and uplink bytes on the whole test splits.
     pub cascade_report: Option<cloud_hub::cascade::report::CascadeReport>,
+    /// The over-the-air update, if it ran.
+    pub update: Option<UpdateSummary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,11 +150,18 @@ pub struct DeviceSummary {
     pub predictions_correct: u64,
     /// Final predictions published for the device (results topic).
     pub finals: cloud_hub::registry::FinalTally,
+    /// What its classifier stage runs at the end, as the agent reports it.
+    pub running: Option<String>,
+    /// Seconds after the agents started when it reported running the
+    /// update (the watches, with an update).
+    pub updated_after_s: Option<f64>,
 }
 
 struct DemoAgent {
     device_id: String,
     stream: &'static str,
+    /// The update reached it: seconds after start, or why it failed.
+    updated: Option<Result<f64, String>>,
     child: Child,
     log: PathBuf,
     exit: Option<std::process::ExitStatus>,
@@ -192,8 +212,9 @@ fn agent_config(
     data: &Path,
     mqtt: &str,
     state_dir: &Path,
+    ota: Option<&OtaConfig>,
 ) -> (String, &'static str, String) {
-    let (kind, stream, file, sample_rate_hz, model, hz, hub_model) = if i % 2 == 0 {
+    let (kind, stream, file, sample_rate_hz, model, hz, hub_model, dataset) = if i % 2 == 0 {
         (
             "watch",
             "motion",
@@ -202,6 +223,7 @@ fn agent_config(
             data.join("../basicmotions/edge.int8.json"),
             10.0,
             "basicmotions-hub",
+            "basicmotions",
         )
     } else {
         (
@@ -212,6 +234,7 @@ fn agent_config(
             data.join("../acsf1/edge.int8.json"),
             0.1,
             "acsf1-hub",
+            "acsf1",
         )
     };
     let device = format!("demo-{kind}-{}", i + 1);
@@ -229,6 +252,11 @@ fn agent_config(
             looping: true,
             ..ReplayConfig::new(stream, file)
         });
+    // The hub deploys by this tag (the watches' better model).
+    config
+        .tags
+        .insert(update::TAG.0.to_string(), dataset.to_string());
+    config.ota = ota.cloned();
     if !args.no_inference {
         // A WASM transform adds per-window features (on
         // `<stream>.features`) and passes the readings on to the model;
@@ -296,6 +324,62 @@ fn terminate(child: &Child) {
     }
 }
 
+/// How long a stopping demo waits for watches still applying the update.
+const UPDATE_GRACE: Duration = Duration::from_secs(30);
+
+/// Reads each watch's report: prints a line when one applies the update
+/// or refuses it, and returns what the watches run now.
+fn follow_update(
+    agents: &mut [DemoAgent],
+    state: &cloud_hub::ingest::HubState,
+    deployed: Option<&UpdateSummary>,
+    started: Instant,
+    tty: bool,
+) -> Vec<String> {
+    let mut running = Vec::new();
+    for a in agents.iter_mut().filter(|a| a.stream == "motion") {
+        let g = deployed.and_then(|u| u.generations.get(&a.device_id).copied());
+        let (now, phase) = update::report(state, &a.device_id, update::STAGE, g);
+        running.extend(now.clone());
+        if a.updated.is_some() {
+            continue;
+        }
+        let deployed_at = deployed.map_or(0.0, |u| u.deployed_after_s);
+        match phase {
+            DeviceUpdate::Pending => {}
+            DeviceUpdate::Applied => {
+                let at = started.elapsed().as_secs_f64();
+                say(
+                    tty,
+                    &format!(
+                        "OTA: {} runs {} now ({:.1} s after the deploy)",
+                        a.device_id,
+                        now.unwrap_or_default(),
+                        at - deployed_at
+                    ),
+                );
+                a.updated = Some(Ok(at));
+            }
+            DeviceUpdate::Failed(reason) => {
+                say(
+                    tty,
+                    &format!("OTA: {} refused the update: {reason}", a.device_id),
+                );
+                a.updated = Some(Err(reason));
+            }
+        }
+    }
+    running
+}
+
+/// One event line; on a terminal, below the live progress line.
+fn say(tty: bool, line: &str) {
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    eprintln!("{line}");
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -312,7 +396,22 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             args.rate
         );
     }
+    if !(args.update_after.is_finite() && args.update_after >= 0.0) {
+        bail!(
+            "--update-after must be a number of seconds >= 0, got {}",
+            args.update_after
+        );
+    }
     let data = find_data_dir(args.data_dir.clone())?;
+    if !args.no_inference && !args.no_update {
+        let v2 = update::model_file(&data.join(".."));
+        if !v2.is_file() {
+            bail!(
+                "the update's model {} is not there; run without the update with --no-update",
+                v2.display()
+            );
+        }
+    }
     if !args.no_inference {
         for m in ["basicmotions/edge.int8.json", "acsf1/edge.int8.json"] {
             if !data.join("..").join(m).is_file() {
@@ -384,6 +483,9 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         state.device_url, state.broker_mode
     );
 
+    let hub_url = format!("http://{}", hub.http_addr);
+    let update = !args.no_update && !args.no_inference;
+    let ota = update.then(|| OtaConfig::new(vec![state.ota.public_key()], &hub_url));
     let mut agents = Vec::new();
     for i in 0..args.agents {
         let (device_id, stream, toml) = agent_config(
@@ -392,6 +494,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             &data,
             &state.device_url,
             &work.path().join("agents"),
+            ota.as_ref(),
         );
         let config_path = work.path().join(format!("{device_id}.toml"));
         std::fs::write(&config_path, toml)?;
@@ -400,6 +503,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         agents.push(DemoAgent {
             device_id,
             stream,
+            updated: None,
             child,
             log,
             exit: None,
@@ -419,6 +523,14 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             None => "; Ctrl-C stops".to_string(),
         }
     );
+    if update {
+        eprintln!(
+            "  after {} s the hub deploys a better watch model (basicmotions-edge 2.0.0) to every watch over the air",
+            args.update_after
+        );
+    }
+    let models = data.join("..");
+    let mut deployed: Option<UpdateSummary> = None;
 
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
@@ -444,6 +556,36 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                 );
             }
         }
+        if update && deployed.is_none() && started.elapsed().as_secs_f64() >= args.update_after {
+            let after = started.elapsed().as_secs_f64();
+            match update::push_and_deploy(&hub_url, &update::model_file(&models), after).await {
+                Ok(u) => {
+                    say(
+                        tty,
+                        &format!(
+                            "OTA: pushed {} (id {}), desired state published to {} watches",
+                            u.artifact,
+                            u.artifact_id,
+                            u.generations.len()
+                        ),
+                    );
+                    deployed = Some(u);
+                }
+                Err(e) => {
+                    say(
+                        tty,
+                        &format!("OTA: the update failed: {e:#}; the agents keep their model"),
+                    );
+                    // Once: the demo goes on without it.
+                    deployed = Some(UpdateSummary::failed_to_start(after, format!("{e:#}")));
+                }
+            }
+        }
+        let running = if update {
+            follow_update(&mut agents, &state, deployed.as_ref(), started, tty)
+        } else {
+            Vec::new()
+        };
         let stats = cloud_hub::api::stats_of(&state);
         let now_count = stats.records_received;
         let devices = state.registry().list(conveyor_shared::time::now_us());
@@ -463,6 +605,14 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             stats.payloads_rejected,
             stats.latency.p50_us as f64 / 1000.0,
         );
+        let line = if running.is_empty() {
+            line
+        } else {
+            format!(
+                "{line} | watches run {}",
+                update::distribution(running.iter().map(String::as_str))
+            )
+        };
         last_count = now_count;
         if tty {
             eprint!("\r{line}   ");
@@ -480,6 +630,36 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         }
     }
     let run_time = started.elapsed().as_secs_f64();
+
+    // An update in flight is seen through before the agents stop, so the
+    // summary says how it ended for every watch.
+    if let Some(u) = deployed.as_ref().filter(|u| !u.generations.is_empty()) {
+        let pending = |agents: &[DemoAgent]| {
+            agents
+                .iter()
+                .filter(|a| {
+                    a.updated.is_none()
+                        && a.exit.is_none()
+                        && u.generations.contains_key(&a.device_id)
+                })
+                .count()
+        };
+        let waiting = Instant::now();
+        if pending(&agents) > 0 {
+            say(
+                tty,
+                &format!(
+                    "OTA: waiting up to {} s for {} watches to report the update",
+                    UPDATE_GRACE.as_secs(),
+                    pending(&agents)
+                ),
+            );
+        }
+        while pending(&agents) > 0 && waiting.elapsed() < UPDATE_GRACE {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            follow_update(&mut agents, &state, Some(u), started, tty);
+        }
+    }
 
     // Stop the agents: they drain, flush, publish a final heartbeat with
     // their totals and an offline status, then exit.
@@ -548,6 +728,14 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                 predictions_scored: tally.scored,
                 predictions_correct: tally.correct,
                 finals: entry.map(|v| v.entry.finals.clone()).unwrap_or_default(),
+                running: update::report(
+                    &state,
+                    &a.device_id,
+                    &format!("{}-classifier", a.stream),
+                    None,
+                )
+                .0,
+                updated_after_s: a.updated.clone().and_then(Result::ok),
             }
         })
         .collect();
@@ -588,6 +776,18 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         final_by_hub: devices.iter().map(|d| d.finals.by_hub).sum(),
         final_scored: devices.iter().map(|d| d.finals.scored).sum(),
         final_correct: devices.iter().map(|d| d.finals.correct).sum(),
+        update: deployed.map(|mut u| {
+            u.applied = agents
+                .iter()
+                .filter(|a| matches!(a.updated, Some(Ok(_))))
+                .count();
+            u.failed
+                .extend(agents.iter().filter_map(|a| match &a.updated {
+                    Some(Err(reason)) => Some((a.device_id.clone(), reason.clone())),
+                    _ => None,
+                }));
+            u
+        }),
         devices,
         cascade_report: None,
     };
@@ -669,6 +869,27 @@ pub fn print_summary(s: &Summary) {
             },
             d.finals.correct,
             d.finals.scored,
+        );
+    }
+    if let Some(u) = &s.update {
+        let switched: Vec<String> = s
+            .devices
+            .iter()
+            .filter_map(|d| Some(format!("{} at {:.1} s", d.device_id, d.updated_after_s?)))
+            .collect();
+        eprintln!(
+            "Over the air: {} deployed at {:.1} s to {} watches; {} switched ({}){}; records lost across the switch: {}",
+            u.artifact,
+            u.deployed_after_s,
+            u.generations.len(),
+            u.applied,
+            if switched.is_empty() { "none".to_string() } else { switched.join(", ") },
+            if u.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {:?}", u.failed)
+            },
+            s.records_lost,
         );
     }
     if let Some(report) = &s.cascade_report {

@@ -25,6 +25,19 @@ pub struct OtaConfig {
     pub max_artifact_mb: u64,
 }
 
+impl OtaConfig {
+    /// Updates signed by `trusted_keys`, downloaded from the hub at `url`,
+    /// the bounds at their defaults.
+    pub fn new(trusted_keys: Vec<PublicKey>, url: impl Into<String>) -> OtaConfig {
+        OtaConfig {
+            trusted_keys,
+            url: url.into(),
+            cache_max_mb: default_cache_max_mb(),
+            max_artifact_mb: default_max_artifact_mb(),
+        }
+    }
+}
+
 fn default_cache_max_mb() -> u64 {
     256
 }

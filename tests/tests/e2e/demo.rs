@@ -12,9 +12,11 @@ fn demo_runs_and_loses_nothing() {
             "--agents",
             "3",
             "--duration",
-            "4",
+            "5",
             "--rate",
             "200",
+            "--update-after",
+            "2",
             "--json",
         ])
         .args([
@@ -53,6 +55,26 @@ fn demo_runs_and_loses_nothing() {
         }
     }
     assert!(s["predictions_correct"].as_u64().unwrap() > 0, "{s}");
+    // Over the air, while they streamed: the hub pushed the watches'
+    // better model and each watch reports running it; the plug kept its
+    // own. Nothing was lost across the switch (above).
+    let update = &s["update"];
+    assert_eq!(update["artifact"], "basicmotions-edge@2.0.0-int8", "{s}");
+    assert_eq!(update["applied"], 2, "{s}");
+    assert_eq!(update["failed"], serde_json::json!({}), "{s}");
+    for d in s["devices"].as_array().unwrap() {
+        if d["stream"] == "motion" {
+            assert_eq!(d["running"], "basicmotions-edge@2.0.0-int8", "{d}");
+            assert!(
+                d["updated_after_s"].as_f64().unwrap()
+                    >= update["deployed_after_s"].as_f64().unwrap(),
+                "{d}"
+            );
+        } else {
+            assert_eq!(d["running"], "acsf1-edge@1.0.0-int8", "{d}");
+            assert!(d["updated_after_s"].is_null(), "{d}");
+        }
+    }
     // Every edge prediction got exactly one final result (the cascade is
     // on: unsure windows were decided by the hub's models).
     assert_eq!(s["final_results"], s["predictions"], "{s}");
