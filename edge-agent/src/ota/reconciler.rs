@@ -363,6 +363,15 @@ impl Reconciler {
                             cache.discard_partial(&m.id);
                             return fail(e.to_string());
                         }
+                        Err(e @ FetchError::Disk { .. }) => {
+                            // The log needs the room more than an update:
+                            // what was downloaded goes, and a later deploy
+                            // starts over.
+                            cache.discard_partial(&m.id);
+                            return fail(format!(
+                                "{e}; the partial download was removed to leave the disk to the log"
+                            ));
+                        }
                         Err(e) => return fail(e.to_string()),
                     }
                 }

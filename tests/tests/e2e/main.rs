@@ -14,6 +14,7 @@ mod exactly_once;
 mod faults;
 mod keys;
 mod ota;
+mod ota_faults;
 mod ota_hub;
 mod sources_and_brokers;
 mod storage_faults;

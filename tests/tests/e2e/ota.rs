@@ -8,26 +8,31 @@ use conveyor_e2e::*;
 use edge_agent::ota::OtaConfig;
 use serde_json::Value;
 
-const DEVICE: &str = "gw-1";
+pub(super) const DEVICE: &str = "gw-1";
 
-fn model(rel: &str) -> String {
+pub(super) fn model(rel: &str) -> String {
     repo_root().join("models").join(rel).display().to_string()
 }
 
-fn push(hub: &Hub, file: &str) -> String {
+pub(super) fn push(hub: &Hub, file: &str) -> String {
     let (code, out, err) = hub_cli(hub, &["artifact", "push", file]);
     assert_eq!(code, Some(0), "{out}{err}");
     out
 }
 
-fn hub_key(hub: &Hub) -> String {
+pub(super) fn hub_key(hub: &Hub) -> String {
     hub.get("/api/v1/keys")["keys"][0]["public"]
         .as_str()
         .unwrap()
         .to_string()
 }
 
-fn agent_config(hub: &Hub, rate: f64, model_json: &str, trusted: Vec<String>) -> AgentConfig {
+pub(super) fn agent_config(
+    hub: &Hub,
+    rate: f64,
+    model_json: &str,
+    trusted: Vec<String>,
+) -> AgentConfig {
     let mut c = AgentConfig::for_device(DEVICE)
         .data_dir("state")
         .uplink(&hub.mqtt_url())
@@ -50,7 +55,7 @@ fn agent_config(hub: &Hub, rate: f64, model_json: &str, trusted: Vec<String>) ->
     c
 }
 
-fn state(hub: &Hub) -> Option<Value> {
+pub(super) fn state(hub: &Hub) -> Option<Value> {
     let (code, body) = http(
         hub.http,
         "GET",
@@ -63,7 +68,7 @@ fn state(hub: &Hub) -> Option<Value> {
         .flatten()
 }
 
-fn wait_for_phase(hub: &Hub, generation: u64, phase: &str) -> Value {
+pub(super) fn wait_for_phase(hub: &Hub, generation: u64, phase: &str) -> Value {
     wait_for(&format!("generation {generation} {phase}"), || {
         state(hub).filter(|s| {
             s["last_change"]["generation"].as_u64() == Some(generation)
@@ -72,7 +77,7 @@ fn wait_for_phase(hub: &Hub, generation: u64, phase: &str) -> Value {
     })
 }
 
-fn versions(hub: &Hub) -> Vec<String> {
+pub(super) fn versions(hub: &Hub) -> Vec<String> {
     hub.all_records(DEVICE)
         .iter()
         .map(|r| {
