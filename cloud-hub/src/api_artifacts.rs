@@ -283,7 +283,11 @@ pub async fn file(
         );
     }
     response
-        .body(Body::from_stream(stream(file, len)))
+        .body(Body::from_stream(stream(
+            file,
+            len,
+            s.metrics.artifact_bytes_served.clone(),
+        )))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
@@ -293,25 +297,30 @@ pub async fn file(
 fn stream(
     file: tokio::fs::File,
     len: u64,
+    served: prometheus_client::metrics::counter::Counter,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
-    futures_util::stream::unfold((file, len), |(mut file, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; CHUNK.min(left as usize)];
-        match file.read(&mut buf).await {
-            Ok(0) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the stored file is shorter than its manifest says",
-                )),
-                (file, 0),
-            )),
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), (file, left - n as u64)))
+    futures_util::stream::unfold((file, len), move |(mut file, left)| {
+        let served = served.clone();
+        async move {
+            if left == 0 {
+                return None;
             }
-            Err(e) => Some((Err(e), (file, 0))),
+            let mut buf = vec![0u8; CHUNK.min(left as usize)];
+            match file.read(&mut buf).await {
+                Ok(0) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the stored file is shorter than its manifest says",
+                    )),
+                    (file, 0),
+                )),
+                Ok(n) => {
+                    buf.truncate(n);
+                    served.inc_by(n as u64);
+                    Some((Ok(Bytes::from(buf)), (file, left - n as u64)))
+                }
+                Err(e) => Some((Err(e), (file, 0))),
+            }
         }
     })
 }

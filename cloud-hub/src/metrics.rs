@@ -30,6 +30,8 @@ pub struct HubMetrics {
     pub artifacts_rejected: Family<Labels, Counter>,
     /// Desired states published (deploys, and sends again).
     pub desired_published: Counter,
+    /// Bytes of artifact files sent to agents.
+    pub artifact_bytes_served: Counter,
     /// Agents' OTA changes that ended, by phase (applied, failed).
     pub ota_changes: Family<Labels, Counter>,
     /// Stored manifests, desired states and agent states skipped at start
@@ -77,6 +79,12 @@ impl HubMetrics {
             "desired_published",
             "Desired states published to devices (deploys, and sends again)",
             desired_published.clone(),
+        );
+        let artifact_bytes_served = Counter::default();
+        registry.register(
+            "artifact_bytes_served",
+            "Bytes of artifact files sent to agents (whole files and Range parts)",
+            artifact_bytes_served.clone(),
         );
         let ota_changes = Family::<Labels, Counter>::default();
         registry.register(
@@ -175,6 +183,7 @@ impl HubMetrics {
         HubMetrics {
             artifacts_rejected,
             desired_published,
+            artifact_bytes_served,
             ota_changes,
             ota_skipped,
             registry,
