@@ -71,7 +71,7 @@ def status(pid):
     out = {}
     for line in open(f"/proc/{pid}/status"):
         k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
+        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[k] = int(v.split()[0]) / 1024
     return out
 
@@ -187,7 +187,11 @@ url = "http://127.0.0.1:{http}"
     deploy(fleet, "basicmotions-edge@1.0.0-int8")
     rows = {}
     for k in range(repeats):
-        print(f"repeat {k + 1}/{repeats} ...", file=sys.stderr)
+        now = [status(agents[d]) for d in fleet]
+        print(f"repeat {k + 1}/{repeats}: the fleet's median VmRSS "
+              f"{statistics.median(s['VmRSS'] for s in now):.1f} MB (RssAnon "
+              f"{statistics.median(s['RssAnon'] for s in now):.1f}, RssFile "
+              f"{statistics.median(s['RssFile'] for s in now):.1f})", file=sys.stderr)
         for n in (1, 10):
             devices = fleet[:n]
             for label, src in (("fp32 edge model (fresh)", f"{models}/edge.fp32.json"),

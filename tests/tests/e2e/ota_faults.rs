@@ -18,6 +18,10 @@ const FP32: &str = "basicmotions-edge@1.0.0-fp32";
 const RATE: u64 = 2048;
 
 fn deploy(hub: &Hub) {
+    deploy_artifact(hub, FP32);
+}
+
+fn deploy_artifact(hub: &Hub, artifact: &str) {
     let (code, out, err) = hub_cli(
         hub,
         &[
@@ -27,7 +31,7 @@ fn deploy(hub: &Hub) {
             "--stage",
             "classify",
             "--artifact",
-            FP32,
+            artifact,
         ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
@@ -81,7 +85,9 @@ fn assert_exactly_once(hub: &Hub) {
     );
 }
 
-/// The link to the hub's HTTP API is cut in the middle of a download and
+/// A model that does not fit the stream is refused before it is
+/// downloaded. The link to the hub's HTTP API is cut in the middle of a
+/// download and
 /// the agent says it is retrying, while it goes on streaming over MQTT;
 /// the link comes back and the download goes on from where it was; then
 /// the agent is SIGKILLed mid-download, and started again it resumes once
@@ -104,10 +110,23 @@ fn a_download_cut_off_by_the_link_and_by_a_kill_resumes_and_applies() {
     wait_for("a first prediction", || {
         (hub.records(DEVICE) >= 1).then_some(())
     });
+
+    // 0. A model whose input does not fit the stage's stream (the smart
+    // plug's 1 x 1460 for the watch's 6 x 100) is refused from its signed
+    // manifest, before a byte of it is downloaded.
+    push(&hub, &model("acsf1/edge.int8.json"));
+    deploy_artifact(&hub, "acsf1-edge@1.0.0-int8");
+    let refused = wait_for_phase(&hub, 1, "failed");
+    let reason = refused["last_change"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("takes 1 channels x 1460 readings"),
+        "{reason}"
+    );
+    assert!(link.bytes_down() < 4096, "only the manifest came");
     deploy(&hub);
 
     // 1. The link goes, mid-download.
-    let at_cut = downloading(&hub, 1, 2 * RATE);
+    let at_cut = downloading(&hub, 2, 2 * RATE);
     link.cut();
     let retrying = wait_for("the agent to report that it retries", || {
         state(&hub).filter(|s| {
@@ -132,7 +151,7 @@ fn a_download_cut_off_by_the_link_and_by_a_kill_resumes_and_applies() {
 
     // 2. Killed mid-download, after the download went on past the cut.
     let done_at_cut = at_cut["last_change"]["bytes_done"].as_u64().unwrap();
-    let before_kill = downloading(&hub, 1, done_at_cut + 2 * RATE);
+    let before_kill = downloading(&hub, 2, done_at_cut + 2 * RATE);
     let total = before_kill["last_change"]["bytes_total"].as_u64().unwrap();
     assert!(
         before_kill["last_change"]["bytes_done"].as_u64().unwrap() < total,
@@ -141,8 +160,8 @@ fn a_download_cut_off_by_the_link_and_by_a_kill_resumes_and_applies() {
     agent.signal(libc::SIGKILL);
     let _ = agent.wait();
     let mut agent = start_agent(dir.path(), "agent2", &config);
-    wait_for("generation 1 applied", || {
-        state(&hub).filter(|s| s["generation"] == 1)
+    wait_for("generation 2 applied", || {
+        state(&hub).filter(|s| s["generation"] == 2)
     });
 
     // Resumed, not started over: after the cut and after the kill the
