@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod ota;
 pub mod ota_cli;
 pub mod registry;
+pub mod rollout;
 pub mod store;
