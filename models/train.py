@@ -9,8 +9,10 @@ model to int8 (ONNX Runtime static quantisation, QDQ format, Softmax kept in
 fp32), evaluates every file with ONNX Runtime on the TEST split and writes
 metadata, reference cases and model cards next to the models. A plan's
 `variants` are later versions of its edge model (same id and input, retrained
-with their own recipe and seed), written int8-only to <slug>/<folder>/. The
-layout and schema are read by the Rust runtime: see README.md.
+with their own recipe and seed), written int8-only to <slug>/<folder>/; a
+variant with `shuffle_labels` is a test fixture that predicts wrong on purpose
+(trained on the training labels shuffled). The layout and schema are read by
+the Rust runtime: see README.md.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class EdgeVariant:
     seed: int
     edge: Recipe
     why: str  # the model card's "what changed and why" (markdown)
+    # A TEST FIXTURE, not a model: the training labels are permuted among the training
+    # windows (numpy default_rng(seed)) so that the model learns nothing real, yet it loads
+    # and passes every static check like a real candidate. Its card says so at the top.
+    shuffle_labels: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,27 @@ PLANS = [
                     "0.757 (mean over seeds 1 and 2, 10 draws per fold). That probe is synthetic and each\n"
                     "fold has 10 windows: it is indicative only. On the test split 1.0.0 is already at\n"
                     "1.0000, so the test split cannot show a gain."
+                ),
+            ),
+            EdgeVariant(
+                folder="bad-shuffled",
+                version="2.1.0",
+                seed=2,
+                shuffle_labels=True,
+                edge=Recipe(
+                    NetSpec((C(16, 5, 2), C(32, 5, 2), C(32, 3, 1))),
+                    TrainConfig(epochs=100, lr=3e-3, max_shift=0.1, scale=0.1, noise=0.05),
+                ),
+                why=(
+                    "What for: the fleet-rollout tests. A candidate that loads, has the right id, input,\n"
+                    "output, labels and normalisation, a matching sha256 and a plain QDQ graph passes every\n"
+                    "static check of the agent; only its predictions are wrong. A staged rollout must stop it\n"
+                    "at the first wave with its runtime gates -- shadow agreement with the running model,\n"
+                    "agreement with the hub (teacher) model, accuracy on labelled windows -- and roll back\n"
+                    "automatically. The recipe is 1.0.0's (architecture, epochs, augmentation), from another\n"
+                    "seed, on the same training windows, but each window's label was replaced by another\n"
+                    "window's (a fixed permutation of the 40 training labels, so each class still has 10):\n"
+                    "it fits those labels, not the activities. Never deploy it outside a test."
                 ),
             ),
         ),
@@ -315,14 +342,26 @@ def table_row(m: dict, file: str) -> dict:
                 fp32=m["metrics"]["test_accuracy_fp32"], acc=m["metrics"]["test_accuracy"], n=m["metrics"]["test_windows"])
 
 
-def build_variant(ds: Dataset, plan: DatasetPlan, var: EdgeVariant, out: Path, base: dict) -> dict:
-    """Build a later version of the edge model (int8 only) into out/<folder>/; `base` is 1.0.0's int8 metadata."""
+def shuffled_labels(y: np.ndarray, seed: int) -> np.ndarray:
+    """The training labels permuted among the windows (the class counts stay the same)."""
+    return np.random.default_rng(seed).permutation(y)
+
+
+def build_variant(ds: Dataset, plan: DatasetPlan, var: EdgeVariant, out: Path, base: dict, base_p8: np.ndarray) -> dict:
+    """Build a later version of the edge model (int8 only) into out/<folder>/; `base` is 1.0.0's int8 metadata,
+    `base_p8` its test probabilities."""
     k = len(ds.labels)
     vdir = out / var.folder
     vdir.mkdir(parents=True, exist_ok=True)
     edge_int8 = vdir / "edge.int8.onnx"
+    train_ds = ds
+    kept = len(ds.y_train)
+    if var.shuffle_labels:
+        train_ds = replace(ds, y_train=shuffled_labels(ds.y_train, var.seed))
+        kept = int((train_ds.y_train == ds.y_train).sum())
+        log(f"   {var.folder}: training labels shuffled (seed {var.seed}); {kept} of {len(ds.y_train)} still true by chance")
     with tempfile.TemporaryDirectory() as tmp:  # its fp32 original is built but not shipped
-        e = build_edge(ds, plan.slug, f"edge {var.folder}", var.edge, var.seed, Path(tmp) / "edge.fp32.onnx", edge_int8)
+        e = build_edge(train_ds, plan.slug, f"edge {var.folder}", var.edge, var.seed, Path(tmp) / "edge.fp32.onnx", edge_int8)
         ops32 = op_histogram(e.fp32)
     meta = metadata(ds=ds, plan=plan, role="edge", precision="int8", path=edge_int8, batch=1, acc=e.acc8,
                     acc_fp32=e.acc32, recipe=var.edge, params=e.params, version=var.version, seed=var.seed)
@@ -345,12 +384,38 @@ def build_variant(ds: Dataset, plan: DatasetPlan, var: EdgeVariant, out: Path, b
         ("test accuracy, fp32", f"{base['metrics']['test_accuracy_fp32']:.4f}", f"{e.acc32:.4f}"),
         ("test accuracy, int8", f"{base['metrics']['test_accuracy']:.4f}", f"{e.acc8:.4f}"),
     ]
+    agree_base = float((e.p8.argmax(axis=1) == base_p8.argmax(axis=1)).mean())
+    n_test = len(ds.y_test)
+    notice: list[str] = []
+    if var.shuffle_labels:
+        rows.insert(1, ("training labels", "true", f"shuffled (seed {var.seed})"))
+        rows.append((f"argmax agreement with {base['version']}, test split", "1.0000", f"{agree_base:.4f}"))
+        notice = [
+            "**TEST FIXTURE -- this model predicts wrong on purpose.** It was trained on SHUFFLED labels\n"
+            f"(the {len(ds.y_train)} training labels permuted among the windows, seed {var.seed}; {kept} of them kept their\n"
+            "true label by chance), so it has learnt nothing real. It exists for the fleet-rollout tests:\n"
+            "it loads and passes every static check, and the rollout gates (shadow agreement, teacher\n"
+            "agreement, accuracy) must stop it at the first wave and roll it back. Do not deploy it.",
+            "",
+            f"Measured on the {n_test} test windows (ONNX Runtime): test accuracy **{e.acc8:.4f}** (int8, this file)\n"
+            f"and {e.acc32:.4f} (its fp32 original), against {base['metrics']['test_accuracy']:.4f} for `{base['version']}`;\n"
+            f"chance is {1 / k:.4f}. Its argmax agrees with `{base['version']}` on {agree_base:.4f} of the test windows.",
+            "",
+        ]
+    intro = (
+        f"Not a retrained model: the same id, input, labels and normalisation as `{base['version']}`\n"
+        f"(`../{base['model_file']}`), so it looks like a drop-in update, but its weights were fitted to\n"
+        "shuffled labels."
+        if var.shuffle_labels
+        else f"Retrained, not just re-quantised: the same id, input, labels and normalisation as\n"
+        f"`{base['version']}` (`../{base['model_file']}`), so it is a drop-in update; new weights from a\n"
+        "different training recipe."
+    )
     changes = "\n".join([
+        *notice,
         f"## Changes from {base['version']}",
         "",
-        f"Retrained, not just re-quantised: the same id, input, labels and normalisation as\n"
-        f"`{base['version']}` (`../{base['model_file']}`), so it is a drop-in update; new weights from a\n"
-        "different training recipe.",
+        intro,
         "",
         f"| | {base['version']} | {meta['version']} |",
         "| --- | ---: | ---: |",
@@ -359,13 +424,21 @@ def build_variant(ds: Dataset, plan: DatasetPlan, var: EdgeVariant, out: Path, b
         var.why,
     ])
     cm = lambda p: cards.confusion_md(cards.confusion(ds.y_test, p.argmax(axis=1), k), ds.labels)  # noqa: E731
+    title = f"{ds.name} edge model {var.folder} (int8, QDQ)"
+    blurb = plan.blurb
+    if var.shuffle_labels:
+        title += " -- TEST FIXTURE, predicts wrong on purpose"
+        blurb = (
+            "None outside tests: a bad candidate for the rollout gates. It takes the input and returns the\n"
+            f"output of the {ds.name} edge model, but its answers are unrelated to the true class."
+        )
     (vdir / "edge.int8.md").write_text(
         cards.model_card(
-            title=f"{ds.name} edge model {var.folder} (int8, QDQ)", meta=meta, other_meta=None,
+            title=title, meta=meta, other_meta=None,
             arch=var.edge.spec.describe(), ops=ops32, train_cfg=var.edge.cfg.to_json(),
             confusion_tables=[("fp32 original (not shipped)", cm(e.p32)), ("edge.int8.onnx", cm(e.p8))],
             quant_notes=quant_notes(ds, e, "its fp32 export (built by `train.py` in a temporary folder, not shipped)"),
-            dataset_blurb=plan.blurb, threads=THREADS, changes=changes,
+            dataset_blurb=blurb, threads=THREADS, changes=changes,
         ),
         encoding="utf-8",
     )
@@ -438,7 +511,7 @@ def build(plan: DatasetPlan, data_dir: Path, out_root: Path) -> list[dict]:
             raise RuntimeError(f"{p}: opset {opset_of(p)}")
     rows = [table_row(m, f"{plan.slug}/{m['model_file']}") for m in (m_edge32, m_edge8, m_hub)]
     for var in plan.variants:
-        rows.append(build_variant(ds, plan, var, out, m_edge8))
+        rows.append(build_variant(ds, plan, var, out, m_edge8, p_edge8))
     log(f"== {ds.name} done in {time.time() - t0:.1f}s")
     return rows
 

@@ -1,4 +1,5 @@
-//! The committed models (`models/*/*.json`) loaded and run by the model
+//! The committed models (`models/*/*.json`, and the edge variants in
+//! `models/basicmotions/{v2,bad-shuffled}/`) loaded and run by the model
 //! crate: parity with ONNX Runtime's reference outputs, and hostile or
 //! mismatched models refused with a reason. (Moved from the edge agent's
 //! `tests/inference.rs`; the tests through the pipeline stayed there.)
@@ -6,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use conveyor_model::{ModelError, OnnxModel};
+use conveyor_model::{ModelError, OnnxModel, Recording};
 use conveyor_shared::ModelMetadata;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -25,19 +26,32 @@ fn trained_dir() -> PathBuf {
     std::env::var_os("CONVEYOR_MODELS_DIR").map_or_else(models_dir, PathBuf::from)
 }
 
-/// Every model metadata file committed under `models/<dataset>/`.
+/// The later versions of an edge model `train.py` builds (its `variants`),
+/// int8 only: the OTA demo's update and the rollout tests' bad candidate.
+const VARIANTS: [&str; 2] = ["basicmotions/v2", BAD_CANDIDATE];
+
+/// `basicmotions-edge` `2.1.0-int8`: a test fixture trained on shuffled
+/// labels, which passes every static check and predicts wrong.
+const BAD_CANDIDATE: &str = "basicmotions/bad-shuffled";
+
+/// Every model metadata file committed under `models/<dataset>/`, and the
+/// variants' under `models/<dataset>/<folder>/`.
 fn all_models() -> Vec<PathBuf> {
     let mut out = Vec::new();
     for ds in ["basicmotions", "acsf1"] {
         for name in ["edge.int8", "edge.fp32", "hub.fp32"] {
-            let p = trained_dir().join(ds).join(format!("{name}.json"));
-            assert!(
-                p.exists(),
-                "missing committed model metadata {}",
-                p.display()
-            );
-            out.push(p);
+            out.push(trained_dir().join(ds).join(format!("{name}.json")));
         }
+    }
+    for dir in VARIANTS {
+        out.push(trained_dir().join(dir).join("edge.int8.json"));
+    }
+    for p in &out {
+        assert!(
+            p.exists(),
+            "missing committed model metadata {}",
+            p.display()
+        );
     }
     out
 }
@@ -180,6 +194,76 @@ fn the_parity_check_catches_a_quantised_softmax() {
         worst > tolerance(&meta),
         "a quantised Softmax went unnoticed: max diff {worst}"
     );
+}
+
+/// The bad candidate is a plausible update of `basicmotions-edge` (same id,
+/// input, output, labels and normalisation; it loads, which is every check
+/// the agent makes before running a model), but on the whole BasicMotions
+/// test split, read by the replay source's parser, normalised as the agent
+/// does and run by tract, it is mostly wrong where 1.0.0 is right.
+#[test]
+fn the_bad_candidate_passes_the_static_checks_and_predicts_wrong() {
+    let good_path = trained_dir().join("basicmotions/edge.int8.json");
+    let bad_path = trained_dir().join(BAD_CANDIDATE).join("edge.int8.json");
+    let good = Arc::new(OnnxModel::load(&good_path, 1).unwrap());
+    let bad = Arc::new(OnnxModel::load(&bad_path, 1).unwrap());
+    let (g, b) = (good.meta(), bad.meta());
+    assert_eq!(b.id, g.id);
+    assert_eq!(b.version, "2.1.0-int8");
+    assert_eq!(b.precision, g.precision);
+    assert_eq!((&b.input, &b.output), (&g.input, &g.output));
+    assert_eq!(
+        (b.channels, b.window, b.stride),
+        (g.channels, g.window, g.stride)
+    );
+    assert_eq!(b.labels, g.labels);
+    assert_eq!(b.normalization, g.normalization);
+
+    let test = Recording::load(
+        &models_dir().join("data/BasicMotions/BasicMotions_TEST.ts"),
+        None,
+    )
+    .unwrap();
+    let (c, w) = (g.channels, g.window);
+    assert_eq!(test.rows.len() % w, 0);
+    let norm = &g.normalization;
+    let (mut runner_good, mut runner_bad) = (good.runner().unwrap(), bad.runner().unwrap());
+    let (mut n, mut good_right, mut bad_right, mut agree) = (0usize, 0usize, 0usize, 0usize);
+    for series in test.rows.chunks(w) {
+        // As the agent's window does it: in f64, then to f32, NCW.
+        let mut input = vec![0f32; c * w];
+        for (t, row) in series.iter().enumerate() {
+            for (ch, v) in row.values.iter().enumerate() {
+                input[ch * w + t] = ((v - norm.mean[ch]) / norm.std[ch]) as f32;
+            }
+        }
+        let label = &series[0].label;
+        let ig = runner_good.classify(input.clone()).unwrap().class_index;
+        let ib = runner_bad.classify(input).unwrap().class_index;
+        n += 1;
+        good_right += usize::from(&g.labels[ig] == label);
+        bad_right += usize::from(&b.labels[ib] == label);
+        agree += usize::from(ig == ib);
+    }
+    let frac = |k: usize| k as f64 / n as f64;
+    eprintln!(
+        "tract on {n} test windows: {}@{} accuracy {:.4}; {}@{} accuracy {:.4} \
+         (metadata, onnxruntime: {:.4}), argmax agreement with {} {:.4}",
+        g.id,
+        g.version,
+        frac(good_right),
+        b.id,
+        b.version,
+        frac(bad_right),
+        b.metrics.as_ref().unwrap().test_accuracy,
+        g.version,
+        frac(agree)
+    );
+    assert_eq!(n, 40);
+    assert!(frac(good_right) >= 0.95, "1.0.0 should be right");
+    // Chance is 0.25 for 4 classes; the fixture measured 0.20.
+    assert!(frac(bad_right) <= 0.4, "the bad candidate is too good");
+    assert!(frac(agree) <= 0.4, "the bad candidate agrees with 1.0.0");
 }
 
 fn load_reference(model_json: &Path) -> Reference {
