@@ -85,6 +85,15 @@ pub fn router(state: Arc<HubState>) -> Router {
             get(crate::api_desired::get_state),
         )
         .route("/api/v1/deploy", post(crate::api_desired::deploy))
+        .route(
+            "/api/v1/rollouts",
+            get(crate::api_rollouts::list).post(crate::api_rollouts::start),
+        )
+        .route("/api/v1/rollouts/{id}", get(crate::api_rollouts::show))
+        .route(
+            "/api/v1/rollouts/{id}/{verb}",
+            post(crate::api_rollouts::command),
+        )
         .with_state(state)
 }
 

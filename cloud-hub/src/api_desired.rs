@@ -46,7 +46,7 @@ pub struct LinkRequest {
     config: serde_json::Map<String, Value>,
 }
 
-type StageRequests = BTreeMap<String, Option<TargetRequest>>;
+pub(crate) type StageRequests = BTreeMap<String, Option<TargetRequest>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +86,7 @@ fn check_stage_name(stage: &str) -> Result<(), ApiError> {
 }
 
 /// Resolves each stage's `name@version`s to registry ids, checking kinds.
-fn resolve(
+pub(crate) fn resolve(
     s: &HubState,
     stages: StageRequests,
 ) -> Result<BTreeMap<String, Option<StageTarget>>, ApiError> {
@@ -159,39 +159,16 @@ fn deploy_to(
     let mut out = Vec::new();
     let now = conveyor_shared::time::now_us();
     for device in devices {
-        let set = {
-            let mut store = s.ota.devices();
-            let set = store.set(device, changes, s.ota.key());
-            if let (Ok(_), Some(entry)) = (&set, store.devices.get_mut(device.as_str())) {
-                entry.published_at_us = Some(now);
-            }
-            set
-        };
-        let desired = match set {
+        let desired = match crate::ota::deploy::set_and_publish(s, device, changes, now) {
             Ok(d) => d,
             Err(e) => {
                 let done: Vec<_> = out.iter().map(|d: &Value| d["device_id"].clone()).collect();
-                let code = match e {
-                    SetError::TooManyStages(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                    SetError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                return Err(ApiError::new(
-                    code,
+                return Err(set_error(
+                    &e,
                     format!("device {device}: {e} (deployed before it: {done:?})"),
                 ));
             }
         };
-        match s.publisher.desired(device, desired.envelope.clone()) {
-            Ok(()) => {
-                s.metrics.desired_published.inc();
-            }
-            // Stored: it goes out again when the device comes online or
-            // reports that it has not seen it.
-            Err(e) => {
-                tracing::warn!(device = %device, "could not publish the desired state now: {e}")
-            }
-        }
-        tracing::info!(device = %device, generation = desired.doc.generation, stages = ?desired.doc.stages.keys().collect::<Vec<_>>(), "desired state set");
         out.push(json!({
             "device_id": device,
             "generation": desired.doc.generation,
@@ -199,6 +176,15 @@ fn deploy_to(
         }));
     }
     Ok(out)
+}
+
+/// The status for a desired state that could not be set.
+pub(crate) fn set_error(e: &SetError, message: String) -> ApiError {
+    let code = match e {
+        SetError::TooManyStages(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SetError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(code, message)
 }
 
 pub async fn put_desired(
@@ -221,7 +207,7 @@ pub async fn put_desired(
 
 /// The devices a deploy names: by id, and those whose last report carries
 /// every one of `tags`.
-fn select(
+pub(crate) fn select(
     s: &HubState,
     ids: &[String],
     tags: &BTreeMap<String, String>,

@@ -231,6 +231,8 @@ async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
         state.metrics.devices_log_disk_full.set(full as i64);
         state.metrics.ingest_rate.set(rate);
         persist_registry(&state, &mut persist_failures);
+        // Rollouts: soaks end, devices time out, waves start.
+        crate::rollout::driver::tick(&state, now_us());
         // What was written outside ingest's group commits (device entries,
         // the hub's answers to escalations) becomes durable within a second;
         // a commit with nothing new to write costs nothing.

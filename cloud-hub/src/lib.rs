@@ -11,6 +11,7 @@ pub mod api;
 pub mod api_artifacts;
 pub mod api_desired;
 pub mod api_results;
+pub mod api_rollouts;
 pub mod cascade;
 pub mod config;
 pub mod hub;

@@ -72,6 +72,21 @@ enum Command {
     /// and publishes their new desired state; agents verify, download,
     /// apply and report.
     Deploy(cloud_hub::ota_cli::DeployCli),
+    /// Fleet rollouts: a model or transform given to a stage on many
+    /// devices in waves, soaked and gated, rolled back by itself when a
+    /// gate fails or too many devices do.
+    Rollout {
+        #[command(subcommand)]
+        command: cloud_hub::ota_cli::rollout::RolloutCommand,
+        /// The hub's HTTP API.
+        #[arg(
+            long,
+            global = true,
+            env = "CONVEYOR_HUB",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        hub: String,
+    },
     /// The demo moved to its own binary; this only says where (any
     /// arguments are ignored).
     #[command(hide = true, disable_help_flag = true)]
@@ -318,6 +333,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => keys(command),
         Command::Artifact { command, hub } => cloud_hub::ota_cli::artifact(command, &hub),
         Command::Deploy(args) => cloud_hub::ota_cli::deploy_command(args),
+        Command::Rollout { command, hub } => cloud_hub::ota_cli::rollout::run(command, &hub),
         Command::Demo { .. } => {
             eprintln!("{DEMO_MOVED}");
             ExitCode::from(EXIT_DEMO_MOVED)

@@ -17,6 +17,7 @@
 
 pub mod check;
 pub mod config;
+pub mod deploy;
 pub mod devices;
 pub mod files;
 pub mod range;
@@ -42,6 +43,7 @@ pub struct OtaHub {
     pub max_artifact_bytes: u64,
     registry: Mutex<ArtifactRegistry>,
     devices: Mutex<DeviceStore>,
+    rollouts: Mutex<crate::rollout::store::RolloutStore>,
     /// Stored documents that did not verify or read at start (skipped).
     pub skipped_at_open: u64,
 }
@@ -96,6 +98,8 @@ impl OtaHub {
         let (registry, bad_manifests) =
             ArtifactRegistry::open(store_dir, &public).map_err(storage)?;
         let (devices, bad_devices) = DeviceStore::open(store_dir, &public).map_err(storage)?;
+        let (rollouts, bad_rollouts) =
+            crate::rollout::store::RolloutStore::open(store_dir).map_err(storage)?;
         tracing::info!(
             artifacts = registry.len(),
             devices = devices.devices.len(),
@@ -103,9 +107,13 @@ impl OtaHub {
             "OTA registry open"
         );
         Ok(OtaHub {
-            skipped_at_open: bad_manifests.manifests + bad_devices.desired + bad_devices.states,
+            skipped_at_open: bad_manifests.manifests
+                + bad_devices.desired
+                + bad_devices.states
+                + bad_rollouts,
             registry: Mutex::new(registry),
             devices: Mutex::new(devices),
+            rollouts: Mutex::new(rollouts),
             max_artifact_bytes: config.max_artifact_bytes,
             key,
         })
@@ -125,6 +133,12 @@ impl OtaHub {
 
     pub fn devices(&self) -> MutexGuard<'_, DeviceStore> {
         self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rollouts. Taken before [`OtaHub::devices`] when both are
+    /// needed (never the other way round).
+    pub fn rollouts(&self) -> MutexGuard<'_, crate::rollout::store::RolloutStore> {
+        self.rollouts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A directory for a push's files.

@@ -14,6 +14,14 @@ use crate::ingest::HubState;
 
 /// Handles `state`, the report of `device` (already checked to name it).
 pub fn on_report(hub: &HubState, device: &DeviceId, state: AgentState, now_us: i64) {
+    let for_rollouts = state.clone();
+    keep_report(hub, device, state, now_us);
+    // After the device store's lock is released (the rollouts' lock comes
+    // first).
+    crate::rollout::driver::on_report(hub, device.as_str(), &for_rollouts, now_us);
+}
+
+fn keep_report(hub: &HubState, device: &DeviceId, state: AgentState, now_us: i64) {
     let mut store = hub.ota.devices();
     let key = |c: &Change| (c.generation, c.phase);
     let previous = store

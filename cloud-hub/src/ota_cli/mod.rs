@@ -7,10 +7,13 @@
 //!   binary through axum), and the multipart form of a push.
 //! - [`artifact`]: `push`, `list`, `show`.
 //! - [`deploy`]: `deploy`, and `--wait`'s progress lines.
+//! - [`rollout`]: `rollout start | list | status | pause | resume | abort
+//!   | rollback`.
 
 pub mod artifact;
 pub mod deploy;
 pub mod http;
+pub mod rollout;
 
 pub use artifact::{list, push, show};
 pub use deploy::{deploy, DeployArgs};
@@ -68,7 +71,7 @@ pub struct DeployCli {
     hub: String,
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,11 +6,17 @@
 //! - [`machine`]: the rollout state machine, plain data (time and events
 //!   in, actions out), tested without I/O and persisted as it is.
 //!
-//! The driver that feeds the machine (reports, ticks, commands) and does
-//! what it asks (signs and publishes desired states through
-//! [`crate::ota::devices::DeviceStore::set`]) lives beside them.
+//! - [`store`]: each rollout persisted whole after every step.
+//! - [`driver`]: feeds the machines (reports, the clock, operators'
+//!   commands) and does what they ask (sets desired states through
+//!   [`crate::ota::deploy::set_and_publish`]).
+//!
+//! The HTTP routes are in `api_rollouts.rs`, the CLI in
+//! `ota_cli/rollout.rs`.
 
+pub mod driver;
 pub mod machine;
+pub mod store;
 pub mod waves;
 
 pub use machine::{Action, DevicePhase, Event, Policy, Rollout, State};

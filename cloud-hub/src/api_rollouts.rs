@@ -1,0 +1,249 @@
+//! The HTTP routes of rollouts.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
+//! | `GET /api/v1/rollouts` | `{"rollouts": [summary]}`, newest first |
+//! | `GET /api/v1/rollouts/{id}` | the rollout: summary, each device's phase and reason, waves, the log of steps (who, when, what) |
+//! | `POST /api/v1/rollouts/{id}/{pause,resume,abort,rollback}` | `{"by", "reason"}`; 409 when the rollout's state does not allow it |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::ApiError;
+use crate::api_desired::{resolve, select, TargetRequest};
+use crate::ingest::HubState;
+use crate::rollout::driver::{self, DriveError, Start};
+use crate::rollout::machine::{DevicePhase, Event, Policy, Rollout};
+use crate::rollout::waves;
+
+const DEFAULT_WAVES: &str = "1,10%,50%,100%";
+const DEFAULT_SOAK_S: f64 = 60.0;
+const DEFAULT_TIMEOUT_S: f64 = 300.0;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    stage: String,
+    target: TargetRequest,
+    #[serde(default)]
+    devices: Vec<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    waves: Option<String>,
+    #[serde(default)]
+    soak_s: Option<f64>,
+    #[serde(default)]
+    device_timeout_s: Option<f64>,
+    /// A count of devices (`2`) or a share of the target (`"10%"`).
+    #[serde(default)]
+    max_failures: Option<Value>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn unprocessable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+}
+
+fn seconds(v: Option<f64>, default: f64, field: &str) -> Result<i64, ApiError> {
+    let v = v.unwrap_or(default);
+    if !(v.is_finite() && (0.0..=30.0 * 86_400.0).contains(&v)) {
+        return Err(unprocessable(format!(
+            "`{field}` must be seconds from 0 to 30 days, got {v}"
+        )));
+    }
+    Ok((v * 1e6) as i64)
+}
+
+/// `max_failures` as a share of `devices`.
+fn failure_ratio(v: Option<&Value>, devices: usize) -> Result<f64, ApiError> {
+    let bad = || {
+        unprocessable(format!(
+            "`max_failures` must be a count of devices (e.g. 2) or a percentage (e.g. \"10%\"), got {}",
+            v.map_or("?".into(), Value::to_string)
+        ))
+    };
+    match v {
+        None => Ok(0.0),
+        Some(Value::Number(n)) => {
+            let n = n.as_u64().ok_or_else(bad)?;
+            // floor(ratio x devices) must be n: a hair above n/devices.
+            Ok(if devices == 0 {
+                0.0
+            } else {
+                (n as f64 + 0.5) / devices as f64
+            })
+        }
+        Some(Value::String(s)) => {
+            let p: f64 = s
+                .trim()
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or_else(bad)?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(bad());
+            }
+            Ok(p / 100.0)
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn drive_error(e: DriveError) -> Response {
+    let status = match e {
+        DriveError::NotFound(_) => StatusCode::NOT_FOUND,
+        DriveError::Refused(_) => StatusCode::CONFLICT,
+        DriveError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.to_string()).into_response()
+}
+
+/// The rollout with a summary: wave k of n, devices per phase.
+pub fn view(r: &Rollout) -> Value {
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+    for d in &r.devices {
+        *phases.entry(phase_name(d.phase)).or_default() += 1;
+    }
+    let waves: Vec<Value> = (0..r.waves.len())
+        .map(|w| {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for d in r.wave_devices(w) {
+                *counts.entry(phase_name(d.phase)).or_default() += 1;
+            }
+            json!({"wave": w + 1, "devices": r.wave_devices(w).len(), "phases": counts})
+        })
+        .collect();
+    let mut v = serde_json::to_value(r).expect("a rollout serialises");
+    v["summary"] = json!({
+        "wave": (r.wave + 1).min(r.waves.len()),
+        "waves": r.waves.len(),
+        "devices": r.devices.len(),
+        "phases": phases,
+        "per_wave": waves,
+    });
+    v
+}
+
+fn phase_name(p: DevicePhase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub async fn start(
+    State(s): State<Arc<HubState>>,
+    parsed: Result<Json<StartRequest>, JsonRejection>,
+) -> Response {
+    let b = match parsed {
+        Ok(Json(b)) => b,
+        Err(e) => {
+            return ApiError::new(e.status(), format!("bad request body: {}", e.body_text()))
+                .into_response()
+        }
+    };
+    let prepared = (|| {
+        let devices = select(&s, &b.devices, &b.tags)?;
+        let mut resolved = resolve(&s, BTreeMap::from([(b.stage.clone(), Some(b.target))]))?;
+        let target = resolved
+            .remove(&b.stage)
+            .flatten()
+            .ok_or_else(|| unprocessable("`target` names nothing"))?;
+        let waves = waves::parse(b.waves.as_deref().unwrap_or(DEFAULT_WAVES))
+            .map_err(|e| unprocessable(e.to_string()))?;
+        let policy = Policy {
+            soak_us: seconds(b.soak_s, DEFAULT_SOAK_S, "soak_s")?,
+            device_timeout_us: seconds(b.device_timeout_s, DEFAULT_TIMEOUT_S, "device_timeout_s")?,
+            max_failure_ratio: failure_ratio(b.max_failures.as_ref(), devices.len())?,
+        };
+        Ok::<_, ApiError>(Start {
+            stage: b.stage.clone(),
+            target,
+            devices,
+            waves,
+            policy,
+            by: b.by.clone().unwrap_or_else(|| "api".into()),
+        })
+    })();
+    let start = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    match driver::start(&s, start, conveyor_shared::time::now_us()) {
+        Ok(r) => (StatusCode::CREATED, Json(view(&r))).into_response(),
+        Err(e) => drive_error(e),
+    }
+}
+
+pub async fn list(State(s): State<Arc<HubState>>) -> Json<Value> {
+    let store = s.ota.rollouts();
+    let all: Vec<Value> = store
+        .rollouts
+        .values()
+        .rev()
+        .map(|r| {
+            let mut v = view(r);
+            // The list is a summary: devices and steps are in the rollout's own view.
+            if let Some(o) = v.as_object_mut() {
+                o.remove("devices");
+                o.remove("log");
+            }
+            v
+        })
+        .collect();
+    Json(json!({ "rollouts": all }))
+}
+
+pub async fn show(State(s): State<Arc<HubState>>, Path(id): Path<u64>) -> Response {
+    match s.ota.rollouts().rollouts.get(&id) {
+        Some(r) => Json(view(r)).into_response(),
+        None => drive_error(DriveError::NotFound(id)),
+    }
+}
+
+pub async fn command(
+    State(s): State<Arc<HubState>>,
+    Path((id, verb)): Path<(u64, String)>,
+    parsed: Result<Json<CommandRequest>, JsonRejection>,
+) -> Response {
+    // An empty body is a command without `by` or `reason`.
+    let b = parsed.map(|Json(b)| b).unwrap_or_default();
+    let by = b.by.unwrap_or_else(|| "api".into());
+    let reason = b.reason.unwrap_or_else(|| format!("{verb} by {by}"));
+    let event = match verb.as_str() {
+        "pause" => Event::Pause { by },
+        "resume" => Event::Resume { by },
+        "abort" => Event::Abort { by, reason },
+        "rollback" => Event::Rollback { by, reason },
+        other => {
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no rollout command {other:?}: pause, resume, abort or rollback"),
+            )
+            .into_response()
+        }
+    };
+    match driver::command(&s, id, event, conveyor_shared::time::now_us()) {
+        Ok(r) => Json(view(&r)).into_response(),
+        Err(e) => drive_error(e),
+    }
+}

@@ -1,0 +1,200 @@
+//! The rollouts' driver: the only place that touches the machines. It
+//! feeds them what happens (agents' reports, the clock, operators'
+//! commands), does what they ask (sets desired states), answers with the
+//! generations, and writes each rollout down after any step that changed
+//! it.
+//!
+//! Locks: the rollouts, then (inside `set_and_publish`) the device
+//! store; never the other way round (reports are handed over after the
+//! device store's lock is released).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use conveyor_shared::ota::{AgentState, StageTarget};
+use conveyor_shared::DeviceId;
+
+use super::machine::{Action, Event, Policy, Refused, Rollout, State};
+use super::store::RolloutStore;
+use super::waves::WaveSize;
+use crate::ingest::HubState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("no rollout {0}")]
+    NotFound(u64),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("cannot store rollout {id}: {source}")]
+    Io {
+        id: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a rollout is started with.
+pub struct Start {
+    pub stage: String,
+    pub target: StageTarget,
+    pub devices: Vec<DeviceId>,
+    pub waves: Vec<WaveSize>,
+    pub policy: Policy,
+    pub by: String,
+}
+
+/// Does what `actions` ask for `r`, feeding back each generation, until
+/// the machine asks nothing more.
+fn run(s: &HubState, r: &mut Rollout, actions: Vec<Action>, now: i64) {
+    let mut queue: VecDeque<Action> = actions.into();
+    while let Some(Action::Set {
+        device,
+        stage,
+        target,
+    }) = queue.pop_front()
+    {
+        let Ok(id) = DeviceId::new(device.clone()) else {
+            continue;
+        };
+        let changes = BTreeMap::from([(stage, target)]);
+        match crate::ota::deploy::set_and_publish(s, &id, &changes, now) {
+            Ok(desired) => {
+                let event = Event::Sent {
+                    device,
+                    generation: desired.doc.generation,
+                };
+                // Sent is never refused.
+                if let Ok(more) = r.step(now, event) {
+                    queue.extend(more);
+                }
+            }
+            // The device times out and counts as failed.
+            Err(e) => {
+                tracing::error!(rollout = r.id, device = %id, "cannot set the desired state: {e}")
+            }
+        }
+    }
+}
+
+fn save(store: &mut RolloutStore, r: Rollout) -> Result<(), DriveError> {
+    let id = r.id;
+    store
+        .save(r)
+        .map_err(|source| DriveError::Io { id, source })
+}
+
+/// Starts a rollout; a rollout still running for the same stage on any
+/// of the same devices is superseded by it.
+pub fn start(s: &HubState, start: Start, now: i64) -> Result<Rollout, DriveError> {
+    let mut store = s.ota.rollouts();
+    let id = store.next_id();
+    let names: Vec<String> = start.devices.iter().map(|d| d.to_string()).collect();
+    let superseded: Vec<u64> = store
+        .rollouts
+        .values()
+        .filter(|r| !r.state.is_final() && r.stage == start.stage)
+        .filter(|r| r.devices.iter().any(|d| names.contains(&d.device)))
+        .map(|r| r.id)
+        .collect();
+    for old in superseded {
+        let mut r = store.rollouts[&old].clone();
+        let _ = r.step(now, Event::Superseded { by: id });
+        tracing::info!(rollout = old, by = id, "rollout superseded");
+        save(&mut store, r)?;
+    }
+    let devices = {
+        let ota = s.ota.devices();
+        names
+            .iter()
+            .map(|d| {
+                let previous = ota
+                    .devices
+                    .get(d)
+                    .and_then(|e| e.desired.as_ref())
+                    .and_then(|desired| desired.doc.stages.get(&start.stage).cloned());
+                (d.clone(), previous)
+            })
+            .collect()
+    };
+    let (mut r, actions) = Rollout::start(
+        id,
+        &start.stage,
+        start.target,
+        devices,
+        &start.waves,
+        start.policy,
+        &start.by,
+        now,
+    );
+    run(s, &mut r, actions, now);
+    tracing::info!(rollout = id, stage = %r.stage, devices = r.devices.len(), waves = ?r.waves, by = %start.by, "rollout started");
+    save(&mut store, r.clone())?;
+    Ok(r)
+}
+
+/// An operator's command (pause, resume, abort, rollback).
+pub fn command(s: &HubState, id: u64, event: Event, now: i64) -> Result<Rollout, DriveError> {
+    let mut store = s.ota.rollouts();
+    let mut r = store
+        .rollouts
+        .get(&id)
+        .cloned()
+        .ok_or(DriveError::NotFound(id))?;
+    let actions = r.step(now, event)?;
+    run(s, &mut r, actions, now);
+    if let Some(step) = r.log.last() {
+        tracing::info!(rollout = id, by = %step.by, "{}", step.what);
+    }
+    save(&mut store, r.clone())?;
+    Ok(r)
+}
+
+/// Steps every rollout that `pick` selects with `event`, saving those it
+/// changed.
+fn step_all(s: &HubState, now: i64, pick: impl Fn(&Rollout) -> bool, event: impl Fn() -> Event) {
+    let mut store = s.ota.rollouts();
+    let ids: Vec<u64> = store
+        .rollouts
+        .values()
+        .filter(|r| pick(r))
+        .map(|r| r.id)
+        .collect();
+    for id in ids {
+        let before = store.rollouts[&id].clone();
+        let mut r = before.clone();
+        let Ok(actions) = r.step(now, event()) else {
+            continue;
+        };
+        run(s, &mut r, actions, now);
+        if r != before {
+            for step in &r.log[before.log.len()..] {
+                tracing::info!(rollout = id, by = %step.by, "{}", step.what);
+            }
+            if let Err(e) = save(&mut store, r) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+}
+
+/// An agent's report, for every rollout that has given it something.
+pub fn on_report(s: &HubState, device: &str, state: &AgentState, now: i64) {
+    step_all(
+        s,
+        now,
+        |r| {
+            r.state != State::Superseded
+                && r.devices
+                    .iter()
+                    .any(|d| d.device == device && d.generation.is_some())
+        },
+        || Event::Report {
+            device: device.to_string(),
+            report: state.clone(),
+        },
+    );
+}
+
+/// The clock: soaks end, devices time out, waves start.
+pub fn tick(s: &HubState, now: i64) {
+    step_all(s, now, |r| !r.state.is_final(), || Event::Tick);
+}
