@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
+//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "min_windows", "max_silence_s", "allow_restarts"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
 //! | `GET /api/v1/rollouts` | `{"rollouts": [summary]}`, newest first |
 //! | `GET /api/v1/rollouts/{id}` | the rollout: summary, each device's phase and reason, waves, the log of steps (who, when, what) |
 //! | `POST /api/v1/rollouts/{id}/{pause,resume,abort,rollback}` | `{"by", "reason"}`; 409 when the rollout's state does not allow it |
@@ -22,6 +22,7 @@ use crate::api::ApiError;
 use crate::api_desired::{resolve, select, TargetRequest};
 use crate::ingest::HubState;
 use crate::rollout::driver::{self, DriveError, Start};
+use crate::rollout::gates::Gates;
 use crate::rollout::machine::{DevicePhase, Event, Policy, Rollout};
 use crate::rollout::waves;
 
@@ -47,8 +48,47 @@ pub struct StartRequest {
     /// A count of devices (`2`) or a share of the target (`"10%"`).
     #[serde(default)]
     max_failures: Option<Value>,
+    /// The gates (see `rollout::gates`); omitted: restarts only.
+    #[serde(default)]
+    gates: Option<GatesRequest>,
     #[serde(default)]
     by: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesRequest {
+    /// Accuracy on labelled windows at most this far below the replaced model's.
+    #[serde(default)]
+    accuracy_margin: Option<f64>,
+    #[serde(default)]
+    min_windows: Option<u64>,
+    /// Longest silence (no message) tolerated while soaking, seconds.
+    #[serde(default)]
+    max_silence_s: Option<f64>,
+    #[serde(default)]
+    allow_restarts: bool,
+}
+
+fn gates(g: Option<GatesRequest>) -> Result<Gates, ApiError> {
+    let g = g.unwrap_or_default();
+    if let Some(m) = g.accuracy_margin {
+        if !(m.is_finite() && (0.0..=1.0).contains(&m)) {
+            return Err(unprocessable(format!(
+                "`gates.accuracy_margin` must be from 0 to 1 (a share of windows), got {m}"
+            )));
+        }
+    }
+    let defaults = Gates::default();
+    Ok(Gates {
+        accuracy_margin: g.accuracy_margin,
+        min_windows: g.min_windows.unwrap_or(defaults.min_windows).max(1),
+        max_silence_us: match g.max_silence_s {
+            Some(v) => Some(seconds(Some(v), 0.0, "gates.max_silence_s")?),
+            None => None,
+        },
+        no_restarts: !g.allow_restarts,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +214,7 @@ pub async fn start(
             soak_us: seconds(b.soak_s, DEFAULT_SOAK_S, "soak_s")?,
             device_timeout_us: seconds(b.device_timeout_s, DEFAULT_TIMEOUT_S, "device_timeout_s")?,
             max_failure_ratio: failure_ratio(b.max_failures.as_ref(), devices.len())?,
+            gates: gates(b.gates)?,
         };
         Ok::<_, ApiError>(Start {
             stage: b.stage.clone(),

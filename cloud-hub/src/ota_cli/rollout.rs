@@ -81,6 +81,20 @@ pub struct StartArgs {
     /// (10%); one more and the rollout rolls back by itself.
     #[arg(long, default_value = "0")]
     max_failures: String,
+    /// Gate: on labelled windows, the candidate's accuracy may be at most
+    /// this far below the model it replaces on the same device (0.05 = 5
+    /// points).
+    #[arg(long)]
+    accuracy_margin: Option<f64>,
+    /// Labelled windows the candidate needs before the accuracy gate judges.
+    #[arg(long, default_value_t = 10)]
+    min_windows: u64,
+    /// Gate: the longest a soaking device may stay silent (e.g. 30s).
+    #[arg(long)]
+    max_silence: Option<String>,
+    /// Do not count an agent restart during the soak as a failed gate.
+    #[arg(long)]
+    allow_restarts: bool,
 }
 
 /// `30s`, `5m`, `1h`, `90` (seconds).
@@ -157,6 +171,13 @@ async fn start(hub: &str, a: StartArgs) -> Result<()> {
         "soak_s": parse_duration(&a.soak).map_err(|e| anyhow!("--soak: {e}"))?,
         "device_timeout_s": parse_duration(&a.device_timeout).map_err(|e| anyhow!("--device-timeout: {e}"))?,
         "max_failures": max_failures,
+        "gates": {
+            "accuracy_margin": a.accuracy_margin,
+            "min_windows": a.min_windows,
+            "max_silence_s": a.max_silence.as_deref().map(parse_duration).transpose()
+                .map_err(|e| anyhow!("--max-silence: {e}"))?,
+            "allow_restarts": a.allow_restarts,
+        },
         "by": who(),
     });
     let (status, v) = request(hub, "POST", "/api/v1/rollouts", Some(Body::json(&body))).await?;

@@ -10,10 +10,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use conveyor_shared::ota::{AgentState, StageTarget};
+use conveyor_shared::ota::{AgentState, StageRunning, StageTarget};
 use conveyor_shared::DeviceId;
 
-use super::machine::{Action, Event, Policy, Refused, Rollout, State};
+use super::gates::{judge, Gates, Sample, Scored, Verdict};
+use super::machine::{Action, DevicePhase, Event, Policy, Refused, Rollout, State};
 use super::store::RolloutStore;
 use super::waves::WaveSize;
 use crate::ingest::HubState;
@@ -194,7 +195,110 @@ pub fn on_report(s: &HubState, device: &str, state: &AgentState, now: i64) {
     );
 }
 
-/// The clock: soaks end, devices time out, waves start.
+/// The clock: soaks end, devices time out, waves start; and every
+/// soaking device's gates are judged.
 pub fn tick(s: &HubState, now: i64) {
     step_all(s, now, |r| !r.state.is_final(), || Event::Tick);
+    for (id, device, verdict) in judge_soaking(s, now) {
+        let event = match verdict {
+            Verdict::Broken(b) => Event::GateFailed {
+                device,
+                gate: b.gate.to_string(),
+                figures: b.figures,
+            },
+            Verdict::Held => Event::GatesHeld { device },
+            Verdict::Waiting => continue,
+        };
+        step_all(s, now, |r| r.id == id, || event.clone());
+    }
+}
+
+/// One soaking device of a rollout, to sample.
+struct Soaking {
+    rollout: u64,
+    device: String,
+    stage: String,
+    candidate: String,
+    gates: Gates,
+    applied_us: i64,
+    held: bool,
+}
+
+/// The gates' verdict on each soaking device that changes something: a
+/// gate broken, or held for the first time. The rollouts' lock is not
+/// held while the registry and the reports are read.
+fn judge_soaking(s: &HubState, now: i64) -> Vec<(u64, String, Verdict)> {
+    let soaking: Vec<Soaking> = {
+        let store = s.ota.rollouts();
+        store
+            .rollouts
+            .values()
+            .filter(|r| !r.state.is_final())
+            .flat_map(|r| {
+                let candidate = match &r.target {
+                    StageTarget::Model(a) => a.to_string(),
+                    StageTarget::Transforms(_) => String::new(),
+                };
+                r.devices
+                    .iter()
+                    .filter(|d| d.phase == DevicePhase::Applied)
+                    .map(move |d| Soaking {
+                        rollout: r.id,
+                        device: d.device.clone(),
+                        stage: r.stage.clone(),
+                        candidate: candidate.clone(),
+                        gates: r.policy.gates,
+                        applied_us: d.applied_us.unwrap_or(now),
+                        held: d.gates_held,
+                    })
+            })
+            .collect()
+    };
+    let mut verdicts = Vec::new();
+    for d in soaking {
+        let champion = {
+            let ota = s.ota.devices();
+            ota.devices
+                .get(&d.device)
+                .and_then(|e| e.report())
+                .and_then(|st| st.stages.get(&d.stage))
+                .and_then(|st| match &st.previous {
+                    Some(StageRunning::Model(a)) => Some(a.to_string()),
+                    _ => None,
+                })
+        };
+        let sample = {
+            let registry = s.registry();
+            let Some(view) = registry.get(&d.device, now) else {
+                continue;
+            };
+            let entry = &view.entry;
+            let scored = |key: &str| {
+                entry
+                    .predictions
+                    .get(key)
+                    .map_or(Scored::default(), |t| Scored {
+                        scored: t.scored,
+                        correct: t.correct,
+                    })
+            };
+            Sample {
+                candidate_scored: scored(&d.candidate),
+                champion_scored: champion.as_deref().map_or(Scored::default(), scored),
+                candidate: d.candidate.clone(),
+                champion,
+                silent_us: now - entry.last_seen_us,
+                agent_started_us: entry
+                    .last_heartbeat
+                    .as_ref()
+                    .map(|h| h.ts_us - (h.uptime_s * 1e6) as i64),
+                applied_us: d.applied_us,
+            }
+        };
+        match judge(&d.gates, &sample) {
+            Verdict::Held if d.held => {}
+            v => verdicts.push((d.rollout, d.device, v)),
+        }
+    }
+    verdicts
 }

@@ -11,8 +11,9 @@
 //!
 //! Invariants:
 //! - A wave starts only when every device of the waves before it is
-//!   healthy (applied, and soaked with every gate held) or counted as
-//!   failed; failures within the budget do not hold a wave back.
+//!   healthy (applied, soaked, and its gates judged it and held) or
+//!   counted as failed; failures within the budget do not hold a wave
+//!   back.
 //! - A device given the update that makes no progress for
 //!   `device_timeout_us` is timed out, and counts as failed: no rollout
 //!   waits forever.
@@ -40,6 +41,10 @@ pub struct Policy {
     /// Failed and timed-out devices tolerated, as a share of the target
     /// (0.0: none). One more and the rollout rolls back.
     pub max_failure_ratio: f64,
+    /// What a soaking device must hold (judged by the driver, see
+    /// [`super::gates`]).
+    #[serde(default)]
+    pub gates: super::gates::Gates,
 }
 
 /// Where one device is in the rollout.
@@ -100,6 +105,10 @@ pub struct DeviceRun {
     pub applied_us: Option<i64>,
     #[serde(default)]
     bytes_done: u64,
+    /// Its gates had what they need to judge it and held (a soaking
+    /// device is healthy only with this).
+    #[serde(default)]
+    pub gates_held: bool,
 }
 
 /// The rollout as a whole.
@@ -146,6 +155,10 @@ pub enum Event {
     Report {
         device: String,
         report: AgentState,
+    },
+    /// Every gate of soaking `device` had what it needs to judge, and held.
+    GatesHeld {
+        device: String,
     },
     /// A gate did not hold for `device` during its soak.
     GateFailed {
@@ -247,6 +260,7 @@ impl Rollout {
                     progress_us: now,
                     applied_us: None,
                     bytes_done: 0,
+                    gates_held: false,
                 })
                 .collect(),
             state: State::Running,
@@ -297,6 +311,13 @@ impl Rollout {
                 }
             }
             Event::Report { device, report } => self.report(now, &device, &report),
+            Event::GatesHeld { device } => {
+                if let Some(d) = self.device_mut(&device) {
+                    if d.phase == DevicePhase::Applied {
+                        d.gates_held = true;
+                    }
+                }
+            }
             Event::GateFailed {
                 device,
                 gate,
@@ -454,10 +475,22 @@ impl Rollout {
         let policy = self.policy;
         let mut log = Vec::new();
         for d in self.devices.iter_mut().filter(|d| d.requested) {
+            let soaked = d.applied_us.map_or(0, |t| now - t);
             match d.phase {
-                DevicePhase::Applied if d.applied_us.is_some_and(|t| now - t >= policy.soak_us) => {
+                DevicePhase::Applied if soaked >= policy.soak_us && d.gates_held => {
                     d.phase = DevicePhase::Healthy;
                     log.push(format!("{} healthy", d.device));
+                }
+                // Soaked, but its gates never had what they need (no
+                // labelled windows, no heartbeat): it cannot be called
+                // healthy, and the rollout does not wait for ever.
+                DevicePhase::Applied if soaked >= policy.soak_us + policy.device_timeout_us => {
+                    d.phase = DevicePhase::TimedOut;
+                    d.reason = Some(format!(
+                        "its gates could not judge it within {} s of the soak's end",
+                        policy.device_timeout_us / 1_000_000
+                    ));
+                    log.push(format!("{} timed out", d.device));
                 }
                 DevicePhase::Pending
                 | DevicePhase::Downloading

@@ -20,6 +20,7 @@ fn policy(max_failure_ratio: f64) -> Policy {
         soak_us: 10 * S,
         device_timeout_us: 60 * S,
         max_failure_ratio,
+        gates: Default::default(),
     }
 }
 
@@ -86,7 +87,15 @@ fn apply(r: &mut Rollout, device: &str, g: u64, t: i64) -> Vec<Action> {
         },
     )
     .unwrap();
-    r.step(t, ev_report(device, report(Some(g), None))).unwrap()
+    let a = r.step(t, ev_report(device, report(Some(g), None))).unwrap();
+    r.step(
+        t,
+        Event::GatesHeld {
+            device: device.into(),
+        },
+    )
+    .unwrap();
+    a
 }
 
 fn phase(r: &Rollout, device: &str) -> DevicePhase {
@@ -126,6 +135,16 @@ fn the_first_wave_starts_at_once_and_the_next_only_after_the_soak() {
         .unwrap();
     assert!(a.is_empty());
     assert_eq!(phase(&r, "d0"), DevicePhase::Applied);
+    // Soaked, but its gates have not judged it yet: not healthy.
+    assert!(r.step(13 * S, Event::Tick).unwrap().is_empty());
+    assert_eq!(phase(&r, "d0"), DevicePhase::Applied);
+    r.step(
+        3 * S,
+        Event::GatesHeld {
+            device: "d0".into(),
+        },
+    )
+    .unwrap();
     assert!(r.step(12 * S, Event::Tick).unwrap().is_empty(), "soaking");
     // Soaked: healthy, and wave 2 (d1, d2) starts.
     let a = r.step(13 * S, Event::Tick).unwrap();
@@ -499,4 +518,28 @@ fn an_empty_target_completes_at_once() {
     );
     assert!(a.is_empty());
     assert_eq!(r.state, State::Completed);
+}
+
+#[test]
+fn a_device_its_gates_cannot_judge_times_out_after_the_soak() {
+    let (mut r, _) = six(0.0);
+    r.step(
+        0,
+        Event::Sent {
+            device: "d0".into(),
+            generation: 2,
+        },
+    )
+    .unwrap();
+    r.step(0, ev_report("d0", report(Some(2), None))).unwrap();
+    // Soak 10 s + timeout 60 s.
+    assert!(r.step(69 * S, Event::Tick).unwrap().is_empty());
+    assert_eq!(phase(&r, "d0"), DevicePhase::Applied);
+    r.step(70 * S, Event::Tick).unwrap();
+    assert_eq!(r.state, State::RolledBack);
+    assert!(r.devices[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("gates could not judge it"));
 }

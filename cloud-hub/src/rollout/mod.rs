@@ -6,6 +6,8 @@
 //! - [`machine`]: the rollout state machine, plain data (time and events
 //!   in, actions out), tested without I/O and persisted as it is.
 //!
+//! - [`gates`]: what a soaking device must hold (accuracy against the
+//!   model it replaced, heartbeats, no restarts), judged from a sample.
 //! - [`store`]: each rollout persisted whole after every step.
 //! - [`driver`]: feeds the machines (reports, the clock, operators'
 //!   commands) and does what they ask (sets desired states through
@@ -15,6 +17,7 @@
 //! `ota_cli/rollout.rs`.
 
 pub mod driver;
+pub mod gates;
 pub mod machine;
 pub mod store;
 pub mod waves;

@@ -90,6 +90,7 @@ mod tests {
                 soak_us: 1,
                 device_timeout_us: 1,
                 max_failure_ratio: 0.0,
+                gates: Default::default(),
             },
             "ops",
             0,

@@ -16,6 +16,7 @@ mod keys;
 mod ota;
 mod ota_faults;
 mod ota_hub;
+mod rollouts;
 mod sources_and_brokers;
 mod storage_faults;
 mod third_party_clients;

@@ -1,0 +1,298 @@
+//! Fleet rollouts with real processes: six agents replaying the labelled
+//! BasicMotions test split through their int8 model, a hub that rolls a
+//! candidate out to them in waves, soaked and gated.
+
+use conveyor_e2e::*;
+use edge_agent::ota::OtaConfig;
+use serde_json::Value;
+
+use super::ota::{hub_key, model, push};
+
+const FLEET: usize = 6;
+const BAD: &str = "basicmotions-edge@2.1.0-int8";
+const GOOD: &str = "basicmotions-edge@2.0.0-int8";
+
+fn device(i: usize) -> String {
+    format!("fleet-{i}")
+}
+
+fn fleet_config(hub: &Hub, i: usize) -> AgentConfig {
+    let mut c = AgentConfig::for_device(&device(i))
+        .data_dir(format!("state-{i}"))
+        .uplink(&hub.mqtt_url())
+        .uplink_with(|u| u.heartbeat_secs = 0.5)
+        .source(ReplayConfig {
+            // Four windows a second, looping over the 40 test windows.
+            rate: Some(400.0),
+            looping: true,
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TEST.ts"))
+        })
+        .stage(InferenceConfig {
+            name: Some("classify".into()),
+            ..InferenceConfig::new(model("basicmotions/edge.int8.json"))
+        });
+    c.tags.insert("fleet".into(), "t".into());
+    c.ota = Some(OtaConfig::new(
+        vec![hub_key(hub).parse().unwrap()],
+        format!("http://{}", hub.http),
+    ));
+    c
+}
+
+fn start_fleet(dir: &std::path::Path, hub: &Hub) -> Vec<Proc> {
+    let agents = (0..FLEET)
+        .map(|i| start_agent(dir, &device(i), &fleet_config(hub, i)))
+        .collect();
+    // Every device reported its state (the tag selects it) and has
+    // labelled predictions from the model it runs (the accuracy gate's
+    // baseline).
+    for i in 0..FLEET {
+        wait_for(&format!("{} scored and reporting", device(i)), || {
+            let d = hub.device(&device(i))?;
+            let scored = d["predictions"]["basicmotions-edge@1.0.0-int8"]["scored"].as_u64()?;
+            let state = hub.get(&format!("/api/v1/devices/{}/state", device(i)));
+            (scored >= 10 && state["tags"]["fleet"] == "t").then_some(())
+        });
+    }
+    agents
+}
+
+fn rollout(hub: &Hub, id: u64) -> Value {
+    hub.get(&format!("/api/v1/rollouts/{id}"))
+}
+
+fn wait_for_rollout(hub: &Hub, id: u64, state: &str) -> Value {
+    wait_for(&format!("rollout {id} {state}"), || {
+        let r = rollout(hub, id);
+        (r["state"] == state).then_some(r)
+    })
+}
+
+fn running_version(hub: &Hub, i: usize) -> String {
+    hub.get(&format!("/api/v1/devices/{}/state", device(i)))["stages"]["classify"]["running"]
+        ["model"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn cli_ok(hub: &Hub, args: &[&str]) -> String {
+    let (code, out, err) = hub_cli(hub, args);
+    assert_eq!(code, Some(0), "{args:?}: {out}{err}");
+    out
+}
+
+fn start_rollout(hub: &Hub, artifact: &str, extra: &[&str]) -> u64 {
+    let mut args = vec![
+        "rollout",
+        "start",
+        "--stage",
+        "classify",
+        "--artifact",
+        artifact,
+        "--tag",
+        "fleet=t",
+        "--waves",
+        "1,50%,100%",
+        "--accuracy-margin",
+        "0.1",
+        "--min-windows",
+        "8",
+    ];
+    if !extra.contains(&"--soak") {
+        args.extend_from_slice(&["--soak", "3s"]);
+    }
+    args.extend_from_slice(extra);
+    let out = cli_ok(hub, &args);
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no rollout id in {out}"));
+    assert!(
+        out.contains(&format!("{FLEET} devices in 3 waves")),
+        "{out}"
+    );
+    id
+}
+
+/// Stops every agent (they flush), then checks that each device's records
+/// reached the hub exactly once, none missing.
+fn stop_and_check_nothing_lost(hub: &Hub, agents: Vec<Proc>) {
+    for mut a in agents {
+        if a.try_wait().is_none() {
+            assert!(a.stop().success(), "{}", a.log());
+        }
+    }
+    for i in 0..FLEET {
+        let d = device(i);
+        let used = hub.heartbeat(&d).unwrap()["next_seq"].as_u64().unwrap();
+        hub.wait_for_records(&d, used);
+        assert_eq!(
+            hub.seqs(&d),
+            (0..used).collect::<Vec<_>>(),
+            "{d}: every record exactly once"
+        );
+    }
+}
+
+/// A candidate that loads and passes every static check but predicts
+/// wrong (trained on shuffled labels) is stopped at the first wave by the
+/// accuracy gate and rolled back by itself, with the gate's figures in
+/// `rollout status`; no other device ever gets it. The good candidate
+/// (basicmotions-edge 2.0.0, retrained) then goes through every wave and
+/// ends healthy on all six devices, and nothing is lost.
+#[test]
+fn a_bad_candidate_is_rolled_back_at_the_first_wave_and_a_good_one_reaches_every_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start(dir.path());
+    push(&hub, &model("basicmotions/bad-shuffled/edge.int8.json"));
+    push(&hub, &model("basicmotions/v2/edge.int8.json"));
+    let agents = start_fleet(dir.path(), &hub);
+
+    let bad = start_rollout(&hub, BAD, &[]);
+    let r = wait_for_rollout(&hub, bad, "rolled_back");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("gate accuracy failed on fleet-0")
+            && why.contains(&format!("{BAD} right on 0."))
+            && why.contains("basicmotions-edge@1.0.0-int8 on 1.000"),
+        "{why}"
+    );
+    let devices = r["devices"].as_array().unwrap();
+    assert!(
+        devices[1..]
+            .iter()
+            .all(|d| d["phase"] == "pending" && d["requested"] == false),
+        "only the first wave got it: {r}"
+    );
+    let status = cli_ok(&hub, &["rollout", "status", &bad.to_string()]);
+    assert!(
+        status.contains("rolled_back") && status.contains("gate accuracy failed"),
+        "{status}"
+    );
+    // Back on the model it ran: its own config's, from its cache.
+    wait_for("fleet-0 back on 1.0.0", || {
+        (rollout(&hub, bad)["devices"][0]["phase"] == "rolled_back"
+            && running_version(&hub, 0) == "1.0.0-int8")
+            .then_some(())
+    });
+
+    let good = start_rollout(&hub, GOOD, &[]);
+    let r = wait_for_rollout(&hub, good, "completed");
+    assert!(
+        r["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["phase"] == "healthy"),
+        "{r}"
+    );
+    let steps: Vec<&str> = r["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["what"].as_str().unwrap())
+        .collect();
+    for step in ["wave 2 of 3 started", "wave 3 of 3 started", "completed"] {
+        assert!(steps.contains(&step), "{steps:#?}");
+    }
+    for i in 0..FLEET {
+        assert_eq!(running_version(&hub, i), "2.0.0-int8", "{}", device(i));
+    }
+    let list = cli_ok(&hub, &["rollout", "list"]);
+    assert!(
+        list.contains("completed") && list.contains("rolled_back"),
+        "{list}"
+    );
+    stop_and_check_nothing_lost(&hub, agents);
+}
+
+/// A device that is offline during its wave times out, and the failure
+/// budget (one device) lets the rollout complete; a hub restarted in the
+/// middle resumes it; an operator rolls it back by hand, and every device
+/// goes back to its own model. A second rollout for the stage supersedes
+/// a running one, and abort stops one where it is.
+#[test]
+fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = Hub::start(dir.path());
+    push(&hub, &model("basicmotions/v2/edge.int8.json"));
+    let mut agents = start_fleet(dir.path(), &hub);
+    // fleet-5 (in the last wave) goes away.
+    assert!(agents[5].stop().success(), "{}", agents[5].log());
+
+    let id = start_rollout(
+        &hub,
+        GOOD,
+        &["--device-timeout", "5s", "--max-failures", "1"],
+    );
+    wait_for("wave 2 under way", || {
+        (rollout(&hub, id)["wave"].as_u64() >= Some(1)).then_some(())
+    });
+    hub = hub.restart();
+    let r = wait_for_rollout(&hub, id, "completed");
+    let phases: Vec<&str> = r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "healthy",
+            "healthy",
+            "healthy",
+            "healthy",
+            "healthy",
+            "timed_out"
+        ],
+        "{r}"
+    );
+    assert!(
+        r["devices"][5]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no progress for 5 s"),
+        "{r}"
+    );
+
+    // Back by hand: every device the rollout changed.
+    let out = cli_ok(
+        &hub,
+        &["rollout", "rollback", &id.to_string(), "--reason", "drill"],
+    );
+    assert!(out.contains("rolled_back"), "{out}");
+    for i in 0..5 {
+        wait_for(&format!("{} back on 1.0.0", device(i)), || {
+            (running_version(&hub, i) == "1.0.0-int8").then_some(())
+        });
+    }
+    let r = rollout(&hub, id);
+    assert_eq!(r["reason"], "drill");
+    assert!(r["log"].as_array().unwrap().iter().any(|s| s["what"]
+        .as_str()
+        .unwrap()
+        .contains("rolling back 6 devices")
+        && s["by"].as_str().unwrap() != "hub"));
+    // A command that does not fit the state is refused with the reason.
+    let (code, _, err) = hub_cli(&hub, &["rollout", "pause", &id.to_string()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("409") && err.contains("cannot pause"), "{err}");
+
+    // Supersede and abort: a long soak keeps the first one running.
+    let long = ["--soak", "10m"];
+    let first = start_rollout(&hub, GOOD, &long);
+    let second = start_rollout(&hub, GOOD, &long);
+    let r = rollout(&hub, first);
+    assert_eq!(r["state"], "superseded", "{r}");
+    assert_eq!(r["reason"], format!("superseded by rollout {second}"));
+    let out = cli_ok(&hub, &["rollout", "abort", &second.to_string()]);
+    assert!(out.contains("aborted"), "{out}");
+
+    agents.remove(5);
+    for mut a in agents {
+        assert!(a.stop().success(), "{}", a.log());
+    }
+}
