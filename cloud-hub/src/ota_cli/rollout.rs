@@ -15,7 +15,7 @@ use super::http::{check, request, Body};
 pub enum RolloutCommand {
     /// Start a rollout: a model (or a transform chain) for one stage, on
     /// devices chosen by id or tag, in waves, each soaked and gated.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// The rollouts, newest first.
     List {
         #[arg(long)]
@@ -368,7 +368,7 @@ pub fn run(cmd: RolloutCommand, hub: &str) -> ExitCode {
         .and_then(|rt| {
             rt.block_on(async move {
                 match cmd {
-                    RolloutCommand::Start(a) => start(hub, a).await,
+                    RolloutCommand::Start(a) => start(hub, *a).await,
                     RolloutCommand::List { json } => list(hub, json).await,
                     RolloutCommand::Status { id, watch, json } => {
                         status(hub, id, watch, json).await
