@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "min_windows", "max_silence_s", "allow_restarts"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
+//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "teacher_margin", "min_windows", "max_silence_s", "allow_restarts"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
 //! | `GET /api/v1/rollouts` | `{"rollouts": [summary]}`, newest first |
 //! | `GET /api/v1/rollouts/{id}` | the rollout: summary, each device's phase and reason, waves, the log of steps (who, when, what) |
 //! | `POST /api/v1/rollouts/{id}/{pause,resume,abort,rollback}` | `{"by", "reason"}`; 409 when the rollout's state does not allow it |
@@ -61,6 +61,9 @@ pub struct GatesRequest {
     /// Accuracy on labelled windows at most this far below the replaced model's.
     #[serde(default)]
     accuracy_margin: Option<f64>,
+    /// Agreement with the hub's teacher at most this far below the replaced model's.
+    #[serde(default)]
+    teacher_margin: Option<f64>,
     #[serde(default)]
     min_windows: Option<u64>,
     /// Longest silence (no message) tolerated while soaking, seconds.
@@ -72,16 +75,22 @@ pub struct GatesRequest {
 
 fn gates(g: Option<GatesRequest>) -> Result<Gates, ApiError> {
     let g = g.unwrap_or_default();
-    if let Some(m) = g.accuracy_margin {
-        if !(m.is_finite() && (0.0..=1.0).contains(&m)) {
-            return Err(unprocessable(format!(
-                "`gates.accuracy_margin` must be from 0 to 1 (a share of windows), got {m}"
-            )));
+    for (name, margin) in [
+        ("accuracy_margin", g.accuracy_margin),
+        ("teacher_margin", g.teacher_margin),
+    ] {
+        if let Some(m) = margin {
+            if !(m.is_finite() && (0.0..=1.0).contains(&m)) {
+                return Err(unprocessable(format!(
+                    "`gates.{name}` must be from 0 to 1 (a share of windows), got {m}"
+                )));
+            }
         }
     }
     let defaults = Gates::default();
     Ok(Gates {
         accuracy_margin: g.accuracy_margin,
+        teacher_margin: g.teacher_margin,
         min_windows: g.min_windows.unwrap_or(defaults.min_windows).max(1),
         max_silence_us: match g.max_silence_s {
             Some(v) => Some(seconds(Some(v), 0.0, "gates.max_silence_s")?),

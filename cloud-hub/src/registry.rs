@@ -97,6 +97,12 @@ pub struct PredictionTally {
     pub predictions: u64,
     pub scored: u64,
     pub correct: u64,
+    /// Windows sampled for the hub's teacher (`teacher_every`) that it
+    /// answered, and how many of those the edge model agreed with.
+    #[serde(default)]
+    pub teacher_sampled: u64,
+    #[serde(default)]
+    pub teacher_agreed: u64,
     pub last_label: String,
     pub last_confidence: f32,
 }
@@ -200,6 +206,24 @@ impl Registry {
         }
         t.last_label.clone_from(&p.label);
         t.last_confidence = p.confidence;
+    }
+
+    /// Counts a window sampled for the teacher: whether the edge model's
+    /// label was the teacher's.
+    pub fn on_teacher(
+        &mut self,
+        device: &str,
+        edge: &conveyor_shared::Prediction,
+        agreed: bool,
+        now_us: i64,
+    ) {
+        let t = self
+            .entry(device, now_us)
+            .predictions
+            .entry(format!("{}@{}", edge.model_id, edge.model_version))
+            .or_default();
+        t.teacher_sampled += 1;
+        t.teacher_agreed += u64::from(agreed);
     }
 
     /// Counts a final prediction published for the device.

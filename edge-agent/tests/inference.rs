@@ -62,16 +62,18 @@ fn run_pipeline_with(
     recording: &Recording,
     escalate_below: Option<f32>,
 ) -> Vec<Reading> {
-    let stage = StageConfig::Inference(InferenceConfig {
-        name: None,
-        model: model.to_path_buf(),
-        stream: None,
-        output_stream: None,
-        stride: None,
-        forward_readings: false,
-        escalate_below,
-        escalate_to: escalate_below.map(|_| "hub-model".to_string()),
-    });
+    run_stage(
+        InferenceConfig {
+            escalate_below,
+            escalate_to: escalate_below.map(|_| "hub-model".to_string()),
+            ..InferenceConfig::new(model)
+        },
+        recording,
+    )
+}
+
+fn run_stage(config: InferenceConfig, recording: &Recording) -> Vec<Reading> {
+    let stage = StageConfig::Inference(config);
     let (mut pipeline, _handles) =
         Pipeline::build(&[stage], &StageContext::new(Path::new("unused"))).unwrap();
     let stream: Arc<str> = "replay".into();
@@ -121,6 +123,47 @@ fn predictions_below_the_threshold_carry_their_raw_window() {
     assert!(escalated > 0 && escalated < plain.len(), "{escalated}");
 }
 
+/// `teacher_every = 3`: windows 0, 3, 6, ... travel with their raw
+/// readings, marked as samples, whatever their confidence; with a
+/// threshold too, unsure windows go as well, and a window that is both is
+/// marked sampled.
+#[test]
+fn every_nth_window_is_sampled_for_the_teacher() {
+    let path = trained_dir().join("acsf1/edge.int8.json");
+    let meta = ModelMetadata::load(&path).unwrap();
+    let recording = Recording::load(&test_split(&meta), None).unwrap();
+    let config = InferenceConfig {
+        escalate_to: Some("hub-model".into()),
+        teacher_every: Some(3),
+        ..InferenceConfig::new(&path)
+    };
+    let out = run_stage(config.clone(), &recording);
+    assert!(out.len() > 10);
+    for (i, r) in out.iter().enumerate() {
+        match &r.escalation {
+            Some(e) => {
+                assert_eq!(i % 3, 0, "window {i}");
+                assert!(e.sampled);
+                assert_eq!(e.window.len(), meta.window);
+            }
+            None => assert_ne!(i % 3, 0, "window {i}"),
+        }
+    }
+    let both = run_stage(
+        InferenceConfig {
+            escalate_below: Some(0.9),
+            ..config
+        },
+        &recording,
+    );
+    for (i, r) in both.iter().enumerate() {
+        let confidence = r.prediction.as_ref().unwrap().confidence;
+        let e = r.escalation.as_ref();
+        assert_eq!(e.is_some(), i % 3 == 0 || confidence < 0.9, "window {i}");
+        assert_eq!(e.is_some_and(|e| e.sampled), i % 3 == 0, "window {i}");
+    }
+}
+
 #[test]
 fn escalation_settings_are_checked() {
     let base = |below: Option<f32>, to: Option<&str>| InferenceConfig {
@@ -132,6 +175,7 @@ fn escalation_settings_are_checked() {
         forward_readings: false,
         escalate_below: below,
         escalate_to: to.map(str::to_string),
+        teacher_every: None,
     };
     let err = |c: InferenceConfig| c.validate("stages[0]").unwrap_err().to_string();
     assert!(err(base(Some(1.5), Some("hub"))).starts_with("stages[0].escalate_below"));
@@ -140,6 +184,15 @@ fn escalation_settings_are_checked() {
     assert!(err(base(Some(0.5), Some(""))).starts_with("stages[0].escalate_to"));
     base(Some(0.5), Some("hub")).validate("stages[0]").unwrap();
     base(None, None).validate("stages[0]").unwrap();
+    // Teacher samples: to a hub model, every N >= 1 windows; with them the
+    // hub model is enough, a threshold is not needed.
+    let teacher = |every: u32, to: Option<&str>| InferenceConfig {
+        teacher_every: Some(every),
+        ..base(None, to)
+    };
+    teacher(4, Some("hub")).validate("stages[0]").unwrap();
+    assert!(err(teacher(0, Some("hub"))).starts_with("stages[0].teacher_every: must be at least 1"));
+    assert!(err(teacher(4, None)).contains("stages[0].escalate_to: is required with teacher_every"));
 }
 
 #[test]
@@ -210,6 +263,7 @@ fn readings_of_the_wrong_shape_are_counted_and_dropped() {
         forward_readings: false,
         escalate_below: None,
         escalate_to: None,
+        teacher_every: None,
     };
     let built = config.build(0, "stages[0]").unwrap();
     let mut stage = built.stage;
@@ -259,6 +313,7 @@ fn a_swapped_model_takes_over_between_windows_and_no_window_is_lost() {
         forward_readings: false,
         escalate_below: None,
         escalate_to: None,
+        teacher_every: None,
     };
     let built = config.build(0, "stages[0]").unwrap();
     let StageControl::Model(slot) = built.control.clone() else {

@@ -60,7 +60,8 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transforms: Vec<String>,
     /// Set on a prediction record whose confidence was below the stream's
-    /// escalation threshold: the window the hub's model needs.
+    /// escalation threshold, or sampled for the hub's teacher: the window
+    /// the hub's model needs.
     #[prost(message, optional, tag = "9")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<Escalation>,
@@ -83,6 +84,11 @@ pub struct Escalation {
     /// by reading: `window_len x channels` values.
     #[prost(float, repeated, tag = "4")]
     pub window: Vec<f32>,
+    /// Sent as a sample for the hub's teacher (`teacher_every`), whatever
+    /// the edge's confidence: the hub counts whether the two agree.
+    #[prost(bool, tag = "5")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
 }
 
 /// In JSON (the hub's API and store) a payload is shown as the text it

@@ -329,6 +329,7 @@ fn evaluate_dataset(
                     threshold,
                     channels: edge_meta.channels as u32,
                     window: w.values.clone(),
+                    sampled: false,
                 }))) as u64
             })
             .collect();

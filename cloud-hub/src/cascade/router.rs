@@ -172,7 +172,13 @@ impl Outlet {
         };
         let now = now_us();
         let result = match answer {
-            Ok(hub) => FinalPrediction::by_hub(&record, hub, now),
+            Ok(hub) => {
+                if let (true, Some(edge)) = (esc.sampled, &record.prediction) {
+                    let agreed = edge.label == hub.label;
+                    self.state.registry().on_teacher(&device, edge, agreed, now);
+                }
+                FinalPrediction::by_hub(&record, hub, now)
+            }
             // Counted and logged by the service; the edge's answer stands.
             Err(e) => FinalPrediction::hub_failed(&record, e.to_string(), now),
         };

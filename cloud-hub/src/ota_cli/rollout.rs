@@ -86,6 +86,11 @@ pub struct StartArgs {
     /// points).
     #[arg(long)]
     accuracy_margin: Option<f64>,
+    /// Gate: on windows the agents sample for the hub's teacher
+    /// (`teacher_every`), the candidate's agreement with it may be at most
+    /// this far below the replaced model's. Needs no labels.
+    #[arg(long)]
+    teacher_margin: Option<f64>,
     /// Labelled windows the candidate needs before the accuracy gate judges.
     #[arg(long, default_value_t = 10)]
     min_windows: u64,
@@ -173,6 +178,7 @@ async fn start(hub: &str, a: StartArgs) -> Result<()> {
         "max_failures": max_failures,
         "gates": {
             "accuracy_margin": a.accuracy_margin,
+            "teacher_margin": a.teacher_margin,
             "min_windows": a.min_windows,
             "max_silence_s": a.max_silence.as_deref().map(parse_duration).transpose()
                 .map_err(|e| anyhow!("--max-silence: {e}"))?,

@@ -273,18 +273,24 @@ fn judge_soaking(s: &HubState, now: i64) -> Vec<(u64, String, Verdict)> {
                 continue;
             };
             let entry = &view.entry;
-            let scored = |key: &str| {
-                entry
-                    .predictions
-                    .get(key)
-                    .map_or(Scored::default(), |t| Scored {
-                        scored: t.scored,
-                        correct: t.correct,
-                    })
+            let tally = |key: Option<&str>| key.and_then(|k| entry.predictions.get(k));
+            let scored = |key: Option<&str>| {
+                tally(key).map_or(Scored::default(), |t| Scored {
+                    scored: t.scored,
+                    correct: t.correct,
+                })
+            };
+            let teacher = |key: Option<&str>| {
+                tally(key).map_or(Scored::default(), |t| Scored {
+                    scored: t.teacher_sampled,
+                    correct: t.teacher_agreed,
+                })
             };
             Sample {
-                candidate_scored: scored(&d.candidate),
-                champion_scored: champion.as_deref().map_or(Scored::default(), scored),
+                candidate_scored: scored(Some(&d.candidate)),
+                champion_scored: scored(champion.as_deref()),
+                candidate_teacher: teacher(Some(&d.candidate)),
+                champion_teacher: teacher(champion.as_deref()),
                 candidate: d.candidate.clone(),
                 champion,
                 silent_us: now - entry.last_seen_us,

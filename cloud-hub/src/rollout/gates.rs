@@ -14,6 +14,11 @@
 //!   model it replaced on the same device, once it has `min_windows`
 //!   labelled windows. A device whose data carries no labels never
 //!   judges it (the gate holds).
+//! - **teacher**: on windows the agent sampled for the hub's larger
+//!   model (`teacher_every`), the candidate's agreement with the teacher
+//!   may be at most `teacher_margin` below the replaced model's agreement
+//!   on the same device, once it has `min_windows` samples. It needs no
+//!   labels: it judges devices in the field.
 //! - **heartbeat**: silent for longer than `max_silence_us`.
 //! - **restarts**: the agent process started again after the update was
 //!   applied (a crash loop shows as this).
@@ -25,6 +30,8 @@ use serde::{Deserialize, Serialize};
 pub struct Gates {
     #[serde(default)]
     pub accuracy_margin: Option<f64>,
+    #[serde(default)]
+    pub teacher_margin: Option<f64>,
     #[serde(default = "default_min_windows")]
     pub min_windows: u64,
     #[serde(default)]
@@ -44,6 +51,7 @@ impl Default for Gates {
     fn default() -> Self {
         Gates {
             accuracy_margin: None,
+            teacher_margin: None,
             min_windows: default_min_windows(),
             max_silence_us: None,
             no_restarts: true,
@@ -73,6 +81,9 @@ pub struct Sample {
     /// Their tallies on this device.
     pub candidate_scored: Scored,
     pub champion_scored: Scored,
+    /// Their windows sampled for the teacher, and how many agreed.
+    pub candidate_teacher: Scored,
+    pub champion_teacher: Scored,
     /// µs since the hub last heard from the device.
     pub silent_us: i64,
     /// When the agent process started (its heartbeat's time less its
@@ -111,10 +122,18 @@ pub fn judge(g: &Gates, s: &Sample) -> Verdict {
 /// The accuracy gate is on, the data carries labels (the replaced model
 /// was scored on this device), and the candidate has too few yet.
 fn waiting(g: &Gates, s: &Sample) -> bool {
-    g.accuracy_margin.is_some()
-        && s.champion.is_some()
-        && s.champion_scored.scored > 0
-        && s.candidate_scored.scored < g.min_windows
+    let needs = |on: bool, champion: Scored, candidate: Scored| {
+        on && s.champion.is_some() && champion.scored > 0 && candidate.scored < g.min_windows
+    };
+    needs(
+        g.accuracy_margin.is_some(),
+        s.champion_scored,
+        s.candidate_scored,
+    ) || needs(
+        g.teacher_margin.is_some(),
+        s.champion_teacher,
+        s.candidate_teacher,
+    )
 }
 
 fn broken(g: &Gates, s: &Sample) -> Option<Broken> {
@@ -157,6 +176,21 @@ fn broken(g: &Gates, s: &Sample) -> Option<Broken> {
             }
         }
     }
+    if let (Some(margin), Some(champion)) = (g.teacher_margin, &s.champion) {
+        let (c, r) = (s.candidate_teacher, s.champion_teacher);
+        if let (true, Some(ca), Some(ra)) = (c.scored >= g.min_windows, c.accuracy(), r.accuracy())
+        {
+            if ca < ra - margin {
+                return Some(Broken {
+                    gate: "teacher",
+                    figures: format!(
+                        "{} agrees with the hub's teacher on {:.3} of {} sampled windows, {} on {:.3} of {} (at most {margin} below)",
+                        s.candidate, ca, c.scored, champion, ra, r.scored
+                    ),
+                });
+            }
+        }
+    }
     None
 }
 
@@ -176,6 +210,14 @@ mod tests {
                 scored: 100,
                 correct: 95,
             },
+            candidate_teacher: Scored {
+                scored: 10,
+                correct: 10,
+            },
+            champion_teacher: Scored {
+                scored: 50,
+                correct: 49,
+            },
             silent_us: 500_000,
             agent_started_us: Some(0),
             applied_us: 10_000_000,
@@ -185,6 +227,7 @@ mod tests {
     fn gates() -> Gates {
         Gates {
             accuracy_margin: Some(0.1),
+            teacher_margin: Some(0.1),
             min_windows: 10,
             max_silence_us: Some(5_000_000),
             no_restarts: true,
@@ -228,6 +271,28 @@ mod tests {
         s.candidate_scored = Scored::default();
         s.champion_scored = Scored::default();
         assert_eq!(judge(&gates(), &s), Verdict::Held);
+    }
+
+    #[test]
+    fn a_candidate_that_disagrees_with_the_teacher_breaks_its_gate_without_labels() {
+        let mut s = sample();
+        // No labels in the field.
+        s.candidate_scored = Scored::default();
+        s.champion_scored = Scored::default();
+        s.candidate_teacher = Scored {
+            scored: 12,
+            correct: 3,
+        };
+        let Verdict::Broken(b) = judge(&gates(), &s) else {
+            panic!("the teacher gate holds")
+        };
+        assert_eq!(b.gate, "teacher");
+        assert_eq!(
+            b.figures,
+            "m@2 agrees with the hub's teacher on 0.250 of 12 sampled windows, m@1 on 0.980 of 50 (at most 0.1 below)"
+        );
+        s.candidate_teacher.scored = 5;
+        assert_eq!(judge(&gates(), &s), Verdict::Waiting, "too few samples yet");
     }
 
     #[test]

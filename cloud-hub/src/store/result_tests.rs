@@ -16,6 +16,7 @@ fn prediction_record(seq: u64, escalated: bool) -> Record {
             threshold: 0.9,
             channels: 1,
             window: vec![1.0, 2.0],
+            sampled: false,
         }),
         ..Default::default()
     }

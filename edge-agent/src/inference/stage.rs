@@ -58,6 +58,12 @@ pub struct InferenceConfig {
     /// The hub model (its metadata `id`) that decides escalated windows.
     #[serde(default)]
     pub escalate_to: Option<String>,
+    /// Also send every Nth window to the hub model `escalate_to` as a
+    /// sample for the teacher, whatever the edge's confidence: the hub
+    /// counts how often the edge model agrees with it (what a rollout's
+    /// teacher gate compares). Unset: no samples.
+    #[serde(default)]
+    pub teacher_every: Option<u32>,
 }
 
 /// Largest escalation window, in values (4 bytes each): well inside one
@@ -77,6 +83,7 @@ impl InferenceConfig {
             forward_readings: false,
             escalate_below: None,
             escalate_to: None,
+            teacher_every: None,
         }
     }
 
@@ -127,17 +134,44 @@ impl InferenceConfig {
                 format!("{field}.escalate_to"),
                 "is required with escalate_below: the id of the hub model that decides",
             )),
-            (None, Some(_)) => found.push(ConfigError::invalid(
+            (None, Some(_)) if self.teacher_every.is_none() => found.push(ConfigError::invalid(
                 format!("{field}.escalate_below"),
-                "is required with escalate_to: the confidence under which to escalate",
+                "is required with escalate_to (or teacher_every): the confidence under which to escalate",
             )),
+            (None, Some(to)) if to.is_empty() => found.push(ConfigError::invalid(
+                format!("{field}.escalate_to"),
+                "must name a hub model id, e.g. \"basicmotions-hub\"",
+            )),
+            (None, Some(_)) => {}
+        }
+        match (self.teacher_every, &self.escalate_to) {
+            (Some(0), _) => found.push(ConfigError::invalid(
+                format!("{field}.teacher_every"),
+                "must be at least 1 (every Nth window is sampled)",
+            )),
+            (Some(_), None) => found.push(ConfigError::invalid(
+                format!("{field}.escalate_to"),
+                "is required with teacher_every: the id of the hub model that scores the samples",
+            )),
+            _ => {}
         }
         ConfigErrors::check(found)
     }
 
-    /// The cascade settings, once validated: (threshold, hub model).
-    fn cascade(&self) -> Option<(f32, &str)> {
-        Some((self.escalate_below?, self.escalate_to.as_deref()?))
+    /// The hub model windows go to (escalated or sampled), once
+    /// validated.
+    fn cascade(&self) -> Option<&str> {
+        self.escalate_to.as_deref()
+    }
+
+    /// Whether a window with `confidence`, the `n`th of the stage (from
+    /// 0), goes to the hub: (below the threshold, sampled).
+    fn to_hub(&self, confidence: f32, n: u64) -> (bool, bool) {
+        let unsure = self.escalate_below.is_some_and(|t| confidence < t);
+        let sampled = self
+            .teacher_every
+            .is_some_and(|every| n % u64::from(every.max(1)) == 0);
+        (unsure, sampled)
     }
 
     /// Loads the model this config names: the one code path for start and
@@ -408,21 +442,21 @@ impl Stage for InferenceStage {
         );
         let window_len = win.rows.len() as u32;
         windower.advance();
-        self.counters.windows.fetch_add(1, Ordering::Relaxed);
+        let n = self.counters.windows.fetch_add(1, Ordering::Relaxed);
         match self.runner.classify(input) {
             Ok(scores) => {
                 let meta = self.runner.model().meta();
                 self.counters.predictions.fetch_add(1, Ordering::Relaxed);
+                let (unsure, sampled) = self.config.to_hub(scores.confidence, n);
                 let escalation = match (self.config.cascade(), raw) {
-                    (Some((threshold, hub_model)), Some(window))
-                        if scores.confidence < threshold =>
-                    {
+                    (Some(hub_model), Some(window)) if unsure || sampled => {
                         self.counters.escalated.fetch_add(1, Ordering::Relaxed);
                         Some(Escalation {
                             hub_model: hub_model.to_string(),
-                            threshold,
+                            threshold: self.config.escalate_below.unwrap_or(0.0),
                             channels: channels as u32,
                             window,
+                            sampled,
                         })
                     }
                     _ => None,

@@ -410,6 +410,7 @@ fn escalations_left_pending_are_answered_after_a_restart() {
                     threshold: 0.9,
                     channels: 1,
                     window: w.values.clone(),
+                    sampled: false,
                 }),
                 ..Default::default()
             })

@@ -16,7 +16,9 @@ fn device(i: usize) -> String {
     format!("fleet-{i}")
 }
 
-fn fleet_config(hub: &Hub, i: usize) -> AgentConfig {
+/// With `teacher`, every second window also goes to the hub's
+/// basicmotions-hub model as a sample (the teacher gate's evidence).
+fn fleet_config(hub: &Hub, i: usize, teacher: bool) -> AgentConfig {
     let mut c = AgentConfig::for_device(&device(i))
         .data_dir(format!("state-{i}"))
         .uplink(&hub.mqtt_url())
@@ -29,6 +31,8 @@ fn fleet_config(hub: &Hub, i: usize) -> AgentConfig {
         })
         .stage(InferenceConfig {
             name: Some("classify".into()),
+            escalate_to: teacher.then(|| "basicmotions-hub".into()),
+            teacher_every: teacher.then_some(2),
             ..InferenceConfig::new(model("basicmotions/edge.int8.json"))
         });
     c.tags.insert("fleet".into(), "t".into());
@@ -39,9 +43,9 @@ fn fleet_config(hub: &Hub, i: usize) -> AgentConfig {
     c
 }
 
-fn start_fleet(dir: &std::path::Path, hub: &Hub) -> Vec<Proc> {
+fn start_fleet(dir: &std::path::Path, hub: &Hub, teacher: bool) -> Vec<Proc> {
     let agents = (0..FLEET)
-        .map(|i| start_agent(dir, &device(i), &fleet_config(hub, i)))
+        .map(|i| start_agent(dir, &device(i), &fleet_config(hub, i, teacher)))
         .collect();
     // Every device reported its state (the tag selects it) and has
     // labelled predictions from the model it runs (the accuracy gate's
@@ -49,9 +53,12 @@ fn start_fleet(dir: &std::path::Path, hub: &Hub) -> Vec<Proc> {
     for i in 0..FLEET {
         wait_for(&format!("{} scored and reporting", device(i)), || {
             let d = hub.device(&device(i))?;
-            let scored = d["predictions"]["basicmotions-edge@1.0.0-int8"]["scored"].as_u64()?;
+            let tally = &d["predictions"]["basicmotions-edge@1.0.0-int8"];
+            let scored = tally["scored"].as_u64()?;
+            let sampled = tally["teacher_sampled"].as_u64().unwrap_or(0);
             let state = hub.get(&format!("/api/v1/devices/{}/state", device(i)));
-            (scored >= 10 && state["tags"]["fleet"] == "t").then_some(())
+            (scored >= 10 && (!teacher || sampled >= 5) && state["tags"]["fleet"] == "t")
+                .then_some(())
         });
     }
     agents
@@ -94,10 +101,8 @@ fn start_rollout(hub: &Hub, artifact: &str, extra: &[&str]) -> u64 {
         "fleet=t",
         "--waves",
         "1,50%,100%",
-        "--accuracy-margin",
-        "0.1",
         "--min-windows",
-        "8",
+        "6",
     ];
     if !extra.contains(&"--soak") {
         args.extend_from_slice(&["--soak", "3s"]);
@@ -138,24 +143,27 @@ fn stop_and_check_nothing_lost(hub: &Hub, agents: Vec<Proc>) {
 
 /// A candidate that loads and passes every static check but predicts
 /// wrong (trained on shuffled labels) is stopped at the first wave by the
-/// accuracy gate and rolled back by itself, with the gate's figures in
-/// `rollout status`; no other device ever gets it. The good candidate
-/// (basicmotions-edge 2.0.0, retrained) then goes through every wave and
-/// ends healthy on all six devices, and nothing is lost.
+/// teacher gate (agreement with the hub's larger model on sampled
+/// windows: no labels needed) and rolled back by itself, with the gate's
+/// figures in `rollout status`; no other device ever gets it. Again with
+/// the accuracy gate (labelled windows) alone: stopped the same way. The
+/// good candidate (basicmotions-edge 2.0.0, retrained) then goes through
+/// every wave with both gates and ends healthy on all six devices, and
+/// nothing is lost.
 #[test]
 fn a_bad_candidate_is_rolled_back_at_the_first_wave_and_a_good_one_reaches_every_device() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start(dir.path());
+    let hub = Hub::start_serving(dir.path(), &hub_models_toml());
     push(&hub, &model("basicmotions/bad-shuffled/edge.int8.json"));
     push(&hub, &model("basicmotions/v2/edge.int8.json"));
-    let agents = start_fleet(dir.path(), &hub);
+    let agents = start_fleet(dir.path(), &hub, true);
 
-    let bad = start_rollout(&hub, BAD, &[]);
+    let bad = start_rollout(&hub, BAD, &["--teacher-margin", "0.2"]);
     let r = wait_for_rollout(&hub, bad, "rolled_back");
     let why = r["reason"].as_str().unwrap();
     assert!(
-        why.contains("gate accuracy failed on fleet-0")
-            && why.contains(&format!("{BAD} right on 0."))
+        why.contains("gate teacher failed on fleet-0")
+            && why.contains(&format!("{BAD} agrees with the hub's teacher on 0."))
             && why.contains("basicmotions-edge@1.0.0-int8 on 1.000"),
         "{why}"
     );
@@ -168,17 +176,38 @@ fn a_bad_candidate_is_rolled_back_at_the_first_wave_and_a_good_one_reaches_every
     );
     let status = cli_ok(&hub, &["rollout", "status", &bad.to_string()]);
     assert!(
-        status.contains("rolled_back") && status.contains("gate accuracy failed"),
+        status.contains("rolled_back")
+            && status.contains("gate teacher failed")
+            && status.contains("wave 2 [......"),
         "{status}"
     );
     // Back on the model it ran: its own config's, from its cache.
-    wait_for("fleet-0 back on 1.0.0", || {
-        (rollout(&hub, bad)["devices"][0]["phase"] == "rolled_back"
-            && running_version(&hub, 0) == "1.0.0-int8")
-            .then_some(())
-    });
+    let back_on_v1 = |id: u64| {
+        wait_for("fleet-0 back on 1.0.0", || {
+            (rollout(&hub, id)["devices"][0]["phase"] == "rolled_back"
+                && running_version(&hub, 0) == "1.0.0-int8")
+                .then_some(())
+        })
+    };
+    back_on_v1(bad);
 
-    let good = start_rollout(&hub, GOOD, &[]);
+    // The accuracy gate alone catches it too (the replayed split is labelled).
+    let bad2 = start_rollout(&hub, BAD, &["--accuracy-margin", "0.1"]);
+    let r = wait_for_rollout(&hub, bad2, "rolled_back");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("gate accuracy failed on fleet-0")
+            && why.contains(&format!("{BAD} right on 0."))
+            && why.contains("basicmotions-edge@1.0.0-int8 on 1.000"),
+        "{why}"
+    );
+    back_on_v1(bad2);
+
+    let good = start_rollout(
+        &hub,
+        GOOD,
+        &["--accuracy-margin", "0.1", "--teacher-margin", "0.2"],
+    );
     let r = wait_for_rollout(&hub, good, "completed");
     assert!(
         r["devices"]
@@ -218,14 +247,21 @@ fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
     let dir = tempfile::tempdir().unwrap();
     let mut hub = Hub::start(dir.path());
     push(&hub, &model("basicmotions/v2/edge.int8.json"));
-    let mut agents = start_fleet(dir.path(), &hub);
+    let mut agents = start_fleet(dir.path(), &hub, false);
     // fleet-5 (in the last wave) goes away.
     assert!(agents[5].stop().success(), "{}", agents[5].log());
 
     let id = start_rollout(
         &hub,
         GOOD,
-        &["--device-timeout", "5s", "--max-failures", "1"],
+        &[
+            "--device-timeout",
+            "5s",
+            "--max-failures",
+            "1",
+            "--accuracy-margin",
+            "0.1",
+        ],
     );
     wait_for("wave 2 under way", || {
         (rollout(&hub, id)["wave"].as_u64() >= Some(1)).then_some(())
