@@ -86,6 +86,10 @@ pub fn router(state: Arc<HubState>) -> Router {
         )
         .route("/api/v1/deploy", post(crate::api_desired::deploy))
         .route(
+            "/api/v1/devices/{id}/tags",
+            get(crate::api_tags::get_tags).put(crate::api_tags::put_tags),
+        )
+        .route(
             "/api/v1/rollouts",
             get(crate::api_rollouts::list).post(crate::api_rollouts::start),
         )

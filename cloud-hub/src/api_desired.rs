@@ -205,8 +205,8 @@ pub async fn put_desired(
     }
 }
 
-/// The devices a deploy names: by id, and those whose last report carries
-/// every one of `tags`.
+/// The devices a deploy names: by id, and those carrying every one of
+/// `tags` (reported by their agent or set on the hub).
 pub(crate) fn select(
     s: &HubState,
     ids: &[String],
@@ -223,9 +223,8 @@ pub(crate) fn select(
     if !tags.is_empty() {
         let store = s.ota.devices();
         for (id, d) in &store.devices {
-            let matches = d
-                .report()
-                .is_some_and(|st| tags.iter().all(|(k, v)| st.tags.get(k) == Some(v)));
+            let has = d.tags();
+            let matches = tags.iter().all(|(k, v)| has.get(k) == Some(v));
             if let (true, Ok(d)) = (matches, DeviceId::new(id.clone())) {
                 if !devices.contains(&d) {
                     devices.push(d);

@@ -12,6 +12,7 @@ pub mod api_artifacts;
 pub mod api_desired;
 pub mod api_results;
 pub mod api_rollouts;
+pub mod api_tags;
 pub mod cascade;
 pub mod config;
 pub mod hub;

@@ -72,6 +72,20 @@ enum Command {
     /// and publishes their new desired state; agents verify, download,
     /// apply and report.
     Deploy(cloud_hub::ota_cli::DeployCli),
+    /// Devices as the hub groups them: `device tag ID KEY=VALUE ...`
+    /// (deploys and rollouts select by tags, the agent's and the hub's).
+    Device {
+        #[command(subcommand)]
+        command: cloud_hub::ota_cli::device::DeviceCommand,
+        /// The hub's HTTP API.
+        #[arg(
+            long,
+            global = true,
+            env = "CONVEYOR_HUB",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        hub: String,
+    },
     /// Fleet rollouts: a model or transform given to a stage on many
     /// devices in waves, soaked and gated, rolled back by itself when a
     /// gate fails or too many devices do.
@@ -333,6 +347,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => keys(command),
         Command::Artifact { command, hub } => cloud_hub::ota_cli::artifact(command, &hub),
         Command::Deploy(args) => cloud_hub::ota_cli::deploy_command(args),
+        Command::Device { command, hub } => cloud_hub::ota_cli::device::run(command, &hub),
         Command::Rollout { command, hub } => cloud_hub::ota_cli::rollout::run(command, &hub),
         Command::Demo { .. } => {
             eprintln!("{DEMO_MOVED}");

@@ -29,6 +29,11 @@ use super::republish::{self, Facts};
 
 const DESIRED_EXT: &str = ".desired";
 const STATE_EXT: &str = ".state";
+const TAGS_EXT: &str = ".tags";
+
+/// Most tags the hub keeps per device, and the longest key or value.
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_LEN: usize = 128;
 
 /// The most stages one desired state names (as the agent checks).
 pub const MAX_STAGES: usize = conveyor_shared::ota::desired::MAX_STAGES;
@@ -47,6 +52,9 @@ pub struct DeviceOta {
     pub state: Option<(AgentState, i64)>,
     /// When the desired state was last published, µs.
     pub published_at_us: Option<i64>,
+    /// Tags set on the hub (`cloud-hub device tag`), beside those the
+    /// agent reports from its config.
+    pub hub_tags: BTreeMap<String, String>,
     /// The highest generation ever used for the device (also one whose
     /// document no longer verifies).
     floor: u64,
@@ -95,6 +103,29 @@ impl DeviceOta {
     pub fn report(&self) -> Option<&AgentState> {
         self.state.as_ref().map(|(s, _)| s)
     }
+
+    /// The device's tags: what its agent reports, with the hub's own over
+    /// them (the hub's word wins where both set a key).
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        let mut tags = self.report().map(|s| s.tags.clone()).unwrap_or_default();
+        tags.extend(self.hub_tags.clone());
+        tags
+    }
+}
+
+/// A tag the hub refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("tag {0:?}: keys and values are 1-{MAX_TAG_LEN} characters, no control characters, and a key has no '='")]
+    Bad(String),
+    #[error("a device has at most {MAX_TAGS} tags set on the hub, this would make {0}")]
+    TooMany(usize),
+    #[error("cannot store the tags: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn tag_ok(s: &str) -> bool {
+    !s.is_empty() && s.chars().count() <= MAX_TAG_LEN && !s.chars().any(char::is_control)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +178,17 @@ impl DeviceStore {
                         skipped.desired += 1;
                         d.floor = d.floor.max(claimed_generation(&bytes));
                         tracing::error!(file = %path.display(), "skipping a desired state that does not verify against the hub's key: {e}");
+                    }
+                }
+            } else if let Some(device) = name.strip_suffix(TAGS_EXT) {
+                let read = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+                match read {
+                    Ok(tags) => devices.entry(device.into()).or_default().hub_tags = tags,
+                    Err(e) => {
+                        skipped.states += 1;
+                        tracing::warn!(file = %path.display(), "skipping unreadable device tags: {e}");
                     }
                 }
             } else if let Some(device) = name.strip_suffix(STATE_EXT) {
@@ -205,6 +247,35 @@ impl DeviceStore {
         let desired = Desired { doc, envelope };
         entry.desired = Some(desired.clone());
         Ok(desired)
+    }
+
+    /// Sets (`Some`) or removes (`None`) the hub's tags on `device`, and
+    /// returns its tags as they are then (the agent's and the hub's).
+    pub fn tag(
+        &mut self,
+        device: &DeviceId,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, TagError> {
+        for (k, v) in changes {
+            if !tag_ok(k) || k.contains('=') || v.as_deref().is_some_and(|v| !tag_ok(v)) {
+                return Err(TagError::Bad(format!("{k}={}", v.as_deref().unwrap_or(""))));
+            }
+        }
+        let entry = self.devices.entry(device.as_str().into()).or_default();
+        let mut tags = entry.hub_tags.clone();
+        for (k, v) in changes {
+            match v {
+                Some(v) => tags.insert(k.clone(), v.clone()),
+                None => tags.remove(k),
+            };
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(TagError::TooMany(tags.len()));
+        }
+        let bytes = serde_json::to_vec(&tags).expect("tags serialise");
+        write_atomic(&self.dir.join(format!("{device}{TAGS_EXT}")), &bytes)?;
+        entry.hub_tags = tags;
+        Ok(entry.tags())
     }
 
     /// Keeps the agent's latest report, received at `now_us`, in memory

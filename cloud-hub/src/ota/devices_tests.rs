@@ -147,3 +147,64 @@ fn reports_survive_a_reopen_and_a_bad_one_is_skipped() {
     assert_eq!(s.devices["gw"].report(), Some(&state));
     assert_eq!(skipped.states, 2);
 }
+
+#[test]
+fn hub_tags_persist_win_over_reported_ones_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    let set = |items: &[(&str, Option<&str>)]| -> BTreeMap<String, Option<String>> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    };
+    let reported = AgentState {
+        device_id: "gw".into(),
+        generation: None,
+        stages: Default::default(),
+        last_change: None,
+        tags: [("store", "7"), ("ring", "prod")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ts_us: 0,
+    };
+    store.report(reported, 0, true).unwrap();
+    let tags = store
+        .tag(
+            &gw(),
+            &set(&[("ring", Some("canary")), ("region", Some("eu"))]),
+        )
+        .unwrap();
+    assert_eq!(
+        tags.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>(),
+        ["region=eu", "ring=canary", "store=7"],
+        "the hub's ring wins over the agent's"
+    );
+    store.tag(&gw(), &set(&[("region", None)])).unwrap();
+    let (again, skipped) = open(dir.path());
+    assert_eq!(skipped.states, 0);
+    let d = &again.devices["gw"];
+    assert_eq!(d.hub_tags.len(), 1);
+    assert_eq!(d.tags().get("ring").map(String::as_str), Some("canary"));
+    for bad in [
+        ("", Some("x")),
+        ("a=b", Some("x")),
+        ("k", Some("")),
+        ("k", Some("\n")),
+    ] {
+        assert!(
+            matches!(store.tag(&gw(), &set(&[bad])), Err(TagError::Bad(_))),
+            "{bad:?}"
+        );
+    }
+    let many: BTreeMap<String, Option<String>> = (0..65)
+        .map(|i| (format!("k{i}"), Some("v".into())))
+        .collect();
+    assert!(matches!(
+        store.tag(&gw(), &many),
+        Err(TagError::TooMany(66))
+    ));
+}

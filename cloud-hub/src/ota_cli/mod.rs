@@ -7,11 +7,13 @@
 //!   binary through axum), and the multipart form of a push.
 //! - [`artifact`]: `push`, `list`, `show`.
 //! - [`deploy`]: `deploy`, and `--wait`'s progress lines.
+//! - [`device`]: `device tag`, the hub's own tags on a device.
 //! - [`rollout`]: `rollout start | list | status | pause | resume | abort
 //!   | rollback`.
 
 pub mod artifact;
 pub mod deploy;
+pub mod device;
 pub mod http;
 pub mod rollout;
 

@@ -327,6 +327,45 @@ fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
     let out = cli_ok(&hub, &["rollout", "abort", &second.to_string()]);
     assert!(out.contains("aborted"), "{out}");
 
+    // Groups set on the hub: a canary ring of two devices, selected by
+    // the hub's tag beside the agents' own.
+    for i in [1, 3] {
+        let out = cli_ok(&hub, &["device", "tag", &device(i), "ring=canary"]);
+        assert!(out.contains("fleet=t ring=canary"), "{out}");
+    }
+    let out = cli_ok(
+        &hub,
+        &[
+            "rollout",
+            "start",
+            "--stage",
+            "classify",
+            "--artifact",
+            GOOD,
+            "--tag",
+            "ring=canary",
+            "--tag",
+            "fleet=t",
+            "--waves",
+            "100%",
+            "--soak",
+            "1s",
+        ],
+    );
+    assert!(out.contains("2 devices in 1 waves"), "{out}");
+    let canary: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let r = wait_for_rollout(&hub, canary, "completed");
+    let names: Vec<&str> = r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fleet-1", "fleet-3"]);
+    let (code, _, err) = hub_cli(&hub, &["device", "tag", "fleet-1", "bad"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("KEY=VALUE"), "{err}");
+
     agents.remove(5);
     for mut a in agents {
         assert!(a.stop().success(), "{}", a.log());
