@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "teacher_margin", "min_windows", "max_silence_s", "allow_restarts"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
+//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "teacher_margin", "min_windows", "max_silence_s", "allow_restarts", "max_errors", "max_rss_growth_mb"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
 //! | `GET /api/v1/rollouts` | `{"rollouts": [summary]}`, newest first |
 //! | `GET /api/v1/rollouts/{id}` | the rollout: summary, each device's phase and reason, waves, the log of steps (who, when, what) |
 //! | `POST /api/v1/rollouts/{id}/{pause,resume,abort,rollback}` | `{"by", "reason"}`; 409 when the rollout's state does not allow it |
@@ -71,6 +71,12 @@ pub struct GatesRequest {
     max_silence_s: Option<f64>,
     #[serde(default)]
     allow_restarts: bool,
+    /// Failed windows or records in the stage while soaking, at most.
+    #[serde(default)]
+    max_errors: Option<u64>,
+    /// Resident memory growth while soaking, at most, MB.
+    #[serde(default)]
+    max_rss_growth_mb: Option<f64>,
 }
 
 fn gates(g: Option<GatesRequest>) -> Result<Gates, ApiError> {
@@ -97,6 +103,16 @@ fn gates(g: Option<GatesRequest>) -> Result<Gates, ApiError> {
             None => None,
         },
         no_restarts: !g.allow_restarts,
+        max_errors: g.max_errors,
+        max_rss_growth_bytes: match g.max_rss_growth_mb {
+            Some(mb) if mb.is_finite() && mb >= 0.0 => Some((mb * 1e6) as u64),
+            Some(mb) => {
+                return Err(unprocessable(format!(
+                    "`gates.max_rss_growth_mb` must be 0 or more, got {mb}"
+                )))
+            }
+            None => None,
+        },
     })
 }
 

@@ -100,6 +100,14 @@ pub struct StartArgs {
     /// Do not count an agent restart during the soak as a failed gate.
     #[arg(long)]
     allow_restarts: bool,
+    /// Gate: failed windows, failed or dead-lettered records in the
+    /// stage while soaking, at most.
+    #[arg(long)]
+    max_errors: Option<u64>,
+    /// Gate: the agent's resident memory may grow at most this many MB
+    /// while soaking.
+    #[arg(long)]
+    max_rss_growth_mb: Option<f64>,
 }
 
 /// `30s`, `5m`, `1h`, `90` (seconds).
@@ -183,6 +191,8 @@ async fn start(hub: &str, a: StartArgs) -> Result<()> {
             "max_silence_s": a.max_silence.as_deref().map(parse_duration).transpose()
                 .map_err(|e| anyhow!("--max-silence: {e}"))?,
             "allow_restarts": a.allow_restarts,
+            "max_errors": a.max_errors,
+            "max_rss_growth_mb": a.max_rss_growth_mb,
         },
         "by": who(),
     });

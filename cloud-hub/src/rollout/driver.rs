@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use conveyor_shared::ota::{AgentState, StageRunning, StageTarget};
 use conveyor_shared::DeviceId;
 
-use super::gates::{judge, Gates, Sample, Scored, Verdict};
+use super::gates::{judge, Baseline, Gates, Sample, Scored, Verdict};
 use super::machine::{Action, DevicePhase, Event, Policy, Refused, Rollout, State};
 use super::store::RolloutStore;
 use super::waves::WaveSize;
@@ -199,7 +199,19 @@ pub fn on_report(s: &HubState, device: &str, state: &AgentState, now: i64) {
 /// soaking device's gates are judged.
 pub fn tick(s: &HubState, now: i64) {
     step_all(s, now, |r| !r.state.is_final(), || Event::Tick);
-    for (id, device, verdict) in judge_soaking(s, now) {
+    let (verdicts, baselines) = judge_soaking(s, now);
+    for (id, device, baseline) in baselines {
+        step_all(
+            s,
+            now,
+            |r| r.id == id,
+            || Event::Baseline {
+                device: device.clone(),
+                baseline,
+            },
+        );
+    }
+    for (id, device, verdict) in verdicts {
         let event = match verdict {
             Verdict::Broken(b) => Event::GateFailed {
                 device,
@@ -222,12 +234,18 @@ struct Soaking {
     gates: Gates,
     applied_us: i64,
     held: bool,
+    baseline: Option<Baseline>,
 }
 
-/// The gates' verdict on each soaking device that changes something: a
-/// gate broken, or held for the first time. The rollouts' lock is not
-/// held while the registry and the reports are read.
-fn judge_soaking(s: &HubState, now: i64) -> Vec<(u64, String, Verdict)> {
+/// The gates' verdict on each soaking device that changes something (a
+/// gate broken, or held for the first time), and the baselines of those
+/// whose soak just began. The rollouts' lock is not held while the
+/// registry and the reports are read.
+#[allow(clippy::type_complexity)]
+fn judge_soaking(
+    s: &HubState,
+    now: i64,
+) -> (Vec<(u64, String, Verdict)>, Vec<(u64, String, Baseline)>) {
     let soaking: Vec<Soaking> = {
         let store = s.ota.rollouts();
         store
@@ -250,11 +268,13 @@ fn judge_soaking(s: &HubState, now: i64) -> Vec<(u64, String, Verdict)> {
                         gates: r.policy.gates,
                         applied_us: d.applied_us.unwrap_or(now),
                         held: d.gates_held,
+                        baseline: d.baseline,
                     })
             })
             .collect()
     };
     let mut verdicts = Vec::new();
+    let mut baselines = Vec::new();
     for d in soaking {
         let champion = {
             let ota = s.ota.devices();
@@ -286,7 +306,17 @@ fn judge_soaking(s: &HubState, now: i64) -> Vec<(u64, String, Verdict)> {
                     correct: t.teacher_agreed,
                 })
             };
+            let now_counters = entry
+                .last_heartbeat
+                .as_ref()
+                .map(|h| stage_counters(h, &d.stage))
+                .unwrap_or_default();
+            if d.baseline.is_none() {
+                baselines.push((d.rollout, d.device.clone(), now_counters));
+            }
             Sample {
+                now: now_counters,
+                baseline: d.baseline,
                 candidate_scored: scored(Some(&d.candidate)),
                 champion_scored: scored(champion.as_deref()),
                 candidate_teacher: teacher(Some(&d.candidate)),
@@ -306,5 +336,26 @@ fn judge_soaking(s: &HubState, now: i64) -> Vec<(u64, String, Verdict)> {
             v => verdicts.push((d.rollout, d.device, v)),
         }
     }
-    verdicts
+    (verdicts, baselines)
+}
+
+/// The stage's error counters (failed windows; failed and dead-lettered
+/// records of its transforms) and the agent's memory, from a heartbeat.
+fn stage_counters(h: &conveyor_shared::control::Heartbeat, stage: &str) -> Baseline {
+    let errors = h
+        .stages
+        .iter()
+        .filter(|st| st.name == stage)
+        .map(|st| {
+            st.dropped.get("inference_failed").copied().unwrap_or(0)
+                + st.transforms
+                    .iter()
+                    .map(|t| t.dead_lettered + t.failures.values().sum::<u64>())
+                    .sum::<u64>()
+        })
+        .sum();
+    Baseline {
+        errors,
+        rss_bytes: h.rss_bytes,
+    }
 }

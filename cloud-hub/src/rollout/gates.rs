@@ -20,6 +20,11 @@
 //!   on the same device, once it has `min_windows` samples. It needs no
 //!   labels: it judges devices in the field.
 //! - **heartbeat**: silent for longer than `max_silence_us`.
+//! - **errors**: more than `max_errors` failed windows, failed or
+//!   dead-lettered records in the stage since the soak began (against a
+//!   [`Baseline`] of its counters taken then).
+//! - **memory**: resident memory grown by more than `max_rss_growth_bytes`
+//!   since the soak began.
 //! - **restarts**: the agent process started again after the update was
 //!   applied (a crash loop shows as this).
 
@@ -36,6 +41,10 @@ pub struct Gates {
     pub min_windows: u64,
     #[serde(default)]
     pub max_silence_us: Option<i64>,
+    #[serde(default)]
+    pub max_errors: Option<u64>,
+    #[serde(default)]
+    pub max_rss_growth_bytes: Option<u64>,
     #[serde(default = "yes")]
     pub no_restarts: bool,
 }
@@ -54,9 +63,19 @@ impl Default for Gates {
             teacher_margin: None,
             min_windows: default_min_windows(),
             max_silence_us: None,
+            max_errors: None,
+            max_rss_growth_bytes: None,
             no_restarts: true,
         }
     }
+}
+
+/// A soaking device's counters when its soak began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Failed windows, failed and dead-lettered records of the stage.
+    pub errors: u64,
+    pub rss_bytes: u64,
 }
 
 /// Labelled windows a model was scored on, and how many it got right.
@@ -86,6 +105,10 @@ pub struct Sample {
     pub champion_teacher: Scored,
     /// µs since the hub last heard from the device.
     pub silent_us: i64,
+    /// The stage's counters now (from the last heartbeat), and when the
+    /// soak began.
+    pub now: Baseline,
+    pub baseline: Option<Baseline>,
     /// When the agent process started (its heartbeat's time less its
     /// uptime), and when the update was applied, µs since the epoch.
     pub agent_started_us: Option<i64>,
@@ -144,6 +167,32 @@ fn broken(g: &Gates, s: &Sample) -> Option<Broken> {
                 figures: format!(
                     "silent for {:.1} s (at most {:.1} s)",
                     s.silent_us as f64 / 1e6,
+                    limit as f64 / 1e6
+                ),
+            });
+        }
+    }
+    if let (Some(limit), Some(b)) = (g.max_errors, s.baseline) {
+        let errors = s.now.errors.saturating_sub(b.errors);
+        if errors > limit {
+            return Some(Broken {
+                gate: "errors",
+                figures: format!(
+                    "{errors} failed windows or records in the stage since the soak began (at most {limit})"
+                ),
+            });
+        }
+    }
+    if let (Some(limit), Some(b)) = (g.max_rss_growth_bytes, s.baseline) {
+        let grown = s.now.rss_bytes.saturating_sub(b.rss_bytes);
+        if grown > limit {
+            return Some(Broken {
+                gate: "memory",
+                figures: format!(
+                    "resident memory grew {:.1} MB since the soak began ({:.1} -> {:.1} MB; at most {:.1} MB)",
+                    grown as f64 / 1e6,
+                    b.rss_bytes as f64 / 1e6,
+                    s.now.rss_bytes as f64 / 1e6,
                     limit as f64 / 1e6
                 ),
             });
@@ -219,6 +268,14 @@ mod tests {
                 correct: 49,
             },
             silent_us: 500_000,
+            now: Baseline {
+                errors: 12,
+                rss_bytes: 24_000_000,
+            },
+            baseline: Some(Baseline {
+                errors: 10,
+                rss_bytes: 22_000_000,
+            }),
             agent_started_us: Some(0),
             applied_us: 10_000_000,
         }
@@ -230,6 +287,8 @@ mod tests {
             teacher_margin: Some(0.1),
             min_windows: 10,
             max_silence_us: Some(5_000_000),
+            max_errors: Some(2),
+            max_rss_growth_bytes: Some(5_000_000),
             no_restarts: true,
         }
     }
@@ -293,6 +352,29 @@ mod tests {
         );
         s.candidate_teacher.scored = 5;
         assert_eq!(judge(&gates(), &s), Verdict::Waiting, "too few samples yet");
+    }
+
+    #[test]
+    fn errors_and_memory_growth_since_the_soak_began_break_their_gates() {
+        let mut s = sample();
+        s.now.errors = 13;
+        let Verdict::Broken(b) = judge(&gates(), &s) else {
+            panic!("errors hold")
+        };
+        assert_eq!(
+            b.figures,
+            "3 failed windows or records in the stage since the soak began (at most 2)"
+        );
+        let mut s = sample();
+        s.now.rss_bytes = 28_000_000;
+        let Verdict::Broken(b) = judge(&gates(), &s) else {
+            panic!("memory holds")
+        };
+        assert_eq!(b.gate, "memory");
+        assert!(b.figures.contains("grew 6.0 MB"), "{}", b.figures);
+        // No baseline yet: nothing to compare with.
+        s.baseline = None;
+        assert_eq!(judge(&gates(), &s), Verdict::Held);
     }
 
     #[test]

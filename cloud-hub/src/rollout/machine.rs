@@ -109,6 +109,11 @@ pub struct DeviceRun {
     /// device is healthy only with this).
     #[serde(default)]
     pub gates_held: bool,
+    /// Its counters when it was first seen soaking, for the gates that
+    /// judge growth (errors, memory). Kept here so a restarted hub
+    /// judges against the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<super::gates::Baseline>,
 }
 
 /// The rollout as a whole.
@@ -159,6 +164,11 @@ pub enum Event {
     /// Every gate of soaking `device` had what it needs to judge, and held.
     GatesHeld {
         device: String,
+    },
+    /// Soaking `device`'s counters, taken when its soak began.
+    Baseline {
+        device: String,
+        baseline: super::gates::Baseline,
     },
     /// A gate did not hold for `device` during its soak.
     GateFailed {
@@ -261,6 +271,7 @@ impl Rollout {
                     applied_us: None,
                     bytes_done: 0,
                     gates_held: false,
+                    baseline: None,
                 })
                 .collect(),
             state: State::Running,
@@ -311,6 +322,13 @@ impl Rollout {
                 }
             }
             Event::Report { device, report } => self.report(now, &device, &report),
+            Event::Baseline { device, baseline } => {
+                if let Some(d) = self.device_mut(&device) {
+                    if d.phase == DevicePhase::Applied && d.baseline.is_none() {
+                        d.baseline = Some(baseline);
+                    }
+                }
+            }
             Event::GatesHeld { device } => {
                 if let Some(d) = self.device_mut(&device) {
                     if d.phase == DevicePhase::Applied {

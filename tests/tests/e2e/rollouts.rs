@@ -261,13 +261,30 @@ fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
             "1",
             "--accuracy-margin",
             "0.1",
+            // fleet-4 is killed and started again during its update.
+            "--allow-restarts",
         ],
     );
     wait_for("wave 2 under way", || {
         (rollout(&hub, id)["wave"].as_u64() >= Some(1)).then_some(())
     });
     hub = hub.restart();
+    // fleet-4 is SIGKILLed the moment its wave is given the update
+    // (mid-download, mid-apply or just after), and started again.
+    wait_for("wave 3 under way", || {
+        (rollout(&hub, id)["wave"].as_u64() >= Some(2)).then_some(())
+    });
+    agents[4].signal(libc::SIGKILL);
+    let _ = agents[4].wait();
+    agents[4] = start_agent(dir.path(), "fleet-4-again", &fleet_config(&hub, 4, false));
     let r = wait_for_rollout(&hub, id, "completed");
+    // It came back on one consistent version: the generation it reports
+    // applied is the desired one, and its stage runs that generation's
+    // model.
+    let desired = hub.get("/api/v1/devices/fleet-4/desired")["generation"].clone();
+    let state = hub.get("/api/v1/devices/fleet-4/state");
+    assert_eq!(state["generation"], desired, "{state}");
+    assert_eq!(running_version(&hub, 4), "2.0.0-int8");
     let phases: Vec<&str> = r["devices"]
         .as_array()
         .unwrap()
