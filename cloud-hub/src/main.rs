@@ -59,14 +59,8 @@ enum Command {
     Artifact {
         #[command(subcommand)]
         command: cloud_hub::ota_cli::ArtifactCommand,
-        /// The hub's HTTP API.
-        #[arg(
-            long,
-            global = true,
-            env = "CONVEYOR_HUB",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        hub: String,
+        #[command(flatten)]
+        hub: cloud_hub::ota_cli::HubArg,
     },
     /// Set what a stage runs on devices (by id or by tag): the hub signs
     /// and publishes their new desired state; agents verify, download,
@@ -77,14 +71,8 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: cloud_hub::ota_cli::device::DeviceCommand,
-        /// The hub's HTTP API.
-        #[arg(
-            long,
-            global = true,
-            env = "CONVEYOR_HUB",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        hub: String,
+        #[command(flatten)]
+        hub: cloud_hub::ota_cli::HubArg,
     },
     /// Fleet rollouts: a model or transform given to a stage on many
     /// devices in waves, soaked and gated, rolled back by itself when a
@@ -92,14 +80,8 @@ enum Command {
     Rollout {
         #[command(subcommand)]
         command: cloud_hub::ota_cli::rollout::RolloutCommand,
-        /// The hub's HTTP API.
-        #[arg(
-            long,
-            global = true,
-            env = "CONVEYOR_HUB",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        hub: String,
+        #[command(flatten)]
+        hub: cloud_hub::ota_cli::HubArg,
     },
     /// The demo moved to its own binary; this only says where (any
     /// arguments are ignored).
@@ -345,10 +327,10 @@ fn main() -> ExitCode {
             command: StoreCommand::Check { config, path },
         } => store_check(config, path),
         Command::Keys { command } => keys(command),
-        Command::Artifact { command, hub } => cloud_hub::ota_cli::artifact(command, &hub),
+        Command::Artifact { command, hub } => cloud_hub::ota_cli::artifact(command, &hub.hub),
         Command::Deploy(args) => cloud_hub::ota_cli::deploy_command(args),
-        Command::Device { command, hub } => cloud_hub::ota_cli::device::run(command, &hub),
-        Command::Rollout { command, hub } => cloud_hub::ota_cli::rollout::run(command, &hub),
+        Command::Device { command, hub } => cloud_hub::ota_cli::device::run(command, &hub.hub),
+        Command::Rollout { command, hub } => cloud_hub::ota_cli::rollout::run(command, &hub.hub),
         Command::Demo { .. } => {
             eprintln!("{DEMO_MOVED}");
             ExitCode::from(EXIT_DEMO_MOVED)

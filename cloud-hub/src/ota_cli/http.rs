@@ -52,7 +52,8 @@ pub async fn request(
     body: Option<Body>,
 ) -> Result<(u16, Value)> {
     let authority = authority(hub)?;
-    let unreachable = || format!("cannot reach the hub at {hub}: is the hub running at {hub}?");
+    let unreachable =
+        || format!("cannot reach the hub at {hub} (is it running? --hub or CONVEYOR_HUB names it)");
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority))
         .await
         .map_err(|_| anyhow!("{} (timed out)", unreachable()))?
@@ -154,6 +155,9 @@ mod tests {
         let e = request(&hub, "GET", "/api/v1/artifacts", None)
             .await
             .unwrap_err();
-        assert!(format!("{e:#}").contains("is the hub running at"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("is it running? --hub or CONVEYOR_HUB"),
+            "{e:#}"
+        );
     }
 }

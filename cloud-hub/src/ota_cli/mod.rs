@@ -27,6 +27,14 @@ use std::time::Duration;
 /// The default `--hub`.
 pub const DEFAULT_HUB: &str = "http://127.0.0.1:8080";
 
+/// `--hub`, for every subcommand that talks to a running hub.
+#[derive(Debug, clap::Args)]
+pub struct HubArg {
+    /// The hub's HTTP API.
+    #[arg(long, global = true, env = "CONVEYOR_HUB", default_value = DEFAULT_HUB)]
+    pub hub: String,
+}
+
 /// `cloud-hub artifact ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum ArtifactCommand {

@@ -77,6 +77,19 @@ pub(super) fn wait_for_phase(hub: &Hub, generation: u64, phase: &str) -> Value {
     })
 }
 
+/// The model versions of the device's predictions switch once, from
+/// `from` to `to`, and never back; the index of the first `to`.
+pub(super) fn assert_one_switch(hub: &Hub, from: &str, to: &str) -> usize {
+    let v = versions(hub);
+    let switch = v
+        .iter()
+        .position(|v| v.ends_with(to))
+        .unwrap_or_else(|| panic!("{to} ran: {v:?}"));
+    assert!(v[..switch].iter().all(|v| v.ends_with(from)), "{v:?}");
+    assert!(v[switch..].iter().all(|v| v.ends_with(to)), "{v:?}");
+    switch
+}
+
 pub(super) fn versions(hub: &Hub) -> Vec<String> {
     hub.all_records(DEVICE)
         .iter()
@@ -253,13 +266,8 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     hub.wait_for_records(DEVICE, 40);
     let v = versions(&hub);
     assert_eq!(v.len(), 40, "one prediction per window, none lost: {v:?}");
-    let switch = v
-        .iter()
-        .position(|v| v.ends_with("fp32"))
-        .expect("fp32 ran");
+    let switch = assert_one_switch(&hub, "int8", "fp32");
     assert!(switch >= 4, "{v:?}");
-    assert!(v[..switch].iter().all(|v| v.ends_with("int8")), "{v:?}");
-    assert!(v[switch..].iter().all(|v| v.ends_with("fp32")), "{v:?}");
     assert_eq!(
         hub.seqs(DEVICE),
         (0..40).collect::<Vec<u64>>(),

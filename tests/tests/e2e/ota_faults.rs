@@ -9,7 +9,9 @@ use conveyor_e2e::*;
 use edge_agent::log::{FullPolicy, LogConfig};
 use serde_json::Value;
 
-use super::ota::{agent_config, hub_key, model, push, state, versions, wait_for_phase, DEVICE};
+use super::ota::{
+    agent_config, assert_one_switch, hub_key, model, push, state, versions, wait_for_phase, DEVICE,
+};
 
 const FP32: &str = "basicmotions-edge@1.0.0-fp32";
 
@@ -75,6 +77,19 @@ fn starts_of(link: &SlowLink, file: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The watch agent of `ota::agent_config` (int8, 200 readings/s),
+/// downloading through `link`.
+fn slow_agent(hub: &Hub, link: &SlowLink) -> AgentConfig {
+    let mut config = agent_config(
+        hub,
+        200.0,
+        &model("basicmotions/edge.int8.json"),
+        vec![hub_key(hub)],
+    );
+    config.ota.as_mut().unwrap().url = format!("http://{}", link.addr);
+    config
+}
+
 /// Every record once, none missing.
 fn assert_exactly_once(hub: &Hub) {
     let seqs = hub.seqs(DEVICE);
@@ -87,25 +102,18 @@ fn assert_exactly_once(hub: &Hub) {
 
 /// A model that does not fit the stream is refused before it is
 /// downloaded. The link to the hub's HTTP API is cut in the middle of a
-/// download and
-/// the agent says it is retrying, while it goes on streaming over MQTT;
-/// the link comes back and the download goes on from where it was; then
-/// the agent is SIGKILLed mid-download, and started again it resumes once
-/// more and applies. Each resume asks for the rest of the file with
-/// `Range`, and no record is lost or doubled.
+/// download: the agent says it is retrying, while it goes on streaming
+/// over MQTT; the link comes back and the download goes on from where it
+/// was. Then the agent is SIGKILLed mid-download, and started again it
+/// resumes once more and applies. Each resume asks for the rest of the
+/// file with `Range`, and no record is lost or doubled.
 #[test]
 fn a_download_cut_off_by_the_link_and_by_a_kill_resumes_and_applies() {
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
     push(&hub, &model("basicmotions/edge.fp32.json"));
     let link = SlowLink::start(hub.http, RATE);
-    let mut config = agent_config(
-        &hub,
-        200.0,
-        &model("basicmotions/edge.int8.json"),
-        vec![hub_key(&hub)],
-    );
-    config.ota.as_mut().unwrap().url = format!("http://{}", link.addr);
+    let config = slow_agent(&hub, &link);
     let mut agent = start_agent(dir.path(), "agent", &config);
     wait_for("a first prediction", || {
         (hub.records(DEVICE) >= 1).then_some(())
@@ -185,10 +193,7 @@ fn a_download_cut_off_by_the_link_and_by_a_kill_resumes_and_applies() {
     );
 
     assert!(agent.wait().success(), "{}", agent.log());
-    let v = versions(&hub);
-    assert!(v.last().unwrap().ends_with("fp32"), "{v:?}");
-    let switch = v.iter().position(|v| v.ends_with("fp32")).unwrap();
-    assert!(v[switch..].iter().all(|v| v.ends_with("fp32")), "{v:?}");
+    assert_one_switch(&hub, "int8", "fp32");
     assert_exactly_once(&hub);
 }
 
@@ -220,18 +225,12 @@ fn a_full_disk_while_downloading_is_reported_and_loses_nothing() {
     let hub = Hub::start(dir.path());
     push(&hub, &model("basicmotions/edge.fp32.json"));
     let link = SlowLink::start(hub.http, RATE);
-    let mut config = agent_config(
-        &hub,
-        200.0,
-        &model("basicmotions/edge.int8.json"),
-        vec![hub_key(&hub)],
-    )
-    .data_dir(disk.join("state").display().to_string())
-    .log(LogConfig {
-        full_policy: FullPolicy::Block,
-        ..LogConfig::default()
-    });
-    config.ota.as_mut().unwrap().url = format!("http://{}", link.addr);
+    let config = slow_agent(&hub, &link)
+        .data_dir(disk.join("state").display().to_string())
+        .log(LogConfig {
+            full_policy: FullPolicy::Block,
+            ..LogConfig::default()
+        });
     let mut agent = start_agent(dir.path(), "agent", &config);
     wait_for("a first prediction", || {
         (hub.records(DEVICE) >= 1).then_some(())
@@ -272,12 +271,7 @@ fn a_full_disk_while_downloading_is_reported_and_loses_nothing() {
     hub.wait_for_records(DEVICE, 40);
     let v = versions(&hub);
     assert_eq!(v.len(), 40, "one prediction per window, none lost: {v:?}");
-    let switch = v
-        .iter()
-        .position(|v| v.ends_with("fp32"))
-        .expect("fp32 ran");
-    assert!(v[..switch].iter().all(|v| v.ends_with("int8")), "{v:?}");
-    assert!(v[switch..].iter().all(|v| v.ends_with("fp32")), "{v:?}");
+    assert_one_switch(&hub, "int8", "fp32");
     assert_exactly_once(&hub);
     let hb = hub.heartbeat(DEVICE).unwrap();
     assert_eq!(hb["log_dropped_full"], 0, "{hb}");
