@@ -77,8 +77,8 @@ fn ev_report(device: &str, r: AgentState) -> Event {
     }
 }
 
-/// `device` is sent generation `g` at `t` and reports it applied at `t`.
-fn apply(r: &mut Rollout, device: &str, g: u64, t: i64) -> Vec<Action> {
+/// The driver set `device`'s desired state to generation `g` at `t`.
+fn sent(r: &mut Rollout, device: &str, g: u64, t: i64) {
     r.step(
         t,
         Event::Sent {
@@ -87,6 +87,11 @@ fn apply(r: &mut Rollout, device: &str, g: u64, t: i64) -> Vec<Action> {
         },
     )
     .unwrap();
+}
+
+/// `device` is sent generation `g` at `t` and reports it applied at `t`.
+fn apply(r: &mut Rollout, device: &str, g: u64, t: i64) -> Vec<Action> {
+    sent(r, device, g, t);
     let a = r.step(t, ev_report(device, report(Some(g), None))).unwrap();
     r.step(
         t,
@@ -116,14 +121,7 @@ fn the_first_wave_starts_at_once_and_the_next_only_after_the_soak() {
         }
     );
     // Downloading, then applied: soaking, nothing new started.
-    r.step(
-        S,
-        Event::Sent {
-            device: "d0".into(),
-            generation: 4,
-        },
-    )
-    .unwrap();
+    sent(&mut r, "d0", 4, S);
     r.step(
         2 * S,
         ev_report("d0", report(Some(3), Some((4, Phase::Downloading, 50)))),
@@ -172,14 +170,7 @@ fn the_first_wave_starts_at_once_and_the_next_only_after_the_soak() {
 fn failures_within_the_budget_do_not_hold_a_wave_back_and_one_more_rolls_back() {
     // 1 of 6 may fail (0.2 x 6 = 1.2).
     let (mut r, _) = six(0.2);
-    r.step(
-        0,
-        Event::Sent {
-            device: "d0".into(),
-            generation: 2,
-        },
-    )
-    .unwrap();
+    sent(&mut r, "d0", 2, 0);
     let a = r
         .step(
             S,
@@ -191,14 +182,7 @@ fn failures_within_the_budget_do_not_hold_a_wave_back_and_one_more_rolls_back() 
     assert_eq!(set_devices(&a), ["d1", "d2"], "the next wave goes on");
     // A second failure spends the budget: every device given the update
     // goes back, to what the hub wanted for it before.
-    r.step(
-        2 * S,
-        Event::Sent {
-            device: "d1".into(),
-            generation: 3,
-        },
-    )
-    .unwrap();
+    sent(&mut r, "d1", 3, 2 * S);
     let a = r
         .step(
             3 * S,
@@ -225,14 +209,7 @@ fn failures_within_the_budget_do_not_hold_a_wave_back_and_one_more_rolls_back() 
 #[test]
 fn a_device_that_makes_no_progress_times_out_and_progress_keeps_it_alive() {
     let (mut r, _) = six(0.0);
-    r.step(
-        0,
-        Event::Sent {
-            device: "d0".into(),
-            generation: 2,
-        },
-    )
-    .unwrap();
+    sent(&mut r, "d0", 2, 0);
     // Bytes coming in count as progress.
     for (t, bytes) in [(50, 10), (100, 20), (150, 30)] {
         r.step(
@@ -294,14 +271,7 @@ fn a_failed_gate_rolls_back_with_its_figures_and_the_rollback_is_confirmed() {
     );
     assert!(r.log.last().unwrap().what.contains(&why));
     // The rollback's generation applied: confirmed.
-    r.step(
-        6 * S,
-        Event::Sent {
-            device: "d0".into(),
-            generation: 3,
-        },
-    )
-    .unwrap();
+    sent(&mut r, "d0", 3, 6 * S);
     r.step(7 * S, ev_report("d0", report(Some(2), None)))
         .unwrap();
     assert_eq!(
@@ -470,14 +440,7 @@ fn reports_about_other_generations_or_devices_change_nothing() {
     // Not sent yet: a report cannot be about this rollout.
     r.step(0, ev_report("d0", report(Some(9), None))).unwrap();
     assert_eq!(phase(&r, "d0"), DevicePhase::Pending);
-    r.step(
-        0,
-        Event::Sent {
-            device: "d0".into(),
-            generation: 4,
-        },
-    )
-    .unwrap();
+    sent(&mut r, "d0", 4, 0);
     // An older generation's failure is not ours.
     r.step(
         S,
@@ -523,14 +486,7 @@ fn an_empty_target_completes_at_once() {
 #[test]
 fn a_device_its_gates_cannot_judge_times_out_after_the_soak() {
     let (mut r, _) = six(0.0);
-    r.step(
-        0,
-        Event::Sent {
-            device: "d0".into(),
-            generation: 2,
-        },
-    )
-    .unwrap();
+    sent(&mut r, "d0", 2, 0);
     r.step(0, ev_report("d0", report(Some(2), None))).unwrap();
     // Soak 10 s + timeout 60 s.
     assert!(r.step(69 * S, Event::Tick).unwrap().is_empty());
