@@ -96,8 +96,12 @@ pub fn start(s: &HubState, start: Start, now: i64) -> Result<Rollout, DriveError
         .filter(|r| r.devices.iter().any(|d| names.contains(&d.device)))
         .map(|r| r.id)
         .collect();
+    // What each device ran before any of the superseded rollouts changed
+    // it: where a rollback of the new one goes.
+    let mut before_superseded = BTreeMap::new();
     for old in superseded {
         let mut r = store.rollouts[&old].clone();
+        before_superseded.extend(changed_from(&r));
         let _ = r.step(now, Event::Superseded { by: id });
         tracing::info!(rollout = old, by = id, "rollout superseded");
         save(&mut store, r)?;
@@ -107,11 +111,12 @@ pub fn start(s: &HubState, start: Start, now: i64) -> Result<Rollout, DriveError
         names
             .iter()
             .map(|d| {
-                let previous = ota
-                    .devices
-                    .get(d)
-                    .and_then(|e| e.desired.as_ref())
-                    .and_then(|desired| desired.doc.stages.get(&start.stage).cloned());
+                let previous = before_superseded.remove(d).unwrap_or_else(|| {
+                    ota.devices
+                        .get(d)
+                        .and_then(|e| e.desired.as_ref())
+                        .and_then(|desired| desired.doc.stages.get(&start.stage).cloned())
+                });
                 (d.clone(), previous)
             })
             .collect()
@@ -130,6 +135,15 @@ pub fn start(s: &HubState, start: Start, now: i64) -> Result<Rollout, DriveError
     tracing::info!(rollout = id, stage = %r.stage, devices = r.devices.len(), waves = ?r.waves, by = %start.by, "rollout started");
     save(&mut store, r.clone())?;
     Ok(r)
+}
+
+/// The devices rollout `r` gave its target, each with what it ran before.
+fn changed_from(r: &Rollout) -> Vec<(String, Option<StageTarget>)> {
+    r.devices
+        .iter()
+        .filter(|d| d.requested)
+        .map(|d| (d.device.clone(), d.previous.clone()))
+        .collect()
 }
 
 /// An operator's command (pause, resume, abort, rollback).
@@ -357,5 +371,43 @@ fn stage_counters(h: &conveyor_shared::control::Heartbeat, stage: &str) -> Basel
     Baseline {
         errors,
         rss_bytes: h.rss_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::waves::parse;
+    use conveyor_shared::ota::{ArtifactId, ArtifactRef};
+
+    fn model(v: &str) -> StageTarget {
+        StageTarget::Model(ArtifactRef {
+            name: "m".into(),
+            version: v.into(),
+            id: ArtifactId::of_payload(v),
+        })
+    }
+
+    /// A rollout superseded half-way hands on, for the devices it
+    /// changed, what they ran before it (not its own candidate).
+    #[test]
+    fn a_superseded_rollout_hands_on_what_its_devices_ran_before() {
+        let policy = Policy {
+            soak_us: 1,
+            device_timeout_us: 1_000_000,
+            max_failure_ratio: 0.0,
+            gates: Default::default(),
+        };
+        let (r, _) = Rollout::start(
+            1,
+            "classify",
+            model("bad"),
+            vec![("a".into(), Some(model("1"))), ("b".into(), None)],
+            &parse("1,100%").unwrap(),
+            policy,
+            "ops",
+            0,
+        );
+        assert_eq!(changed_from(&r), vec![("a".to_string(), Some(model("1")))]);
     }
 }
