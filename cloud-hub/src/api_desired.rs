@@ -234,8 +234,8 @@ pub(crate) fn select(
     }
     if devices.is_empty() {
         return Err(unprocessable(format!(
-            "the deploy selects no device: give `devices`, or `tags` that devices report \
-             (asked for tags {tags:?})"
+            "no device selected: give `devices`, or `tags` that devices carry (reported by \
+             their agent, or set with `cloud-hub device tag`; asked for tags {tags:?})"
         )));
     }
     Ok(devices)

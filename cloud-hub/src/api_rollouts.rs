@@ -237,7 +237,16 @@ pub async fn start(
             .map_err(|e| unprocessable(e.to_string()))?;
         let policy = Policy {
             soak_us: seconds(b.soak_s, DEFAULT_SOAK_S, "soak_s")?,
-            device_timeout_us: seconds(b.device_timeout_s, DEFAULT_TIMEOUT_S, "device_timeout_s")?,
+            device_timeout_us: match seconds(
+                b.device_timeout_s,
+                DEFAULT_TIMEOUT_S,
+                "device_timeout_s",
+            )? {
+                t if t >= 1_000_000 => t,
+                _ => return Err(unprocessable(
+                    "`device_timeout_s` must be at least 1 s: a device needs time to make progress",
+                )),
+            },
             max_failure_ratio: failure_ratio(b.max_failures.as_ref(), devices.len())?,
             gates: gates(b.gates)?,
         };

@@ -329,6 +329,28 @@ fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
         .unwrap()
         .contains("rolling back 6 devices")
         && s["by"].as_str().unwrap() != "hub"));
+    // Bad rollouts are refused with the reason, and start nothing.
+    for (bad, says) in [
+        (["--waves", "10%,5%"], "each wave must reach further"),
+        (["--device-timeout", "0s"], "at least 1 s"),
+        (["--tag", "ring=nowhere"], "no device selected"),
+    ] {
+        let mut args = vec![
+            "rollout",
+            "start",
+            "--stage",
+            "classify",
+            "--artifact",
+            GOOD,
+        ];
+        if bad[0] != "--tag" {
+            args.extend(["--tag", "fleet=t"]);
+        }
+        args.extend(bad);
+        let (code, _, err) = hub_cli(&hub, &args);
+        assert_eq!(code, Some(1), "{bad:?}: {err}");
+        assert!(err.contains("422") && err.contains(says), "{bad:?}: {err}");
+    }
     // A command that does not fit the state is refused with the reason.
     let (code, _, err) = hub_cli(&hub, &["rollout", "pause", &id.to_string()]);
     assert_eq!(code, Some(1));
