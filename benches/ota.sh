@@ -38,44 +38,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
 echo "building release binaries ..." >&2
 cargo build --release --quiet -p cloud-hub -p edge-agent
 exec python3 - "$repeats" "$CARGO_TARGET_DIR/release" "$PWD" <<'PY'
-import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
-import urllib.request
+import json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 repeats, bin_dir, repo = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 work = tempfile.mkdtemp(prefix="conveyor-ota-bench-")
 procs = []
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def api(method, path, body=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{http}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-def get(path):
-    code, body = api("GET", path)
-    return json.loads(body) if code == 200 else None
-
-def served():
-    _, text = api("GET", "/metrics")
-    for line in text.decode().splitlines():
-        if line.startswith("conveyor_hub_artifact_bytes_served_total"):
-            return int(float(line.split()[-1]))
-    return 0
-
-def status(pid):
-    out = {}
-    for line in open(f"/proc/{pid}/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[k] = int(v.split()[0]) / 1024
-    return out
+sys.path.insert(0, os.path.join(repo, "benches"))
+from hub_api import api, connect, free_port, get, memory, served
 
 def cleanup():
     for p in procs:
@@ -88,6 +57,7 @@ def cleanup():
 
 try:
     mqtt, http = free_port(), free_port()
+    connect(http)
     with open(f"{work}/hub.toml", "w") as f:
         f.write(f'[broker]\nlisten = "127.0.0.1:{mqtt}"\n[http]\nlisten = "127.0.0.1:{http}"\n[store]\npath = "{work}/store"\n')
     procs.append(subprocess.Popen([f"{bin_dir}/cloud-hub", "serve", "--config", f"{work}/hub.toml"],
@@ -154,7 +124,7 @@ url = "http://127.0.0.1:{http}"
         for d in devices + ["ota-baseline"]:
             with open(f"/proc/{agents[d]}/clear_refs", "w") as f:
                 f.write("5")
-        before = {d: status(agents[d])["VmRSS"] for d in devices + ["ota-baseline"]}
+        before = {d: memory(agents[d])["VmRSS"] for d in devices + ["ota-baseline"]}
         bytes0 = served()
         t0 = time.time() * 1e6
         code, body = api("POST", "/api/v1/deploy",
@@ -176,7 +146,7 @@ url = "http://127.0.0.1:{http}"
                 elif c.get("generation") == gens[d] and c.get("phase") == "failed":
                     sys.exit(f"{d} refused {artifact}: {c.get('reason')}")
             time.sleep(0.02)
-        after = {d: status(agents[d]) for d in devices + ["ota-baseline"]}
+        after = {d: memory(agents[d]) for d in devices + ["ota-baseline"]}
         return {
             "times": [done[d] for d in devices],
             "bytes_per_agent": (served() - bytes0) / len(devices),
@@ -189,7 +159,7 @@ url = "http://127.0.0.1:{http}"
     deploy(fleet, "basicmotions-edge@1.0.0-int8")
     rows = {}
     for k in range(repeats):
-        now = [status(agents[d]) for d in fleet]
+        now = [memory(agents[d]) for d in fleet]
         print(f"repeat {k + 1}/{repeats}: the fleet's median VmRSS "
               f"{statistics.median(s['VmRSS'] for s in now):.1f} MB (RssAnon "
               f"{statistics.median(s['RssAnon'] for s in now):.1f}, RssFile "

@@ -25,50 +25,19 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
 echo "building release binaries ..." >&2
 cargo build --release --quiet -p cloud-hub -p edge-agent
 exec python3 - "$agents" "$soak" "$rate" "$CARGO_TARGET_DIR/release" "$PWD" <<'PY'
-import json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
-import urllib.request
+import json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 agents, soak, rate = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 bin_dir, repo = sys.argv[4], sys.argv[5]
 work = tempfile.mkdtemp(prefix="conveyor-rollout-bench-")
 procs = []
+sys.path.insert(0, os.path.join(repo, "benches"))
+from hub_api import api, connect, free_port, get, memory, served
 ticks = os.sysconf("SC_CLK_TCK")
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def api(method, path, body=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{http}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-def get(path):
-    code, body = api("GET", path)
-    return json.loads(body) if code == 200 else None
-
-def served():
-    _, text = api("GET", "/metrics")
-    for line in text.decode().splitlines():
-        if line.startswith("conveyor_hub_artifact_bytes_served_total"):
-            return int(float(line.split()[-1]))
-    return 0
 
 def cpu_s(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / ticks
-
-def mem(pid):
-    out = {}
-    for line in open(f"/proc/{pid}/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
-            out[k] = int(v.split()[0]) / 1024
-    return out
 
 def cleanup():
     for p in procs:
@@ -81,6 +50,7 @@ def cleanup():
 
 try:
     mqtt, http = free_port(), free_port()
+    connect(http)
     with open(f"{work}/hub.toml", "w") as f:
         f.write(f'[broker]\nlisten = "127.0.0.1:{mqtt}"\n[http]\nlisten = "127.0.0.1:{http}"\n[store]\npath = "{work}/store"\n')
     hub = subprocess.Popen([f"{bin_dir}/cloud-hub", "serve", "--config", f"{work}/hub.toml"],
@@ -144,7 +114,7 @@ url = "http://127.0.0.1:{http}"
         return (cpu_s(hub.pid) - c0) / (time.time() - t0)
     print("baseline ...", file=sys.stderr)
     base_cpu = span(15)
-    base_mem = mem(hub.pid)
+    base_mem = memory(hub.pid)
 
     print("rollout ...", file=sys.stderr)
     with open(f"/proc/{hub.pid}/clear_refs", "w") as f:
@@ -163,7 +133,7 @@ url = "http://127.0.0.1:{http}"
         time.sleep(0.5)
     wall = time.time() - t0
     roll_cpu = (cpu_s(hub.pid) - c0) / wall
-    roll_mem = mem(hub.pid)
+    roll_mem = memory(hub.pid)
     bytes_per_agent = (served() - bytes0) / agents
     if r["state"] != "completed":
         sys.exit(f"rollout ended {r['state']}: {r.get('reason')}")

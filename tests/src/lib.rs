@@ -300,6 +300,13 @@ pub fn hub_cli(hub: &Hub, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// [`hub_cli`] that must succeed: its stdout.
+pub fn hub_cli_ok(hub: &Hub, args: &[&str]) -> String {
+    let (code, out, err) = hub_cli(hub, args);
+    assert_eq!(code, Some(0), "cloud-hub {args:?}:\n{out}{err}");
+    out
+}
+
 /// A running `cloud-hub serve`.
 pub struct Hub {
     pub proc: Proc,
@@ -467,6 +474,14 @@ impl Hub {
             store,
             extra: extra.to_string(),
         })
+    }
+
+    /// The hub's public signing key (`ed25519:...`), which agents trust.
+    pub fn signing_key(&self) -> String {
+        self.get("/api/v1/keys")["keys"][0]["public"]
+            .as_str()
+            .expect("the hub serves its key")
+            .to_string()
     }
 
     pub fn mqtt_url(&self) -> String {

@@ -15,16 +15,28 @@ pub(super) fn model(rel: &str) -> String {
 }
 
 pub(super) fn push(hub: &Hub, file: &str) -> String {
-    let (code, out, err) = hub_cli(hub, &["artifact", "push", file]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    out
+    hub_cli_ok(hub, &["artifact", "push", file])
 }
 
-pub(super) fn hub_key(hub: &Hub) -> String {
-    hub.get("/api/v1/keys")["keys"][0]["public"]
-        .as_str()
-        .unwrap()
-        .to_string()
+/// `cloud-hub deploy --device DEVICE --stage STAGE --artifact ARTIFACT
+/// EXTRA...`: its exit code, stdout and stderr.
+pub(super) fn deploy_cli(
+    hub: &Hub,
+    stage: &str,
+    artifact: &str,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut args = vec![
+        "deploy",
+        "--device",
+        DEVICE,
+        "--stage",
+        stage,
+        "--artifact",
+        artifact,
+    ];
+    args.extend_from_slice(extra);
+    hub_cli(hub, &args)
 }
 
 pub(super) fn agent_config(
@@ -126,7 +138,7 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     let mut agent = start_agent(
         dir.path(),
         "agent",
-        &agent_config(&hub, 200.0, &int8, vec![hub_key(&hub)]),
+        &agent_config(&hub, 200.0, &int8, vec![hub.signing_key()]),
     );
     wait_for("a few predictions", || {
         (hub.records(DEVICE) >= 4).then_some(())
@@ -169,18 +181,7 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     );
 
     // A second deploy (the same model): generation 2.
-    let (code, out, err) = hub_cli(
-        &hub,
-        &[
-            "deploy",
-            "--device",
-            DEVICE,
-            "--stage",
-            "classify",
-            "--artifact",
-            "basicmotions-edge@1.0.0-fp32",
-        ],
-    );
+    let (code, out, err) = deploy_cli(&hub, "classify", "basicmotions-edge@1.0.0-fp32", &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     wait_for("generation 2 applied", || {
         state(&hub).filter(|s| s["generation"] == 2)
@@ -204,20 +205,11 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
-    let (code, out, err) = hub_cli(
+    let (code, out, err) = deploy_cli(
         &hub,
-        &[
-            "deploy",
-            "--device",
-            DEVICE,
-            "--stage",
-            "classify",
-            "--artifact",
-            "basicmotions-edge@1.0.0-int8",
-            "--wait",
-            "--timeout",
-            "60",
-        ],
+        "classify",
+        "basicmotions-edge@1.0.0-int8",
+        &["--wait", "--timeout", "60"],
     );
     assert_eq!(code, Some(1), "{out}{err}");
     let failed = wait_for_phase(&hub, 3, "failed");
@@ -283,18 +275,7 @@ fn a_deployed_model_is_swapped_in_between_windows_and_bad_updates_are_refused() 
         hub.get(&format!("/api/v1/devices/{DEVICE}/desired"))["generation"],
         3
     );
-    let (code, out, err) = hub_cli(
-        &hub,
-        &[
-            "deploy",
-            "--device",
-            DEVICE,
-            "--stage",
-            "classify",
-            "--artifact",
-            "basicmotions-edge@1.0.0-fp32",
-        ],
-    );
+    let (code, out, err) = deploy_cli(&hub, "classify", "basicmotions-edge@1.0.0-fp32", &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("generation 4"), "{out}");
 }
@@ -319,18 +300,7 @@ fn an_offline_agent_applies_on_connect_resumes_a_download_and_keeps_it_after_a_r
     let fp32 = model("basicmotions/edge.fp32.json");
     push(&hub, &fp32);
     // Deployed while the device has never connected: retained.
-    let (code, out, err) = hub_cli(
-        &hub,
-        &[
-            "deploy",
-            "--device",
-            DEVICE,
-            "--stage",
-            "classify",
-            "--artifact",
-            "basicmotions-edge@1.0.0-fp32",
-        ],
-    );
+    let (code, out, err) = deploy_cli(&hub, "classify", "basicmotions-edge@1.0.0-fp32", &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     // Half of the ONNX file is already in the agent's cache, as a download
     // cut off by a SIGKILL leaves it: the agent resumes from there.
@@ -342,7 +312,7 @@ fn an_offline_agent_applies_on_connect_resumes_a_download_and_keeps_it_after_a_r
     std::fs::write(partial.join("edge.fp32.onnx"), &onnx[..onnx.len() / 2]).unwrap();
 
     // A slow replay: the whole recording takes 20 s.
-    let config = agent_config(&hub, 200.0, &int8, vec![hub_key(&hub)]);
+    let config = agent_config(&hub, 200.0, &int8, vec![hub.signing_key()]);
     let mut agent = start_agent(dir.path(), "agent", &config);
     wait_for("generation 1 applied", || {
         state(&hub).filter(|s| s["generation"] == 1)
@@ -385,18 +355,7 @@ fn a_manifest_signed_by_another_key_and_an_unknown_hub_key_are_refused() {
     wait_for("a few predictions", || {
         (hub.records(DEVICE) >= 2).then_some(())
     });
-    hub_cli(
-        &hub,
-        &[
-            "deploy",
-            "--device",
-            DEVICE,
-            "--stage",
-            "classify",
-            "--artifact",
-            "basicmotions-edge@1.0.0-fp32",
-        ],
-    );
+    deploy_cli(&hub, "classify", "basicmotions-edge@1.0.0-fp32", &[]);
     let refused = wait_for("the unknown key refused", || {
         state(&hub).filter(|s| s["last_change"]["phase"] == "failed")
     });
@@ -408,7 +367,7 @@ fn a_manifest_signed_by_another_key_and_an_unknown_hub_key_are_refused() {
 
     // Trusting both keys, but the manifest on the hub was replaced by one
     // signed with the other key: the manifest is refused.
-    let hub_public = hub_key(&hub);
+    let hub_public = hub.signing_key();
     let id = hub.get("/api/v1/artifacts/basicmotions-edge@1.0.0-fp32")["id"]
         .as_str()
         .unwrap()
@@ -456,7 +415,7 @@ fn a_deployed_transform_chain_with_its_config_is_swapped_in_between_batches() {
         &hub,
         200.0,
         &model("basicmotions/edge.int8.json"),
-        vec![hub_key(&hub)],
+        vec![hub.signing_key()],
     );
     // Readings only, through one transform stage.
     config.stages = vec![TransformStageConfig {
@@ -478,16 +437,11 @@ fn a_deployed_transform_chain_with_its_config_is_swapped_in_between_batches() {
             .as_str()
             .unwrap()
     );
-    let (code, out, err) = hub_cli(
+    let (code, out, err) = deploy_cli(
         &hub,
+        "prep",
+        &tag,
         &[
-            "deploy",
-            "--device",
-            DEVICE,
-            "--stage",
-            "prep",
-            "--artifact",
-            &tag,
             "--config",
             &format!("{scale}={{\"scale\": 2.0}}"),
             "--wait",

@@ -10,7 +10,8 @@ use edge_agent::log::{FullPolicy, LogConfig};
 use serde_json::Value;
 
 use super::ota::{
-    agent_config, assert_one_switch, hub_key, model, push, state, versions, wait_for_phase, DEVICE,
+    agent_config, assert_one_switch, deploy_cli, model, push, state, versions, wait_for_phase,
+    DEVICE,
 };
 
 const FP32: &str = "basicmotions-edge@1.0.0-fp32";
@@ -24,18 +25,7 @@ fn deploy(hub: &Hub) {
 }
 
 fn deploy_artifact(hub: &Hub, artifact: &str) {
-    let (code, out, err) = hub_cli(
-        hub,
-        &[
-            "deploy",
-            "--device",
-            DEVICE,
-            "--stage",
-            "classify",
-            "--artifact",
-            artifact,
-        ],
-    );
+    let (code, out, err) = deploy_cli(hub, "classify", artifact, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
 }
 
@@ -84,7 +74,7 @@ fn slow_agent(hub: &Hub, link: &SlowLink) -> AgentConfig {
         hub,
         200.0,
         &model("basicmotions/edge.int8.json"),
-        vec![hub_key(hub)],
+        vec![hub.signing_key()],
     );
     config.ota.as_mut().unwrap().url = format!("http://{}", link.addr);
     config

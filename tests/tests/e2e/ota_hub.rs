@@ -14,18 +14,8 @@ use conveyor_e2e::*;
 use conveyor_shared::ota::{DesiredState, Opened, PublicKey, SignedManifest, StageTarget};
 use serde_json::{json, Value};
 
-fn cli_ok(hub: &Hub, args: &[&str]) -> String {
-    let (code, out, err) = hub_cli(hub, args);
-    assert_eq!(code, Some(0), "cloud-hub {args:?}:\n{out}{err}");
-    out
-}
-
 fn hub_key(hub: &Hub) -> PublicKey {
-    hub.get("/api/v1/keys")["keys"][0]["public"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    hub.signing_key().parse().unwrap()
 }
 
 fn model_meta() -> (PathBuf, Value) {
@@ -142,10 +132,10 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
     let model = name_at_version(&meta);
 
     // Push: checked, signed by the hub's key; the same again is no new one.
-    let out = cli_ok(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
+    let out = hub_cli_ok(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
     assert!(out.contains(&format!("pushed: {model} (model")), "{out}");
     assert!(out.contains(&format!("signed by {}", key.id())), "{out}");
-    let out = cli_ok(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
+    let out = hub_cli_ok(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
     assert!(out.contains("already in the registry"), "{out}");
 
     // A tampered ONNX is refused with the loader's reason.
@@ -169,14 +159,14 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
     modules.sort();
     assert!(!modules.is_empty());
     for m in &modules {
-        let out = cli_ok(&hub, &["artifact", "push", m.to_str().unwrap()]);
+        let out = hub_cli_ok(&hub, &["artifact", "push", m.to_str().unwrap()]);
         assert!(out.contains("(transform"), "{out}");
     }
-    let list = cli_ok(&hub, &["artifact", "list"]);
+    let list = hub_cli_ok(&hub, &["artifact", "list"]);
     assert_eq!(list.lines().count(), 1 + modules.len(), "{list}");
     assert!(list.contains(&format!("{model} (model")), "{list}");
     let listed: Value =
-        serde_json::from_str(&cli_ok(&hub, &["artifact", "list", "--json"])).unwrap();
+        serde_json::from_str(&hub_cli_ok(&hub, &["artifact", "list", "--json"])).unwrap();
     assert_eq!(
         listed["artifacts"].as_array().unwrap().len(),
         1 + modules.len()
@@ -215,7 +205,7 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
     );
 
     // Deploy to a device that has never connected: retained, verifiable.
-    let out = cli_ok(
+    let out = hub_cli_ok(
         &hub,
         &[
             "deploy",
@@ -284,7 +274,7 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
     assert_eq!(view["ota"]["behind"], true, "{view}");
 
     // By tag: the device reported site=lab.
-    let out = cli_ok(
+    let out = hub_cli_ok(
         &hub,
         &[
             "deploy",
@@ -318,7 +308,7 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
     let hub = hub.restart();
     assert_eq!(hub_key(&hub), key, "the same key");
     assert_eq!(
-        cli_ok(&hub, &["artifact", "list"]).lines().count(),
+        hub_cli_ok(&hub, &["artifact", "list"]).lines().count(),
         1 + modules.len()
     );
     assert_eq!(hub.get("/api/v1/devices/gw-ota/desired")["generation"], 2);
@@ -327,7 +317,7 @@ fn the_registry_desired_states_and_reports_survive_a_restart() {
         hub.get("/api/v1/devices/gw-ota/state")["tags"]["site"],
         "lab"
     );
-    let out = cli_ok(
+    let out = hub_cli_ok(
         &hub,
         &[
             "deploy",
@@ -351,7 +341,7 @@ fn a_transform_chain_is_retained_on_an_external_broker_and_bad_deploys_are_refus
     let dist = repo_root().join("transforms/dist");
     let mut names = Vec::new();
     for m in ["scale.wasm", "passthrough.wasm"] {
-        cli_ok(&hub, &["artifact", "push", dist.join(m).to_str().unwrap()]);
+        hub_cli_ok(&hub, &["artifact", "push", dist.join(m).to_str().unwrap()]);
     }
     for a in hub.get("/api/v1/artifacts")["artifacts"]
         .as_array()
@@ -364,7 +354,7 @@ fn a_transform_chain_is_retained_on_an_external_broker_and_bad_deploys_are_refus
         ));
     }
     let (meta_path, meta) = model_meta();
-    cli_ok(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
+    hub_cli_ok(&hub, &["artifact", "push", meta_path.to_str().unwrap()]);
     let model = name_at_version(&meta);
 
     let body = json!({"stages": {"prep": {"transforms": [

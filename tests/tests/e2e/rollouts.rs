@@ -6,7 +6,7 @@ use conveyor_e2e::*;
 use edge_agent::ota::OtaConfig;
 use serde_json::Value;
 
-use super::ota::{hub_key, model, push};
+use super::ota::{model, push};
 
 const FLEET: usize = 6;
 const BAD: &str = "basicmotions-edge@2.1.0-int8";
@@ -37,7 +37,7 @@ fn fleet_config(hub: &Hub, i: usize, teacher: bool) -> AgentConfig {
         });
     c.tags.insert("fleet".into(), "t".into());
     c.ota = Some(OtaConfig::new(
-        vec![hub_key(hub).parse().unwrap()],
+        vec![hub.signing_key().parse().unwrap()],
         format!("http://{}", hub.http),
     ));
     c
@@ -83,12 +83,6 @@ fn running_version(hub: &Hub, i: usize) -> String {
         .to_string()
 }
 
-fn cli_ok(hub: &Hub, args: &[&str]) -> String {
-    let (code, out, err) = hub_cli(hub, args);
-    assert_eq!(code, Some(0), "{args:?}: {out}{err}");
-    out
-}
-
 fn start_rollout(hub: &Hub, artifact: &str, extra: &[&str]) -> u64 {
     let mut args = vec![
         "rollout",
@@ -108,7 +102,7 @@ fn start_rollout(hub: &Hub, artifact: &str, extra: &[&str]) -> u64 {
         args.extend_from_slice(&["--soak", "3s"]);
     }
     args.extend_from_slice(extra);
-    let out = cli_ok(hub, &args);
+    let out = hub_cli_ok(hub, &args);
     let id = out
         .split_whitespace()
         .nth(1)
@@ -174,7 +168,7 @@ fn a_bad_candidate_is_rolled_back_at_the_first_wave_and_a_good_one_reaches_every
             .all(|d| d["phase"] == "pending" && d["requested"] == false),
         "only the first wave got it: {r}"
     );
-    let status = cli_ok(&hub, &["rollout", "status", &bad.to_string()]);
+    let status = hub_cli_ok(&hub, &["rollout", "status", &bad.to_string()]);
     assert!(
         status.contains("rolled_back")
             && status.contains("gate teacher failed")
@@ -229,7 +223,7 @@ fn a_bad_candidate_is_rolled_back_at_the_first_wave_and_a_good_one_reaches_every
     for i in 0..FLEET {
         assert_eq!(running_version(&hub, i), "2.0.0-int8", "{}", device(i));
     }
-    let list = cli_ok(&hub, &["rollout", "list"]);
+    let list = hub_cli_ok(&hub, &["rollout", "list"]);
     assert!(
         list.contains("completed") && list.contains("rolled_back"),
         "{list}"
@@ -312,7 +306,7 @@ fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
     );
 
     // Back by hand: every device the rollout changed.
-    let out = cli_ok(
+    let out = hub_cli_ok(
         &hub,
         &["rollout", "rollback", &id.to_string(), "--reason", "drill"],
     );
@@ -363,16 +357,16 @@ fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
     let r = rollout(&hub, first);
     assert_eq!(r["state"], "superseded", "{r}");
     assert_eq!(r["reason"], format!("superseded by rollout {second}"));
-    let out = cli_ok(&hub, &["rollout", "abort", &second.to_string()]);
+    let out = hub_cli_ok(&hub, &["rollout", "abort", &second.to_string()]);
     assert!(out.contains("aborted"), "{out}");
 
     // Groups set on the hub: a canary ring of two devices, selected by
     // the hub's tag beside the agents' own.
     for i in [1, 3] {
-        let out = cli_ok(&hub, &["device", "tag", &device(i), "ring=canary"]);
+        let out = hub_cli_ok(&hub, &["device", "tag", &device(i), "ring=canary"]);
         assert!(out.contains("fleet=t ring=canary"), "{out}");
     }
-    let out = cli_ok(
+    let out = hub_cli_ok(
         &hub,
         &[
             "rollout",
