@@ -298,10 +298,24 @@ pub async fn show(State(s): State<Arc<HubState>>, Path(id): Path<u64>) -> Respon
 pub async fn command(
     State(s): State<Arc<HubState>>,
     Path((id, verb)): Path<(u64, String)>,
-    parsed: Result<Json<CommandRequest>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    // An empty body is a command without `by` or `reason`.
-    let b = parsed.map(|Json(b)| b).unwrap_or_default();
+    // An empty body is a command without `by` or `reason`; a body that
+    // is not one is refused, not ignored.
+    let b: CommandRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CommandRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad request body: {e} (give {{\"by\", \"reason\"}} or nothing)"),
+                )
+                .into_response()
+            }
+        }
+    };
     let by = b.by.unwrap_or_else(|| "api".into());
     let reason = b.reason.unwrap_or_else(|| format!("{verb} by {by}"));
     let event = match verb.as_str() {

@@ -130,30 +130,40 @@ fn serve(client: TcpStream, upstream: SocketAddr, rate: u64, shared: Arc<Shared>
         let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
     }
     let up = {
-        let (mut from, mut to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let (from, to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
         let shared = shared.clone();
         let alive = alive.clone();
         std::thread::spawn(move || {
             let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while alive() {
-                match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        record_heads(&mut head, &buf[..n], &shared);
-                    }
-                    Err(e) if is_timeout(&e) => {}
-                    Err(_) => break,
-                }
-            }
+            pump(from, to, 4096, &alive, |bytes| {
+                record_heads(&mut head, bytes, &shared)
+            });
         })
     };
-    let (mut from, mut to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
     let pause = Duration::from_secs_f64(CHUNK as f64 / rate.max(1) as f64);
-    let mut buf = [0u8; CHUNK];
+    let (from, to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+    pump(from, to, CHUNK, &alive, |bytes| {
+        shared
+            .bytes_down
+            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        std::thread::sleep(pause.mul_f64(bytes.len() as f64 / CHUNK as f64));
+    });
+    for s in [&client, &server] {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let _ = up.join();
+}
+
+/// Copies `from` to `to`, `chunk` bytes at most at a time, calling
+/// `passed` with each piece written, while `alive` and both ends are open.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    chunk: usize,
+    alive: &impl Fn() -> bool,
+    mut passed: impl FnMut(&[u8]),
+) {
+    let mut buf = vec![0u8; chunk];
     while alive() {
         match from.read(&mut buf) {
             Ok(0) => break,
@@ -161,17 +171,12 @@ fn serve(client: TcpStream, upstream: SocketAddr, rate: u64, shared: Arc<Shared>
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
-                shared.bytes_down.fetch_add(n as u64, Ordering::SeqCst);
-                std::thread::sleep(pause.mul_f64(n as f64 / CHUNK as f64));
+                passed(&buf[..n]);
             }
             Err(e) if is_timeout(&e) => {}
             Err(_) => break,
         }
     }
-    for s in [&client, &server] {
-        let _ = s.shutdown(Shutdown::Both);
-    }
-    let _ = up.join();
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {

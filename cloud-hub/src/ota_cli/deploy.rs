@@ -35,10 +35,15 @@ fn pairs(items: &[String], flag: &str, form: &str) -> Result<Vec<(String, String
         .collect()
 }
 
-/// The stage's target: one model, or the transforms as a chain in order.
-async fn target(a: &DeployArgs<'_>) -> Result<Value> {
+/// The stage's target: one model, or the transforms as a chain in order
+/// (each with its `--config`), as the deploy and rollout APIs take it.
+pub(super) async fn stage_target(
+    hub: &str,
+    artifacts: &[String],
+    config_args: &[String],
+) -> Result<Value> {
     let mut configs = BTreeMap::new();
-    for (name, text) in pairs(a.configs, "--config", "TRANSFORM=JSON")? {
+    for (name, text) in pairs(config_args, "--config", "TRANSFORM=JSON")? {
         let v: Value =
             serde_json::from_str(&text).with_context(|| format!("--config {name}: not JSON"))?;
         if !v.is_object() {
@@ -47,8 +52,8 @@ async fn target(a: &DeployArgs<'_>) -> Result<Value> {
         configs.insert(name, v);
     }
     let mut found = Vec::new();
-    for r in a.artifacts {
-        let (status, v) = request(a.hub, "GET", &format!("/api/v1/artifacts/{r}"), None).await?;
+    for r in artifacts {
+        let (status, v) = request(hub, "GET", &format!("/api/v1/artifacts/{r}"), None).await?;
         check(status, &v, &format!("--artifact {r}"))?;
         let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         found.push((r.clone(), field("kind"), field("name")));
@@ -77,7 +82,7 @@ pub async fn deploy(a: DeployArgs<'_>) -> Result<bool> {
     let body = json!({
         "devices": a.devices,
         "tags": tags,
-        "stages": {a.stage: target(&a).await?},
+        "stages": {a.stage: stage_target(a.hub, a.artifacts, a.configs).await?},
     });
     let started_us = conveyor_shared::time::now_us();
     let (status, v) = request(a.hub, "POST", "/api/v1/deploy", Some(Body::json(&body))).await?;

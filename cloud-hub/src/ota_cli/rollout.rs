@@ -61,6 +61,9 @@ pub struct StartArgs {
     /// name@version (or id): one model, or transforms in chain order.
     #[arg(long = "artifact", required = true)]
     artifacts: Vec<String>,
+    /// A transform's config in the chain, TRANSFORM=JSON (repeatable).
+    #[arg(long = "config")]
+    configs: Vec<String>,
     /// A device id (repeatable).
     #[arg(long = "device")]
     devices: Vec<String>,
@@ -158,19 +161,7 @@ async fn start(hub: &str, a: StartArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("--tag {t:?}: must be KEY=VALUE"))?;
         tags.insert(k.to_string(), v.to_string());
     }
-    // One model, or a chain of transforms: the kind decides.
-    let mut kinds = Vec::new();
-    for r in &a.artifacts {
-        let (status, v) = request(hub, "GET", &format!("/api/v1/artifacts/{r}"), None).await?;
-        check(status, &v, &format!("--artifact {r}"))?;
-        kinds.push(v["kind"].as_str().unwrap_or_default().to_string());
-    }
-    let target = match kinds.as_slice() {
-        [k] if k == "model" => json!({"model": a.artifacts[0]}),
-        ks if ks.iter().all(|k| k == "transform") => json!({"transforms":
-            a.artifacts.iter().map(|r| json!({"artifact": r})).collect::<Vec<_>>()}),
-        _ => bail!("--artifact: give one model, or one or more transforms (a chain, in order)"),
-    };
+    let target = super::deploy::stage_target(hub, &a.artifacts, &a.configs).await?;
     let max_failures: Value = match a.max_failures.trim().parse::<u64>() {
         Ok(n) => json!(n),
         Err(_) => json!(a.max_failures.trim()),

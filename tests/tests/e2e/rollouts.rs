@@ -345,6 +345,16 @@ fn timeouts_the_budget_a_hub_restart_and_the_operators_commands() {
         assert_eq!(code, Some(1), "{bad:?}: {err}");
         assert!(err.contains("422") && err.contains(says), "{bad:?}: {err}");
     }
+    // A command body that is not one is refused, not ignored.
+    let (code, body) = http(
+        hub.http,
+        "POST",
+        &format!("/api/v1/rollouts/{id}/abort"),
+        Some("{\"reasn\": \"typo\"}"),
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("unknown field"), "{body}");
     // A command that does not fit the state is refused with the reason.
     let (code, _, err) = hub_cli(&hub, &["rollout", "pause", &id.to_string()]);
     assert_eq!(code, Some(1));
