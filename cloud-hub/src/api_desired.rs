@@ -159,16 +159,17 @@ fn deploy_to(
     let mut out = Vec::new();
     let now = conveyor_shared::time::now_us();
     for device in devices {
-        let desired = match crate::ota::deploy::set_and_publish(s, device, changes, now) {
-            Ok(d) => d,
-            Err(e) => {
-                let done: Vec<_> = out.iter().map(|d: &Value| d["device_id"].clone()).collect();
-                return Err(set_error(
-                    &e,
-                    format!("device {device}: {e} (deployed before it: {done:?})"),
-                ));
-            }
-        };
+        let desired =
+            match crate::ota::deploy::set_and_publish(s, device, changes, &BTreeMap::new(), now) {
+                Ok(d) => d,
+                Err(e) => {
+                    let done: Vec<_> = out.iter().map(|d: &Value| d["device_id"].clone()).collect();
+                    return Err(set_error(
+                        &e,
+                        format!("device {device}: {e} (deployed before it: {done:?})"),
+                    ));
+                }
+            };
         out.push(json!({
             "device_id": device,
             "generation": desired.doc.generation,

@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "teacher_margin", "min_windows", "max_silence_s", "allow_restarts", "max_errors", "max_rss_growth_mb"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
+//! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "teacher_margin", "min_windows", "max_silence_s", "allow_restarts", "max_errors", "max_rss_growth_mb"}, "shadow": {"windows", "min_agreement", "max_errors", "only"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
 //! | `GET /api/v1/rollouts` | `{"rollouts": [summary]}`, newest first |
 //! | `GET /api/v1/rollouts/{id}` | the rollout: summary, each device's phase and reason, waves, the log of steps (who, when, what) |
 //! | `POST /api/v1/rollouts/{id}/{pause,resume,abort,rollback}` | `{"by", "reason"}`; 409 when the rollout's state does not allow it |
@@ -24,7 +24,9 @@ use crate::ingest::HubState;
 use crate::rollout::driver::{self, DriveError, Start};
 use crate::rollout::gates::Gates;
 use crate::rollout::machine::{DevicePhase, Event, Policy, Rollout};
+use crate::rollout::shadow::ShadowGate;
 use crate::rollout::waves;
+use conveyor_shared::ota::StageTarget;
 
 const DEFAULT_WAVES: &str = "1,10%,50%,100%";
 const DEFAULT_SOAK_S: f64 = 60.0;
@@ -51,8 +53,54 @@ pub struct StartRequest {
     /// The gates (see `rollout::gates`); omitted: restarts only.
     #[serde(default)]
     gates: Option<GatesRequest>,
+    /// Run the candidate in shadow first (see `rollout::shadow`).
+    #[serde(default)]
+    shadow: Option<ShadowRequest>,
     #[serde(default)]
     by: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRequest {
+    /// Windows run beside the device's model before it is judged.
+    #[serde(default)]
+    windows: Option<u64>,
+    /// Share of them on which it must agree with the device's model.
+    #[serde(default)]
+    min_agreement: Option<f64>,
+    #[serde(default)]
+    max_errors: Option<u64>,
+    /// Judge the candidate on live data, never switch to it.
+    #[serde(default)]
+    only: bool,
+}
+
+fn shadow_gate(
+    r: Option<ShadowRequest>,
+    target: &StageTarget,
+) -> Result<Option<ShadowGate>, ApiError> {
+    let Some(r) = r else {
+        return Ok(None);
+    };
+    if !matches!(target, StageTarget::Model(_)) {
+        return Err(unprocessable(
+            "`shadow` needs a model target: only an inference stage runs a candidate beside its model",
+        ));
+    }
+    let d = ShadowGate::default();
+    let min_agreement = r.min_agreement.unwrap_or(d.min_agreement);
+    if !(min_agreement.is_finite() && (0.0..=1.0).contains(&min_agreement)) {
+        return Err(unprocessable(format!(
+            "`shadow.min_agreement` must be from 0 to 1 (a share of windows), got {min_agreement}"
+        )));
+    }
+    Ok(Some(ShadowGate {
+        windows: r.windows.unwrap_or(d.windows).max(1),
+        min_agreement,
+        max_errors: r.max_errors.unwrap_or(d.max_errors),
+        only: r.only,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +297,7 @@ pub async fn start(
             },
             max_failure_ratio: failure_ratio(b.max_failures.as_ref(), devices.len())?,
             gates: gates(b.gates)?,
+            shadow: shadow_gate(b.shadow, &target)?,
         };
         Ok::<_, ApiError>(Start {
             stage: b.stage.clone(),

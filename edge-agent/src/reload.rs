@@ -8,15 +8,17 @@
 //! which adopts it between two windows. A model that fails to load is
 //! refused with its reason and the running one stays. Transform stages
 //! work the same way through `ChainSlot::replace` (the chain is rebuilt
-//! with the start-up code path; unchanged links keep their state). Later
-//! OTA rollouts call the same two.
+//! with the start-up code path; unchanged links keep their state). A
+//! stage's shadow (`shadow`: a candidate run beside its model) is started,
+//! replaced or stopped the same way through `ModelSlot::set_shadow`. OTA
+//! updates and rollouts call the same code.
 
 use std::sync::{Arc, Mutex};
 
 use conveyor_shared::ModelMetadata;
 
 use crate::config::AgentConfig;
-use crate::inference::InferenceConfig;
+use crate::inference::{InferenceConfig, ModelSlot};
 use crate::pipeline::{StageConfig, StageHandle};
 use crate::transform::TransformStageConfig;
 
@@ -65,6 +67,7 @@ pub fn plan(running: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
             (StageConfig::Inference(o), StageConfig::Inference(n)) => {
                 let same_but_model = InferenceConfig {
                     model: n.model.clone(),
+                    shadow: n.shadow.clone(),
                     ..o.clone()
                 } == *n;
                 if same_but_model {
@@ -93,6 +96,58 @@ pub fn plan(running: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
         }
     }
     plan
+}
+
+/// Whether the metadata file `path` is the one `model` was loaded from,
+/// unchanged (a cheap check before any load).
+fn same_model(path: &std::path::Path, model: &conveyor_model::OnnxModel) -> bool {
+    ModelMetadata::load(path).is_ok_and(|m| {
+        path == model.metadata_path()
+            && m.model_sha256 == model.meta().model_sha256
+            && m.version == model.meta().version
+    })
+}
+
+/// Offers the stage the model `config` names, unless it runs it: `None`
+/// when unchanged, else the new model's name or why it was refused.
+fn swap_model(slot: &ModelSlot, config: &InferenceConfig) -> Option<Result<String, String>> {
+    if same_model(&config.model, &slot.current()) {
+        return None;
+    }
+    Some(
+        config
+            .load_model()
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                let name = format!("{}@{}", m.meta().id, m.meta().version);
+                slot.replace(m).map(|()| name).map_err(|e| e.to_string())
+            }),
+    )
+}
+
+/// Offers the stage the shadow `config` names (or stops its shadow run),
+/// unless it runs that already: `None` when unchanged, else the new
+/// shadow's name (`None`: stopped) or why it was refused.
+fn swap_shadow(
+    slot: &ModelSlot,
+    config: &InferenceConfig,
+) -> Option<Result<Option<String>, String>> {
+    match (&config.shadow, slot.shadow()) {
+        (None, None) => return None,
+        (Some(p), Some(m)) if same_model(p, &m) => return None,
+        _ => {}
+    }
+    Some(
+        config
+            .load_shadow()
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                let name = m
+                    .as_ref()
+                    .map(|m| format!("{}@{}", m.meta().id, m.meta().version));
+                slot.set_shadow(m).map(|()| name).map_err(|e| e.to_string())
+            }),
+    )
 }
 
 /// What a reload did, for the log.
@@ -128,34 +183,33 @@ impl Reloader {
             ..ReloadReport::default()
         };
         for (i, stage_config) in plan.model_checks {
-            let field = format!("stages[{i}].model");
+            let field = format!("stages[{i}]");
             let Some(slot) = self.stages[i].model_slot() else {
                 continue;
             };
-            let current = slot.current();
-            // Cheap check first: same metadata file contents, nothing to do.
-            let unchanged = ModelMetadata::load(&stage_config.model).is_ok_and(|m| {
-                stage_config.model == current.metadata_path()
-                    && m.model_sha256 == current.meta().model_sha256
-                    && m.version == current.meta().version
-            });
-            if unchanged {
+            let StageConfig::Inference(mut took) = running.stages[i].clone() else {
                 continue;
-            }
-            let swapped = stage_config
-                .load_model()
-                .map_err(|e| e.to_string())
-                .and_then(|m| {
-                    let name = format!("{}@{}", m.meta().id, m.meta().version);
-                    slot.replace(m).map(|()| name).map_err(|e| e.to_string())
-                });
-            match swapped {
-                Ok(name) => {
-                    running.stages[i] = StageConfig::Inference(stage_config);
-                    report.swapped.push(format!("{field}: {name}"));
+            };
+            match swap_model(slot, &stage_config) {
+                None => {}
+                Some(Ok(name)) => {
+                    took.model = stage_config.model.clone();
+                    report.swapped.push(format!("{field}.model: {name}"));
                 }
-                Err(e) => report.refused.push(format!("{field}: {e}")),
+                Some(Err(e)) => report.refused.push(format!("{field}.model: {e}")),
             }
+            match swap_shadow(slot, &stage_config) {
+                None => {}
+                Some(Ok(name)) => {
+                    took.shadow = stage_config.shadow.clone();
+                    report.swapped.push(format!(
+                        "{field}.shadow: {}",
+                        name.as_deref().unwrap_or("none")
+                    ));
+                }
+                Some(Err(e)) => report.refused.push(format!("{field}.shadow: {e}")),
+            }
+            running.stages[i] = StageConfig::Inference(took);
         }
         for (i, stage_config) in plan.chain_checks {
             let field = format!("stages[{i}]");
@@ -195,6 +249,17 @@ mod tests {
         assert!(p.needs_restart.is_empty(), "{p:?}");
         assert_eq!(p.model_checks.len(), 1);
         assert_eq!(p.model_checks[0].0, 0);
+    }
+
+    #[test]
+    fn a_shadow_started_or_stopped_is_a_model_check_not_a_restart() {
+        let old = config(STAGE);
+        let new = config(&format!("{STAGE}shadow = \"c.json\"\n"));
+        for (a, b) in [(&old, &new), (&new, &old)] {
+            let p = plan(a, b);
+            assert!(p.needs_restart.is_empty(), "{p:?}");
+            assert_eq!(p.model_checks.len(), 1);
+        }
     }
 
     #[test]

@@ -176,6 +176,7 @@ fn escalation_settings_are_checked() {
         escalate_below: below,
         escalate_to: to.map(str::to_string),
         teacher_every: None,
+        shadow: None,
     };
     let err = |c: InferenceConfig| c.validate("stages[0]").unwrap_err().to_string();
     assert!(err(base(Some(1.5), Some("hub"))).starts_with("stages[0].escalate_below"));
@@ -264,6 +265,7 @@ fn readings_of_the_wrong_shape_are_counted_and_dropped() {
         escalate_below: None,
         escalate_to: None,
         teacher_every: None,
+        shadow: None,
     };
     let built = config.build(0, "stages[0]").unwrap();
     let mut stage = built.stage;
@@ -314,6 +316,7 @@ fn a_swapped_model_takes_over_between_windows_and_no_window_is_lost() {
         escalate_below: None,
         escalate_to: None,
         teacher_every: None,
+        shadow: None,
     };
     let built = config.build(0, "stages[0]").unwrap();
     let StageControl::Model(slot) = built.control.clone() else {
@@ -372,4 +375,96 @@ fn a_swapped_model_takes_over_between_windows_and_no_window_is_lost() {
     let e = slot.replace(acsf1.load_model().unwrap()).unwrap_err();
     assert!(e.to_string().contains("needs a restart"), "{e}");
     assert!(slot.current().meta().version.ends_with("fp32"));
+}
+
+/// Runs the BasicMotions test split through the int8 model with
+/// `shadow` beside it: the prediction records and the shadow's tally.
+fn shadow_run(
+    shadow: Option<PathBuf>,
+) -> (Vec<Reading>, Option<conveyor_shared::control::ShadowStats>) {
+    let config = InferenceConfig {
+        shadow,
+        ..InferenceConfig::new(trained_dir().join("basicmotions/edge.int8.json"))
+    };
+    let built = config.build(0, "stages[0]").unwrap();
+    let mut stage = built.stage;
+    let recording = Recording::load(
+        &models_dir().join("data/BasicMotions/BasicMotions_TEST.ts"),
+        None,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for row in &recording.rows {
+        stage.process(reading(row.values.clone(), &row.label), &mut out);
+    }
+    (out, built.monitor.snapshot().shadow)
+}
+
+#[test]
+fn a_shadow_sees_every_window_and_changes_nothing_the_stage_sends() {
+    let (alone, none) = shadow_run(None);
+    assert!(none.is_none());
+    let (beside_v2, v2) = shadow_run(Some(models_dir().join("basicmotions/v2/edge.int8.json")));
+    let (beside_bad, bad) = shadow_run(Some(
+        models_dir().join("basicmotions/bad-shuffled/edge.int8.json"),
+    ));
+    // The records are the champion's, byte for byte, whatever runs beside it.
+    assert_eq!(alone, beside_v2);
+    assert_eq!(alone, beside_bad);
+    let (v2, bad) = (v2.unwrap(), bad.unwrap());
+    assert_eq!(v2.windows, alone.len() as u64);
+    assert_eq!(bad.windows, alone.len() as u64);
+    assert_eq!((v2.errors, bad.errors), (0, 0));
+    assert_eq!(bad.model_version, "2.1.0-int8");
+    // A retrained model mostly agrees with the champion; one trained on
+    // shuffled labels mostly does not (both cards say so on the test split).
+    assert!(v2.agreement() > 0.8, "{v2:?}");
+    assert!(bad.agreement() < 0.5, "{bad:?}");
+    assert!(v2.champion_confidence > 0.0 && v2.candidate_confidence > 0.0);
+    assert!(v2.champion_p50_us > 0 && v2.candidate_p99_us >= v2.candidate_p50_us);
+}
+
+#[test]
+fn a_shadow_must_take_the_stage_input_and_can_be_started_and_stopped() {
+    let config = InferenceConfig {
+        shadow: Some(models_dir().join("acsf1/edge.int8.json")),
+        ..InferenceConfig::new(trained_dir().join("basicmotions/edge.int8.json"))
+    };
+    let e = config.build(0, "stages[0]").err().unwrap().to_string();
+    assert!(e.contains("stages[0].shadow") && e.contains("1460"), "{e}");
+
+    let built = InferenceConfig::new(trained_dir().join("basicmotions/edge.int8.json"))
+        .build(0, "stages[0]")
+        .unwrap();
+    let StageControl::Model(slot) = built.control.clone() else {
+        panic!("an inference stage has a model slot")
+    };
+    let acsf1 = InferenceConfig::new(models_dir().join("acsf1/edge.int8.json"))
+        .load_model()
+        .unwrap();
+    assert!(slot.set_shadow(Some(acsf1)).is_err());
+    let fp32 = InferenceConfig::new(trained_dir().join("basicmotions/edge.fp32.json"))
+        .load_model()
+        .unwrap();
+    let mut stage = built.stage;
+    let recording = Recording::load(
+        &models_dir().join("data/BasicMotions/BasicMotions_TEST.ts"),
+        None,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for (i, row) in recording.rows.iter().take(600).enumerate() {
+        if i == 150 {
+            slot.set_shadow(Some(fp32.clone())).unwrap();
+        }
+        if i == 450 {
+            let shadow = built.monitor.snapshot().shadow.unwrap();
+            assert_eq!(shadow.model_version, fp32.meta().version);
+            assert!(shadow.windows >= 2, "{shadow:?}");
+            slot.set_shadow(None).unwrap();
+        }
+        stage.process(reading(row.values.clone(), &row.label), &mut out);
+    }
+    assert!(built.monitor.snapshot().shadow.is_none());
+    assert_eq!(out.len(), 6);
 }

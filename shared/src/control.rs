@@ -74,6 +74,44 @@ pub struct StageStats {
     /// The WASM transforms running now, in chain order (transform stages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transforms: Vec<TransformStats>,
+    /// A candidate model running beside the stage's model (inference
+    /// stages in a shadow run): how the two compare since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStats>,
+}
+
+/// A shadow run: a candidate model given the same windows as the stage's
+/// model (the champion), its answers counted, never acted on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowStats {
+    /// The candidate.
+    pub model_id: String,
+    pub model_version: String,
+    /// Windows both models were given since the candidate started.
+    pub windows: u64,
+    /// Windows on which the candidate's label was the champion's.
+    pub agreed: u64,
+    /// Windows the candidate failed to run (the champion's answer stood).
+    pub errors: u64,
+    /// Mean confidence of each model's answers, 0..=1.
+    pub champion_confidence: f64,
+    pub candidate_confidence: f64,
+    /// Each model's run time per window, µs, over the recent windows.
+    pub champion_p50_us: u64,
+    pub champion_p99_us: u64,
+    pub candidate_p50_us: u64,
+    pub candidate_p99_us: u64,
+}
+
+impl ShadowStats {
+    /// Share of the windows the candidate agreed on (0 with none).
+    pub fn agreement(&self) -> f64 {
+        if self.windows == 0 {
+            0.0
+        } else {
+            self.agreed as f64 / self.windows as f64
+        }
+    }
 }
 
 /// One WASM transform of a transform stage's chain.

@@ -4,25 +4,27 @@
 
 use std::collections::BTreeMap;
 
-use conveyor_shared::ota::StageTarget;
+use conveyor_shared::ota::{ArtifactRef, StageTarget};
 use conveyor_shared::DeviceId;
 
 use super::devices::{Desired, SetError};
 use crate::ingest::HubState;
 
 /// Merges `changes` into `device`'s desired state (a target sets a
-/// stage, `None` removes it), stores it and publishes it. A publish that
+/// stage, `None` removes it; `shadows` starts or stops shadow runs the
+/// same way), stores it and publishes it. A publish that
 /// fails now is not an error: the document is stored, and goes out again
 /// when the device comes online or reports that it has not seen it.
 pub fn set_and_publish(
     s: &HubState,
     device: &DeviceId,
     changes: &BTreeMap<String, Option<StageTarget>>,
+    shadows: &BTreeMap<String, Option<ArtifactRef>>,
     now_us: i64,
 ) -> Result<Desired, SetError> {
     let desired = {
         let mut store = s.ota.devices();
-        let desired = store.set(device, changes, s.ota.key())?;
+        let desired = store.set_with_shadows(device, changes, shadows, s.ota.key())?;
         if let Some(entry) = store.devices.get_mut(device.as_str()) {
             entry.published_at_us = Some(now_us);
         }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use conveyor_shared::ota::{
-    AgentState, DesiredState, Envelope, Opened, PublicKey, SecretKey, StageTarget,
+    AgentState, ArtifactRef, DesiredState, Envelope, Opened, PublicKey, SecretKey, StageTarget,
 };
 use conveyor_shared::time::now_us;
 use conveyor_shared::DeviceId;
@@ -223,21 +223,47 @@ impl DeviceStore {
         changes: &BTreeMap<String, Option<StageTarget>>,
         key: &SecretKey,
     ) -> Result<Desired, SetError> {
+        self.set_with_shadows(device, changes, &BTreeMap::new(), key)
+    }
+
+    /// [`Self::set`], also starting (`Some`) or stopping (`None`) shadow
+    /// runs by stage. A stage set in `changes` and not named in `shadows`
+    /// stops its shadow run: what it runs was just decided.
+    pub fn set_with_shadows(
+        &mut self,
+        device: &DeviceId,
+        changes: &BTreeMap<String, Option<StageTarget>>,
+        shadow_changes: &BTreeMap<String, Option<ArtifactRef>>,
+        key: &SecretKey,
+    ) -> Result<Desired, SetError> {
         let entry = self.devices.entry(device.as_str().into()).or_default();
-        let mut stages = entry
+        let (mut stages, mut shadows) = entry
             .desired
             .as_ref()
-            .map(|d| d.doc.stages.clone())
+            .map(|d| (d.doc.stages.clone(), d.doc.shadows.clone()))
             .unwrap_or_default();
         merge(&mut stages, changes);
+        for stage in changes.keys() {
+            shadows.remove(stage);
+        }
+        for (stage, shadow) in shadow_changes {
+            match shadow {
+                Some(a) => shadows.insert(stage.clone(), a.clone()),
+                None => shadows.remove(stage),
+            };
+        }
         if stages.len() > MAX_STAGES {
             return Err(SetError::TooManyStages(stages.len()));
+        }
+        if shadows.len() > MAX_STAGES {
+            return Err(SetError::TooManyStages(shadows.len()));
         }
         let generation = entry.floor + 1;
         let doc = DesiredState {
             device_id: device.as_str().into(),
             generation,
             stages,
+            shadows,
             issued_at_us: now_us(),
         };
         let envelope: Envelope = doc.sign(key);

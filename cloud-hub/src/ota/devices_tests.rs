@@ -208,3 +208,43 @@ fn hub_tags_persist_win_over_reported_ones_and_bad_ones_are_refused() {
         Err(TagError::TooMany(66))
     ));
 }
+
+#[test]
+fn shadows_start_and_stop_and_setting_a_stage_ends_its_shadow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let candidate = ArtifactRef {
+        name: "m".into(),
+        version: "9".into(),
+        id: ArtifactId::of_payload("9"),
+    };
+    let shadow = |a: Option<ArtifactRef>| BTreeMap::from([("a".to_string(), a)]);
+    let d = s
+        .set_with_shadows(
+            &gw(),
+            &changes(&[]),
+            &shadow(Some(candidate.clone())),
+            &key(),
+        )
+        .unwrap();
+    assert_eq!(d.doc.shadows.get("a"), Some(&candidate));
+    assert!(d.doc.stages.is_empty());
+    // Another stage's change keeps it; stopping it, or setting its stage, ends it.
+    let d = s
+        .set(&gw(), &changes(&[("b", Some(model("1")))]), &key())
+        .unwrap();
+    assert_eq!(d.doc.shadows.get("a"), Some(&candidate));
+    let d = s
+        .set(&gw(), &changes(&[("a", Some(model("9")))]), &key())
+        .unwrap();
+    assert!(d.doc.shadows.is_empty());
+    s.set_with_shadows(&gw(), &changes(&[]), &shadow(Some(candidate)), &key())
+        .unwrap();
+    let d = s
+        .set_with_shadows(&gw(), &changes(&[]), &shadow(None), &key())
+        .unwrap();
+    assert!(d.doc.shadows.is_empty());
+    // It survives a reopen with the document.
+    let (reopened, _) = open(dir.path());
+    assert_eq!(reopened.devices["gw"].desired.as_ref().unwrap().doc, d.doc);
+}

@@ -111,6 +111,22 @@ pub struct StartArgs {
     /// while soaking.
     #[arg(long)]
     max_rss_growth_mb: Option<f64>,
+    /// Shadow first: each device runs the candidate beside its model on
+    /// this many live windows, acting only on its model, and switches
+    /// only if the shadow gate holds (a model only).
+    #[arg(long)]
+    shadow_windows: Option<u64>,
+    /// Shadow gate: the share of windows on which the candidate must give
+    /// the device model's label.
+    #[arg(long, default_value_t = 0.9)]
+    shadow_agreement: f64,
+    /// Shadow gate: windows the candidate may fail to run.
+    #[arg(long, default_value_t = 0)]
+    shadow_max_errors: u64,
+    /// Only shadow: judge the candidate on live data, switch no device
+    /// (implies a shadow run; --shadow-windows defaults to 20).
+    #[arg(long)]
+    shadow_only: bool,
 }
 
 /// `30s`, `5m`, `1h`, `90` (seconds).
@@ -187,6 +203,15 @@ async fn start(hub: &str, a: StartArgs) -> Result<()> {
         },
         "by": who(),
     });
+    let mut body = body;
+    if a.shadow_windows.is_some() || a.shadow_only {
+        body["shadow"] = json!({
+            "windows": a.shadow_windows,
+            "min_agreement": a.shadow_agreement,
+            "max_errors": a.shadow_max_errors,
+            "only": a.shadow_only,
+        });
+    }
     let (status, v) = request(hub, "POST", "/api/v1/rollouts", Some(Body::json(&body))).await?;
     check(status, &v, "rollout start")?;
     println!(
@@ -205,7 +230,7 @@ fn bar(phases: &Value, devices: u64, width: usize) -> String {
         ('#', n("healthy")),
         (
             '+',
-            n("downloading") + n("verifying") + n("applying") + n("applied"),
+            n("downloading") + n("verifying") + n("applying") + n("shadowing") + n("applied"),
         ),
         ('x', n("failed") + n("timed_out")),
         ('<', n("rolling_back") + n("rolled_back")),
@@ -255,12 +280,14 @@ pub fn render(v: &Value) -> String {
         );
     }
     for d in v["devices"].as_array().into_iter().flatten() {
+        let (device, phase) = (
+            d["device"].as_str().unwrap_or("?"),
+            d["phase"].as_str().unwrap_or("?"),
+        );
         if let Some(reason) = d["reason"].as_str() {
-            out += &format!(
-                "  {} {}: {reason}\n",
-                d["device"].as_str().unwrap_or("?"),
-                d["phase"].as_str().unwrap_or("?")
-            );
+            out += &format!("  {device} {phase}: {reason}\n");
+        } else if let Some(figures) = d["shadow_figures"].as_str() {
+            out += &format!("  {device} {phase}: shadow {figures}\n");
         }
     }
     out

@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use conveyor_shared::ota::{AgentState, StageRunning, StageTarget};
+use conveyor_shared::ota::{AgentState, ArtifactRef, StageRunning, StageTarget};
 use conveyor_shared::DeviceId;
 
 use super::gates::{judge, Baseline, Gates, Sample, Scored, Verdict};
 use super::machine::{Action, DevicePhase, Event, Policy, Refused, Rollout, State};
+use super::shadow::{self, ShadowGate};
 use super::store::RolloutStore;
 use super::waves::WaveSize;
 use crate::ingest::HubState;
@@ -47,17 +48,27 @@ pub struct Start {
 /// the machine asks nothing more.
 fn run(s: &HubState, r: &mut Rollout, actions: Vec<Action>, now: i64) {
     let mut queue: VecDeque<Action> = actions.into();
-    while let Some(Action::Set {
-        device,
-        stage,
-        target,
-    }) = queue.pop_front()
-    {
+    while let Some(action) = queue.pop_front() {
+        let (device, changes, shadows) = match action {
+            Action::Set {
+                device,
+                stage,
+                target,
+            } => (device, BTreeMap::from([(stage, target)]), BTreeMap::new()),
+            Action::Shadow {
+                device,
+                stage,
+                candidate,
+            } => (
+                device,
+                BTreeMap::new(),
+                BTreeMap::from([(stage, candidate)]),
+            ),
+        };
         let Ok(id) = DeviceId::new(device.clone()) else {
             continue;
         };
-        let changes = BTreeMap::from([(stage, target)]);
-        match crate::ota::deploy::set_and_publish(s, &id, &changes, now) {
+        match crate::ota::deploy::set_and_publish(s, &id, &changes, &shadows, now) {
             Ok(desired) => {
                 let event = Event::Sent {
                     device,
@@ -102,7 +113,11 @@ pub fn start(s: &HubState, start: Start, now: i64) -> Result<Rollout, DriveError
     for old in superseded {
         let mut r = store.rollouts[&old].clone();
         before_superseded.extend(changed_from(&r));
-        let _ = r.step(now, Event::Superseded { by: id });
+        // Its shadow runs end (superseding is never refused).
+        let stops = r
+            .step(now, Event::Superseded { by: id })
+            .unwrap_or_default();
+        run(s, &mut r, stops, now);
         tracing::info!(rollout = old, by = id, "rollout superseded");
         save(&mut store, r)?;
     }
@@ -210,9 +225,13 @@ pub fn on_report(s: &HubState, device: &str, state: &AgentState, now: i64) {
 }
 
 /// The clock: soaks end, devices time out, waves start; and every
-/// soaking device's gates are judged.
+/// soaking device's gates, and every shadowing device's shadow gate, are
+/// judged.
 pub fn tick(s: &HubState, now: i64) {
     step_all(s, now, |r| !r.state.is_final(), || Event::Tick);
+    for (id, event) in judge_shadowing(s, now) {
+        step_all(s, now, |r| r.id == id, || event.clone());
+    }
     let (verdicts, baselines) = judge_soaking(s, now);
     for (id, device, baseline) in baselines {
         step_all(
@@ -237,6 +256,55 @@ pub fn tick(s: &HubState, now: i64) {
         };
         step_all(s, now, |r| r.id == id, || event.clone());
     }
+}
+
+/// The shadow gate's verdict on each shadowing device that has one: a
+/// [`Event::ShadowHeld`] or [`Event::GateFailed`] for its rollout.
+fn judge_shadowing(s: &HubState, now: i64) -> Vec<(u64, Event)> {
+    let shadowing: Vec<(u64, String, String, ArtifactRef, ShadowGate)> = {
+        let store = s.ota.rollouts();
+        store
+            .rollouts
+            .values()
+            .filter(|r| !r.state.is_final())
+            .filter_map(|r| Some((r, r.policy.shadow?, r.candidate()?)))
+            .flat_map(|(r, gate, candidate)| {
+                r.devices
+                    .iter()
+                    .filter(|d| d.phase == DevicePhase::Shadowing)
+                    .map(move |d| {
+                        (
+                            r.id,
+                            d.device.clone(),
+                            r.stage.clone(),
+                            candidate.clone(),
+                            gate,
+                        )
+                    })
+            })
+            .collect()
+    };
+    let registry = s.registry();
+    let mut events = Vec::new();
+    for (rollout, device, stage, candidate, gate) in shadowing {
+        let view = registry.get(&device, now);
+        let stats = view
+            .as_ref()
+            .and_then(|v| v.entry.last_heartbeat.as_ref())
+            .and_then(|h| h.stages.iter().find(|st| st.name == stage))
+            .and_then(|st| st.shadow.as_ref());
+        let event = match shadow::judge(&gate, &candidate, stats) {
+            (Verdict::Held, figures) => Event::ShadowHeld { device, figures },
+            (Verdict::Broken(b), _) => Event::GateFailed {
+                device,
+                gate: b.gate.to_string(),
+                figures: b.figures,
+            },
+            (Verdict::Waiting, _) => continue,
+        };
+        events.push((rollout, event));
+    }
+    events
 }
 
 /// One soaking device of a rollout, to sample.
@@ -397,6 +465,7 @@ mod tests {
             device_timeout_us: 1_000_000,
             max_failure_ratio: 0.0,
             gates: Default::default(),
+            shadow: None,
         };
         let (r, _) = Rollout::start(
             1,

@@ -20,12 +20,16 @@
 //! - A gate that fails, or failures over the budget, roll back every
 //!   device the rollout changed to what the hub wanted for it before
 //!   (`previous`), and nothing more is started.
+//! - With a shadow gate, a device runs the candidate beside its model
+//!   first (`shadowing`), and is switched to it only once the gate held
+//!   on it; a shadow-only rollout never switches. A shadow run ends when
+//!   its device is judged, timed out, rolled back, or its rollout ends.
 //! - Every change of the rollout's state is in [`Rollout::log`]: when,
 //!   who, what and why.
 
 use serde::{Deserialize, Serialize};
 
-use conveyor_shared::ota::{AgentState, Phase, StageTarget};
+use conveyor_shared::ota::{AgentState, ArtifactRef, Phase, StageTarget};
 
 use super::waves::{resolve, WaveSize};
 
@@ -45,6 +49,10 @@ pub struct Policy {
     /// [`super::gates`]).
     #[serde(default)]
     pub gates: super::gates::Gates,
+    /// Run the candidate beside each device's model first, and switch
+    /// only if this gate holds (a model target only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<super::shadow::ShadowGate>,
 }
 
 /// Where one device is in the rollout.
@@ -56,6 +64,8 @@ pub enum DevicePhase {
     Downloading,
     Verifying,
     Applying,
+    /// Runs the candidate in shadow beside its model, to be judged.
+    Shadowing,
     /// Runs it; soaking.
     Applied,
     /// Soaked with every gate held.
@@ -114,6 +124,15 @@ pub struct DeviceRun {
     /// judges against the same ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<super::gates::Baseline>,
+    /// When its shadow run was seen to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_us: Option<i64>,
+    /// Its shadow gate held (it may switch to the candidate).
+    #[serde(default)]
+    pub shadow_passed: bool,
+    /// The shadow run's figures when it was judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_figures: Option<String>,
 }
 
 /// The rollout as a whole.
@@ -170,7 +189,13 @@ pub enum Event {
         device: String,
         baseline: super::gates::Baseline,
     },
-    /// A gate did not hold for `device` during its soak.
+    /// The shadow gate held for shadowing `device`, on these figures.
+    ShadowHeld {
+        device: String,
+        figures: String,
+    },
+    /// A gate did not hold for `device` during its soak (or its shadow
+    /// run).
     GateFailed {
         device: String,
         gate: String,
@@ -205,6 +230,14 @@ pub enum Action {
         device: String,
         stage: String,
         target: Option<StageTarget>,
+    },
+    /// Start (`Some`) or stop (`None`) a shadow run of `candidate` beside
+    /// `stage` on `device`, the stage itself untouched; answer with
+    /// [`Event::Sent`].
+    Shadow {
+        device: String,
+        stage: String,
+        candidate: Option<ArtifactRef>,
     },
 }
 
@@ -272,6 +305,9 @@ impl Rollout {
                     bytes_done: 0,
                     gates_held: false,
                     baseline: None,
+                    shadow_us: None,
+                    shadow_passed: false,
+                    shadow_figures: None,
                 })
                 .collect(),
             state: State::Running,
@@ -336,6 +372,51 @@ impl Rollout {
                     }
                 }
             }
+            Event::ShadowHeld { device, figures } => {
+                let (only, candidate) = (self.shadow_only(), self.candidate());
+                let stage = self.stage.clone();
+                let target = self.target.clone();
+                let Some(d) = self.device_mut(&device) else {
+                    return Ok(actions);
+                };
+                if d.phase != DevicePhase::Shadowing {
+                    return Ok(actions);
+                }
+                d.shadow_passed = true;
+                d.shadow_figures = Some(figures.clone());
+                d.progress_us = now;
+                if only {
+                    d.phase = DevicePhase::Healthy;
+                    actions.push(Action::Shadow {
+                        device: device.clone(),
+                        stage,
+                        candidate: None,
+                    });
+                    self.record(
+                        now,
+                        "hub",
+                        format!(
+                            "{device}: shadow held ({figures}); shadow only, so it keeps its model"
+                        ),
+                    );
+                } else {
+                    d.phase = DevicePhase::Pending;
+                    d.generation = None;
+                    actions.push(Action::Set {
+                        device: device.clone(),
+                        stage,
+                        target: Some(target),
+                    });
+                    self.record(
+                        now,
+                        "hub",
+                        format!(
+                            "{device}: shadow held ({figures}); switching it to {}",
+                            candidate.map_or_else(String::new, |c| c.to_string())
+                        ),
+                    );
+                }
+            }
             Event::GateFailed {
                 device,
                 gate,
@@ -347,6 +428,9 @@ impl Rollout {
                 let why = format!("gate {gate} failed on {device}: {figures}");
                 if let Some(d) = self.device_mut(&device) {
                     if !d.phase.failed() {
+                        if d.phase == DevicePhase::Shadowing {
+                            d.shadow_figures = Some(figures.clone());
+                        }
                         d.phase = DevicePhase::Failed;
                         d.reason = Some(why.clone());
                     }
@@ -375,6 +459,7 @@ impl Rollout {
                 }
                 self.state = State::Aborted;
                 self.reason = Some(reason.clone());
+                self.stop_shadows(&mut actions);
                 self.record(
                     now,
                     &by,
@@ -392,6 +477,7 @@ impl Rollout {
             Event::Superseded { by } => {
                 if !self.state.is_final() {
                     self.state = State::Superseded;
+                    self.stop_shadows(&mut actions);
                     self.reason = Some(format!("superseded by rollout {by}"));
                     self.record(now, "hub", format!("superseded by rollout {by}"));
                 }
@@ -402,12 +488,39 @@ impl Rollout {
         Ok(actions)
     }
 
+    /// The candidate model (a model target).
+    pub fn candidate(&self) -> Option<ArtifactRef> {
+        match &self.target {
+            StageTarget::Model(a) => Some(a.clone()),
+            StageTarget::Transforms(_) => None,
+        }
+    }
+
+    fn shadow_only(&self) -> bool {
+        self.policy.shadow.is_some_and(|g| g.only)
+    }
+
+    /// Ends the shadow run of every device still in one.
+    fn stop_shadows(&mut self, actions: &mut Vec<Action>) {
+        for d in self.devices.iter_mut() {
+            if d.phase == DevicePhase::Shadowing {
+                d.phase = DevicePhase::Pending;
+                actions.push(Action::Shadow {
+                    device: d.device.clone(),
+                    stage: self.stage.clone(),
+                    candidate: None,
+                });
+            }
+        }
+    }
+
     fn device_mut(&mut self, device: &str) -> Option<&mut DeviceRun> {
         self.devices.iter_mut().find(|d| d.device == device)
     }
 
     /// A device's report against the generation that carries its update.
     fn report(&mut self, now: i64, device: &str, report: &AgentState) {
+        let shadowing = self.policy.shadow.is_some();
         let Some(d) = self.device_mut(device) else {
             return;
         };
@@ -422,11 +535,20 @@ impl Rollout {
             }
             return;
         }
-        if d.phase.settled() || d.phase == DevicePhase::RolledBack {
+        if d.phase.settled()
+            || d.phase == DevicePhase::RolledBack
+            || d.phase == DevicePhase::Shadowing
+        {
             return;
         }
         if applied {
-            if d.phase != DevicePhase::Applied {
+            if shadowing && !d.shadow_passed {
+                if d.phase != DevicePhase::Shadowing {
+                    d.phase = DevicePhase::Shadowing;
+                    d.shadow_us = Some(now);
+                    d.progress_us = now;
+                }
+            } else if d.phase != DevicePhase::Applied {
                 d.phase = DevicePhase::Applied;
                 d.applied_us = Some(now);
                 d.progress_us = now;
@@ -510,6 +632,24 @@ impl Rollout {
                     ));
                     log.push(format!("{} timed out", d.device));
                 }
+                // A shadow run that its gate could not judge in time (too
+                // few windows, no heartbeat): it ends, and counts as failed.
+                DevicePhase::Shadowing
+                    if now - d.shadow_us.unwrap_or(now)
+                        >= policy.soak_us + policy.device_timeout_us =>
+                {
+                    d.phase = DevicePhase::TimedOut;
+                    d.reason = Some(format!(
+                        "its shadow run could not be judged within {} s",
+                        (policy.soak_us + policy.device_timeout_us) / 1_000_000
+                    ));
+                    actions.push(Action::Shadow {
+                        device: d.device.clone(),
+                        stage: self.stage.clone(),
+                        candidate: None,
+                    });
+                    log.push(format!("{} timed out", d.device));
+                }
                 DevicePhase::Pending
                 | DevicePhase::Downloading
                 | DevicePhase::Verifying
@@ -551,13 +691,21 @@ impl Rollout {
             };
             let stage = self.stage.clone();
             let target = self.target.clone();
+            let shadow = self.policy.shadow.and(self.candidate());
             for d in self.devices[..end].iter_mut().filter(|d| !d.requested) {
                 d.requested = true;
                 d.progress_us = now;
-                actions.push(Action::Set {
-                    device: d.device.clone(),
-                    stage: stage.clone(),
-                    target: Some(target.clone()),
+                actions.push(match &shadow {
+                    Some(candidate) => Action::Shadow {
+                        device: d.device.clone(),
+                        stage: stage.clone(),
+                        candidate: Some(candidate.clone()),
+                    },
+                    None => Action::Set {
+                        device: d.device.clone(),
+                        stage: stage.clone(),
+                        target: Some(target.clone()),
+                    },
                 });
             }
             if !self.devices[..end].iter().all(|d| d.phase.settled()) {

@@ -21,6 +21,7 @@ fn policy(max_failure_ratio: f64) -> Policy {
         device_timeout_us: 60 * S,
         max_failure_ratio,
         gates: Default::default(),
+        shadow: None,
     }
 }
 
@@ -48,7 +49,9 @@ fn six(max_failure_ratio: f64) -> (Rollout, Vec<Action>) {
 fn set_devices(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
-        .map(|Action::Set { device, .. }| device.clone())
+        .map(|a| match a {
+            Action::Set { device, .. } | Action::Shadow { device, .. } => device.clone(),
+        })
         .collect()
 }
 
@@ -201,7 +204,7 @@ fn failures_within_the_budget_do_not_hold_a_wave_back_and_one_more_rolls_back() 
     assert_eq!(set_devices(&a), ["d0", "d1", "d2"]);
     assert!(a
         .iter()
-        .all(|Action::Set { target, .. }| *target == Some(model("1"))));
+        .all(|a| matches!(a, Action::Set { target, .. } if *target == Some(model("1")))));
     // Nothing more starts, whatever happens next.
     assert!(r.step(100 * S, Event::Tick).unwrap().is_empty());
 }
@@ -498,4 +501,230 @@ fn a_device_its_gates_cannot_judge_times_out_after_the_soak() {
         .as_deref()
         .unwrap()
         .contains("gates could not judge it"));
+}
+
+fn artifact(v: &str) -> ArtifactRef {
+    match model(v) {
+        StageTarget::Model(a) => a,
+        StageTarget::Transforms(_) => unreachable!(),
+    }
+}
+
+/// Six devices, waves 1, 50%, 100%, with a shadow gate first.
+fn six_shadowed(only: bool) -> (Rollout, Vec<Action>) {
+    let devices = (0..6)
+        .map(|i| (format!("d{i}"), Some(model("1"))))
+        .collect();
+    Rollout::start(
+        8,
+        "classify",
+        model("2"),
+        devices,
+        &parse("1,50%,100%").unwrap(),
+        Policy {
+            shadow: Some(crate::rollout::shadow::ShadowGate {
+                only,
+                ..Default::default()
+            }),
+            ..policy(0.0)
+        },
+        "alice",
+        0,
+    )
+}
+
+fn shadow_held(r: &mut Rollout, device: &str, t: i64) -> Vec<Action> {
+    r.step(
+        t,
+        Event::ShadowHeld {
+            device: device.into(),
+            figures: "agreement 0.950".into(),
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn with_a_shadow_gate_a_device_shadows_first_and_switches_once_it_held() {
+    let (mut r, actions) = six_shadowed(false);
+    // The stage is left as it is; the candidate runs beside it.
+    assert_eq!(
+        actions,
+        vec![Action::Shadow {
+            device: "d0".into(),
+            stage: "classify".into(),
+            candidate: Some(artifact("2")),
+        }]
+    );
+    sent(&mut r, "d0", 1, S);
+    r.step(S, ev_report("d0", report(Some(1), None))).unwrap();
+    assert_eq!(phase(&r, "d0"), DevicePhase::Shadowing);
+    // Time alone does not switch it, nor do the soak gates.
+    assert!(r.step(5 * S, Event::Tick).unwrap().is_empty());
+    r.step(
+        5 * S,
+        Event::GatesHeld {
+            device: "d0".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(phase(&r, "d0"), DevicePhase::Shadowing);
+    // The shadow gate holds: switched to the candidate (which ends its shadow).
+    let a = shadow_held(&mut r, "d0", 6 * S);
+    assert_eq!(
+        a,
+        vec![Action::Set {
+            device: "d0".into(),
+            stage: "classify".into(),
+            target: Some(model("2")),
+        }]
+    );
+    assert_eq!(phase(&r, "d0"), DevicePhase::Pending);
+    // The shadow's own generation applied again is not the switch.
+    r.step(6 * S, ev_report("d0", report(Some(1), None)))
+        .unwrap();
+    assert_eq!(phase(&r, "d0"), DevicePhase::Pending);
+    apply(&mut r, "d0", 2, 7 * S);
+    assert_eq!(phase(&r, "d0"), DevicePhase::Applied);
+    // Soaked: healthy, and the next wave starts with shadows.
+    let a = r.step(17 * S, Event::Tick).unwrap();
+    assert_eq!(phase(&r, "d0"), DevicePhase::Healthy);
+    assert!(a.iter().all(|a| matches!(
+        a,
+        Action::Shadow {
+            candidate: Some(_),
+            ..
+        }
+    )));
+    assert_eq!(set_devices(&a), ["d1", "d2"]);
+    let d0 = &r.devices[0];
+    assert!(d0.shadow_passed && d0.shadow_figures.as_deref() == Some("agreement 0.950"));
+    assert!(r
+        .log
+        .iter()
+        .any(|s| s.what.contains("d0: shadow held") && s.what.contains("switching it to m@2")));
+}
+
+#[test]
+fn a_shadow_that_fails_its_gate_rolls_back_and_no_device_ever_switched() {
+    let (mut r, _) = six_shadowed(false);
+    sent(&mut r, "d0", 1, S);
+    r.step(S, ev_report("d0", report(Some(1), None))).unwrap();
+    let a = r
+        .step(
+            3 * S,
+            Event::GateFailed {
+                device: "d0".into(),
+                gate: "shadow_agreement".into(),
+                figures: "agreement 0.200 (4 of 20 windows)".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(r.state, State::RolledBack);
+    assert_eq!(phase(&r, "d0"), DevicePhase::RollingBack);
+    // Back to what it ran, which also ends the shadow run.
+    assert_eq!(
+        a,
+        vec![Action::Set {
+            device: "d0".into(),
+            stage: "classify".into(),
+            target: Some(model("1")),
+        }]
+    );
+    assert!(r
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("gate shadow_agreement failed on d0: agreement 0.200"));
+    assert_eq!(
+        r.devices[0].shadow_figures.as_deref(),
+        Some("agreement 0.200 (4 of 20 windows)")
+    );
+    assert!(r.devices[1..].iter().all(|d| !d.requested));
+}
+
+#[test]
+fn a_shadow_only_rollout_judges_every_wave_and_switches_none() {
+    let (mut r, _) = six_shadowed(true);
+    sent(&mut r, "d0", 1, S);
+    r.step(S, ev_report("d0", report(Some(1), None))).unwrap();
+    let a = shadow_held(&mut r, "d0", 2 * S);
+    // Its shadow run ends; it keeps its model, and the next wave starts.
+    assert_eq!(
+        a[0],
+        Action::Shadow {
+            device: "d0".into(),
+            stage: "classify".into(),
+            candidate: None,
+        }
+    );
+    assert_eq!(phase(&r, "d0"), DevicePhase::Healthy);
+    assert_eq!(set_devices(&a[1..]), ["d1", "d2"]);
+    let mut g = 2;
+    for wave in [vec!["d1", "d2"], vec!["d3", "d4", "d5"]] {
+        for d in &wave {
+            sent(&mut r, d, g, 3 * S);
+            r.step(3 * S, ev_report(d, report(Some(g), None))).unwrap();
+            g += 1;
+        }
+        for d in &wave {
+            let a = shadow_held(&mut r, d, 4 * S);
+            assert!(a.iter().all(|a| !matches!(a, Action::Set { .. })), "{a:?}");
+        }
+    }
+    assert_eq!(r.state, State::Completed);
+    assert!(r
+        .devices
+        .iter()
+        .all(|d| d.phase == DevicePhase::Healthy && d.shadow_passed));
+}
+
+#[test]
+fn a_shadow_that_cannot_be_judged_times_out_and_its_run_ends() {
+    let (mut r, _) = six_shadowed(false);
+    sent(&mut r, "d0", 1, S);
+    r.step(S, ev_report("d0", report(Some(1), None))).unwrap();
+    // Soak + device timeout after the shadow began, no verdict.
+    assert!(r.step(60 * S, Event::Tick).unwrap().is_empty());
+    let a = r.step(71 * S, Event::Tick).unwrap();
+    assert_eq!(phase(&r, "d0"), DevicePhase::RollingBack);
+    assert!(r.devices[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("shadow run could not be judged"));
+    // Over the budget (none allowed): the stop and the rollback.
+    assert_eq!(r.state, State::RolledBack);
+    assert!(a.contains(&Action::Shadow {
+        device: "d0".into(),
+        stage: "classify".into(),
+        candidate: None,
+    }));
+}
+
+#[test]
+fn aborting_or_superseding_a_rollout_ends_its_shadow_runs() {
+    for event in [
+        Event::Abort {
+            by: "bob".into(),
+            reason: "enough".into(),
+        },
+        Event::Superseded { by: 9 },
+    ] {
+        let (mut r, _) = six_shadowed(false);
+        sent(&mut r, "d0", 1, S);
+        r.step(S, ev_report("d0", report(Some(1), None))).unwrap();
+        let a = r.step(2 * S, event).unwrap();
+        assert_eq!(
+            a,
+            vec![Action::Shadow {
+                device: "d0".into(),
+                stage: "classify".into(),
+                candidate: None,
+            }]
+        );
+        assert_eq!(phase(&r, "d0"), DevicePhase::Pending);
+        // A late verdict changes nothing.
+        assert!(shadow_held(&mut r, "d0", 3 * S).is_empty());
+    }
 }

@@ -8,6 +8,8 @@
 //!
 //! - [`gates`]: what a soaking device must hold (accuracy against the
 //!   model it replaced, heartbeats, no restarts), judged from a sample.
+//! - [`shadow`]: the gate a candidate must hold running beside a
+//!   device's model before it takes over (agreement, errors).
 //! - [`store`]: each rollout persisted whole after every step.
 //! - [`driver`]: feeds the machines (reports, the clock, operators'
 //!   commands) and does what they ask (sets desired states through
@@ -19,6 +21,7 @@
 pub mod driver;
 pub mod gates;
 pub mod machine;
+pub mod shadow;
 pub mod store;
 pub mod waves;
 

@@ -91,6 +91,7 @@ mod tests {
                 device_timeout_us: 1,
                 max_failure_ratio: 0.0,
                 gates: Default::default(),
+                shadow: None,
             },
             "ops",
             0,

@@ -3,8 +3,9 @@
 //! The `conveyor-model` crate loads and checks a model and runs it;
 //! `window` cuts streams into windows (plain data); `stage` is the
 //! pipeline stage that joins the two and lets a model be swapped between
-//! windows.
+//! windows; `shadow` tallies a candidate run beside the model.
 
+pub mod shadow;
 pub mod stage;
 pub mod window;
 

@@ -7,19 +7,26 @@
 //! and every window is run by exactly one model, whose id and version its
 //! prediction record carries. Loading a new model (parsing, optimising)
 //! happens off the pipeline thread; the stage only picks up the result.
+//!
+//! A second slot holds a shadow: a candidate model given every window the
+//! stage's model is given, whose answers are only counted
+//! ([`super::shadow`]), never sent on. That is how a rollout tries a
+//! candidate on live data before it lets it decide anything.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use conveyor_model::{ModelError, ModelRunner, OnnxModel};
+use conveyor_model::{ModelError, ModelRunner, OnnxModel, Scores};
 use conveyor_process::LogEvery;
 use conveyor_shared::control::StageStats;
 use conveyor_shared::{Escalation, Prediction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::shadow::{Answer, ShadowTally};
 use super::window::{Row, StreamWindows, Windower};
 use crate::config::{ConfigError, ConfigErrors};
 use crate::pipeline::{BuiltStage, Stage, StageControl, StageMonitor};
@@ -64,6 +71,13 @@ pub struct InferenceConfig {
     /// teacher gate compares). Unset: no samples.
     #[serde(default)]
     pub teacher_every: Option<u32>,
+    /// A candidate model's metadata file, run beside `model` on the same
+    /// windows without acting on it (a shadow run): the heartbeat says
+    /// how often it agrees with `model`, and both models' confidence and
+    /// latency. Set by a rollout's shadow phase, or by hand to try a
+    /// model on live data. It must take the same input shape.
+    #[serde(default)]
+    pub shadow: Option<PathBuf>,
 }
 
 /// Largest escalation window, in values (4 bytes each): well inside one
@@ -84,6 +98,7 @@ impl InferenceConfig {
             escalate_below: None,
             escalate_to: None,
             teacher_every: None,
+            shadow: None,
         }
     }
 
@@ -96,6 +111,9 @@ impl InferenceConfig {
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
         if self.model.is_relative() {
             self.model = base.join(&self.model);
+        }
+        if let Some(shadow) = self.shadow.as_mut().filter(|s| s.is_relative()) {
+            *shadow = base.join(&*shadow);
         }
     }
 
@@ -180,6 +198,14 @@ impl InferenceConfig {
         OnnxModel::load(&self.model, 1).map(Arc::new)
     }
 
+    /// Loads the shadow this config names, if any (the same code path).
+    pub fn load_shadow(&self) -> Result<Option<Arc<OnnxModel>>, ModelError> {
+        self.shadow
+            .as_ref()
+            .map(|p| OnnxModel::load(p, 1).map(Arc::new))
+            .transpose()
+    }
+
     pub fn build(&self, index: usize, field: &str) -> Result<BuiltStage, ConfigError> {
         let model = self
             .load_model()
@@ -196,23 +222,56 @@ impl InferenceConfig {
                 ));
             }
         }
+        let shadow = self
+            .load_shadow()
+            .map_err(|e| ConfigError::invalid(format!("{field}.shadow"), e.to_string()))?;
+        if let Some(candidate) = &shadow {
+            fits(&model, candidate)
+                .map_err(|e| ConfigError::invalid(format!("{field}.shadow"), e.to_string()))?;
+        }
         let name = self.name(index);
         let (slot, swaps) = watch::channel(model.clone());
+        let (shadow_slot, shadow_swaps) = watch::channel(None);
         let counters = Arc::new(InferenceCounters::new(&name, &model));
-        let stage = InferenceStage::new(self.clone(), model, swaps, counters.clone())
+        let stage = InferenceStage::new(self.clone(), model, swaps, shadow_swaps, counters.clone())
             .map_err(|e| ConfigError::invalid(format!("{field}.model"), e.to_string()))?;
+        let slot = ModelSlot {
+            tx: slot,
+            shadow: shadow_slot,
+        };
+        if let Some(candidate) = shadow {
+            slot.shadow.send_replace(Some(candidate));
+        }
         Ok(BuiltStage {
             stage: Box::new(stage),
             monitor: counters,
-            control: StageControl::Model(ModelSlot { tx: slot }),
+            control: StageControl::Model(slot),
         })
     }
 }
 
-/// The handle through which a running stage's model is replaced.
+/// The handle through which a running stage's model (and its shadow) is
+/// replaced.
 #[derive(Clone)]
 pub struct ModelSlot {
     tx: watch::Sender<Arc<OnnxModel>>,
+    shadow: watch::Sender<Option<Arc<OnnxModel>>>,
+}
+
+/// Whether `new` takes the input `old` does (a stage's models all must).
+fn fits(old: &OnnxModel, new: &OnnxModel) -> Result<(), SwapError> {
+    let (o, n) = (old.meta(), new.meta());
+    if (o.channels, o.window) != (n.channels, n.window) {
+        return Err(SwapError::Incompatible {
+            old: format!("{}@{}", o.id, o.version),
+            new: format!("{}@{}", n.id, n.version),
+            old_c: o.channels,
+            old_w: o.window,
+            new_c: n.channels,
+            new_w: n.window,
+        });
+    }
+    Ok(())
 }
 
 /// Why a replacement model was refused (the old one keeps running).
@@ -242,19 +301,24 @@ impl ModelSlot {
     /// Offers `model` to the stage, which adopts it before its next
     /// window. Refused if its input shape differs from the running one's.
     pub fn replace(&self, model: Arc<OnnxModel>) -> Result<(), SwapError> {
-        let old = self.current();
-        let (o, n) = (old.meta(), model.meta());
-        if (o.channels, o.window) != (n.channels, n.window) {
-            return Err(SwapError::Incompatible {
-                old: format!("{}@{}", o.id, o.version),
-                new: format!("{}@{}", n.id, n.version),
-                old_c: o.channels,
-                old_w: o.window,
-                new_c: n.channels,
-                new_w: n.window,
-            });
-        }
+        fits(&self.current(), &model)?;
         self.tx.send_replace(model);
+        Ok(())
+    }
+
+    /// The shadow offered to the stage, if any.
+    pub fn shadow(&self) -> Option<Arc<OnnxModel>> {
+        self.shadow.borrow().clone()
+    }
+
+    /// Offers `model` as the stage's shadow (`None`: stop the shadow run),
+    /// taken up before the next window; a new one starts a new tally.
+    /// Refused if its input shape differs from the running model's.
+    pub fn set_shadow(&self, model: Option<Arc<OnnxModel>>) -> Result<(), SwapError> {
+        if let Some(m) = &model {
+            fits(&self.current(), m)?;
+        }
+        self.shadow.send_replace(model);
         Ok(())
     }
 }
@@ -270,6 +334,7 @@ pub struct InferenceCounters {
     wrong_channels: AtomicU64,
     failed: AtomicU64,
     escalated: AtomicU64,
+    shadow: Mutex<Option<ShadowTally>>,
 }
 
 impl InferenceCounters {
@@ -284,6 +349,7 @@ impl InferenceCounters {
             wrong_channels: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             escalated: AtomicU64::new(0),
+            shadow: Mutex::new(None),
         }
     }
 }
@@ -312,6 +378,12 @@ impl StageMonitor for InferenceCounters {
             swaps: self.swaps.load(Ordering::Relaxed),
             escalated: self.escalated.load(Ordering::Relaxed),
             dropped,
+            shadow: self
+                .shadow
+                .lock()
+                .expect("not poisoned")
+                .as_ref()
+                .map(ShadowTally::stats),
             ..StageStats::default()
         }
     }
@@ -324,6 +396,9 @@ pub struct InferenceStage {
     windows: StreamWindows,
     counters: Arc<InferenceCounters>,
     output_streams: Vec<(Arc<str>, Arc<str>)>,
+    shadow_swaps: watch::Receiver<Option<Arc<OnnxModel>>>,
+    /// The candidate run beside the model, if any.
+    shadow: Option<ModelRunner>,
 }
 
 impl InferenceStage {
@@ -331,6 +406,7 @@ impl InferenceStage {
         config: InferenceConfig,
         model: Arc<OnnxModel>,
         swaps: watch::Receiver<Arc<OnnxModel>>,
+        shadow_swaps: watch::Receiver<Option<Arc<OnnxModel>>>,
         counters: Arc<InferenceCounters>,
     ) -> Result<Self, ModelError> {
         Ok(InferenceStage {
@@ -340,6 +416,8 @@ impl InferenceStage {
             windows: StreamWindows::default(),
             counters,
             output_streams: Vec::new(),
+            shadow_swaps,
+            shadow: None,
         })
     }
 
@@ -379,6 +457,74 @@ impl InferenceStage {
             Err(e) => {
                 tracing::error!(stage = %self.counters.name, "keeping the running model: {e}")
             }
+        }
+    }
+
+    /// Starts, replaces or stops the shadow run as the slot says. Called
+    /// only between windows.
+    fn adopt_pending_shadow(&mut self) {
+        if !self.shadow_swaps.has_changed().unwrap_or(false) {
+            return;
+        }
+        let offered = self.shadow_swaps.borrow_and_update().clone();
+        let tally = match offered.map(|m| m.runner()) {
+            None => {
+                if self.shadow.take().is_some() {
+                    tracing::info!(stage = %self.counters.name, "shadow run ended");
+                }
+                None
+            }
+            Some(Ok(runner)) => {
+                let meta = runner.model().meta();
+                tracing::info!(stage = %self.counters.name, candidate = %format!("{}@{}", meta.id, meta.version), "shadow run started");
+                let tally = ShadowTally::new(&meta.id, &meta.version);
+                self.shadow = Some(runner);
+                Some(tally)
+            }
+            Some(Err(e)) => {
+                tracing::error!(stage = %self.counters.name, "no shadow run: {e}");
+                self.shadow = None;
+                None
+            }
+        };
+        *self.counters.shadow.lock().expect("not poisoned") = tally;
+    }
+
+    /// Gives the shadow the window the model just ran and counts how the
+    /// two compare; what the shadow answers goes nowhere else.
+    fn run_shadow(&mut self, input: Vec<f32>, champion: Option<(&Scores, u64)>) {
+        let (Some(runner), Some((scores, champion_us))) = (self.shadow.as_mut(), champion) else {
+            return;
+        };
+        let started = Instant::now();
+        let result = runner.classify(input);
+        let micros = started.elapsed().as_micros() as u64;
+        let champion_meta = self.runner.model().meta();
+        let champion = Answer {
+            label: champion_meta
+                .labels
+                .get(scores.class_index)
+                .map_or("", String::as_str),
+            confidence: scores.confidence,
+            micros: champion_us,
+        };
+        let candidate_meta = runner.model().meta().clone();
+        let candidate = match &result {
+            Ok(s) => Some(Answer {
+                label: candidate_meta
+                    .labels
+                    .get(s.class_index)
+                    .map_or("", String::as_str),
+                confidence: s.confidence,
+                micros,
+            }),
+            Err(e) => {
+                tracing::debug!(stage = %self.counters.name, "the shadow failed on a window: {e}");
+                None
+            }
+        };
+        if let Some(t) = self.counters.shadow.lock().expect("not poisoned").as_mut() {
+            t.record(champion, candidate);
         }
     }
 }
@@ -426,6 +572,7 @@ impl Stage for InferenceStage {
             }
         }
         self.adopt_pending_model();
+        self.adopt_pending_shadow();
         let output_stream = self.output_stream(&stream);
         let windower = self.windows.get_or_insert(&stream, || -> Windower {
             unreachable!("the window was just filled")
@@ -433,6 +580,10 @@ impl Stage for InferenceStage {
         let win = windower.ready().expect("push said a window is ready");
         let meta = self.runner.model().meta();
         let input = win.to_input(&meta.normalization);
+        let shadow_input = self
+            .shadow
+            .as_ref()
+            .map(|s| win.to_input(&s.model().meta().normalization));
         // Kept only while the cascade may need it: the raw window.
         let raw = self.config.cascade().map(|_| win.raw_values());
         let (start_us, end_us, truth) = (
@@ -443,7 +594,13 @@ impl Stage for InferenceStage {
         let window_len = win.rows.len() as u32;
         windower.advance();
         let n = self.counters.windows.fetch_add(1, Ordering::Relaxed);
-        match self.runner.classify(input) {
+        let started = Instant::now();
+        let result = self.runner.classify(input);
+        if let Some(shadow_input) = shadow_input {
+            let champion_us = started.elapsed().as_micros() as u64;
+            self.run_shadow(shadow_input, result.as_ref().ok().map(|s| (s, champion_us)));
+        }
+        match result {
             Ok(scores) => {
                 let meta = self.runner.model().meta();
                 self.counters.predictions.fetch_add(1, Ordering::Relaxed);

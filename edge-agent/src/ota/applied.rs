@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use conveyor_shared::ota::{PublicKey, StageRunning, StageTarget};
+use conveyor_shared::ota::{ArtifactRef, PublicKey, StageRunning, StageTarget};
 use serde::{Deserialize, Serialize};
 
 use super::cache::ArtifactCache;
@@ -25,6 +25,10 @@ pub struct Applied {
     pub generation: Option<u64>,
     /// The stages the hub set, by name.
     pub stages: BTreeMap<String, AppliedStage>,
+    /// The candidates the hub has inference stages run in shadow, by
+    /// stage name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadows: BTreeMap<String, ArtifactRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +179,38 @@ pub fn set_target(
     Ok(())
 }
 
+/// Has inference stage `name` of `config` run `candidate` from `cache`
+/// (verified again first) in shadow.
+pub fn set_shadow(
+    config: &mut AgentConfig,
+    name: &str,
+    candidate: &ArtifactRef,
+    cache: &ArtifactCache,
+    trusted: &[PublicKey],
+) -> Result<(), OverlayError> {
+    let i = stage_index(config, name).ok_or_else(|| OverlayError::NoStage(name.into()))?;
+    let artifact_err = |why: String| OverlayError::Artifact {
+        stage: name.into(),
+        why,
+    };
+    match &mut config.stages[i] {
+        StageConfig::Inference(c) => {
+            let cached = cache
+                .verified(&candidate.id, trusted)
+                .map_err(artifact_err)?;
+            c.shadow = Some(cached.model_metadata().ok_or_else(|| {
+                artifact_err(format!("{candidate} has no metadata (.json) file"))
+            })?);
+            Ok(())
+        }
+        stage => Err(OverlayError::WrongKind {
+            stage: name.into(),
+            is: kind_of(stage),
+            sent: "a shadow model",
+        }),
+    }
+}
+
 /// `config` with every applied target laid over it. A target that no
 /// longer fits (the stage was renamed in agent.toml, the cache entry is
 /// damaged) is left out, with its reason in the second value.
@@ -189,6 +225,13 @@ pub fn overlay(
     for (name, stage) in &applied.stages {
         let mut candidate = out.clone();
         match set_target(&mut candidate, name, &stage.target, cache, trusted) {
+            Ok(()) => out = candidate,
+            Err(e) => problems.push(e),
+        }
+    }
+    for (name, shadow) in &applied.shadows {
+        let mut candidate = out.clone();
+        match set_shadow(&mut candidate, name, shadow, cache, trusted) {
             Ok(()) => out = candidate,
             Err(e) => problems.push(e),
         }
@@ -226,6 +269,14 @@ mod tests {
                 AppliedStage {
                     target: model("2"),
                     previous: None,
+                },
+            )]),
+            shadows: BTreeMap::from([(
+                "classify".into(),
+                ArtifactRef {
+                    name: "m".into(),
+                    version: "3".into(),
+                    id: ArtifactId::of_payload("3"),
                 },
             )]),
         };

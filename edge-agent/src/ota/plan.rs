@@ -17,7 +17,11 @@ pub struct Plan {
     pub set: BTreeMap<String, StageTarget>,
     /// Stages the hub no longer sets: back to `agent.toml`'s.
     pub unset: Vec<String>,
-    /// Artifacts of `set` (each once) that are not in the cache.
+    /// The shadow runs the document asks for, by inference stage (all of
+    /// them: they replace the applied ones).
+    pub shadows: BTreeMap<String, ArtifactRef>,
+    /// Artifacts of `set` and `shadows` (each once) that are not in the
+    /// cache.
     pub fetch: Vec<ArtifactRef>,
 }
 
@@ -67,12 +71,35 @@ pub fn plan(
         }
         set.insert(name.clone(), target.clone());
     }
+    for (name, candidate) in &doc.shadows {
+        match stage_index(config, name).map(|i| &config.stages[i]) {
+            Some(StageConfig::Inference(_)) => {}
+            Some(StageConfig::Transform(_)) => {
+                return Err(format!(
+                "stage {name:?} is a transform stage; only an inference stage runs a shadow model"
+            ))
+            }
+            None => {
+                return Err(format!(
+                    "shadow for stage {name:?}: not a stage of this agent"
+                ))
+            }
+        }
+        if !cached(candidate) && !fetch.iter().any(|f| f.id == candidate.id) {
+            fetch.push(candidate.clone());
+        }
+    }
     let unset = applied
         .keys()
         .filter(|name| !doc.stages.contains_key(*name))
         .cloned()
         .collect();
-    Ok(Plan { set, unset, fetch })
+    Ok(Plan {
+        set,
+        unset,
+        shadows: doc.shadows.clone(),
+        fetch,
+    })
 }
 
 /// What the running stage offers a model: channels per reading and
@@ -159,8 +186,29 @@ mod tests {
             device_id: "d1".into(),
             generation: 2,
             stages: stages.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+            shadows: BTreeMap::new(),
             issued_at_us: 0,
         }
+    }
+
+    #[test]
+    fn shadows_are_fetched_and_only_inference_stages_run_them() {
+        let mut d = doc(vec![]);
+        d.shadows.insert("classify".into(), artifact("m", "3"));
+        let p = plan(&d, &config(), &BTreeMap::new(), |_| false).unwrap();
+        assert_eq!(p.shadows, d.shadows);
+        assert_eq!(p.fetch, vec![artifact("m", "3")]);
+        assert!(p.set.is_empty());
+        let cached = plan(&d, &config(), &BTreeMap::new(), |_| true).unwrap();
+        assert!(cached.fetch.is_empty());
+        let mut bad = doc(vec![]);
+        bad.shadows.insert("features".into(), artifact("m", "3"));
+        let e = plan(&bad, &config(), &BTreeMap::new(), |_| false).unwrap_err();
+        assert!(e.contains("only an inference stage"), "{e}");
+        let mut none = doc(vec![]);
+        none.shadows.insert("nope".into(), artifact("m", "3"));
+        let e = plan(&none, &config(), &BTreeMap::new(), |_| false).unwrap_err();
+        assert!(e.contains("\"nope\""), "{e}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::applied::{overlay, stage_index, Applied, AppliedStage};
 use super::cache::{check_file, ArtifactCache};
 use super::config::OtaConfig;
 use super::fetch::{FetchError, HubClient};
-use super::plan::{check_manifest, plan};
+use super::plan::{check_manifest, plan, Plan};
 use crate::config::AgentConfig;
 use crate::pipeline::StageHandle;
 use crate::reload::Reloader;
@@ -164,7 +164,18 @@ impl Reconciler {
                 Some(a) => (running_of_target(&a.target), a.previous.clone()),
                 None => (running_of_stage(stage), None),
             };
-            out.insert(name, StageState { running, previous });
+            let shadow = match applied.shadows.get(&name) {
+                Some(a) => Some(as_running(a)),
+                None => shadow_of_stage(stage),
+            };
+            out.insert(
+                name,
+                StageState {
+                    running,
+                    previous,
+                    shadow,
+                },
+            );
         }
         out
     }
@@ -279,7 +290,7 @@ impl Reconciler {
         self.phase(generation, Phase::Downloading, None);
         let mut manifests = Vec::new();
         for wanted in &plan.fetch {
-            let (kind, shape) = self.stage_needs(&base, &plan.set, wanted);
+            let (kind, shape) = self.stage_needs(&base, &plan, wanted);
             let got = self
                 .retrying(generation, inbox, |c| {
                     let id = wanted.id.clone();
@@ -409,6 +420,7 @@ impl Reconciler {
                 },
             );
         }
+        next.shadows = plan.shadows.clone();
         next.generation = Some(doc.generation);
         let (candidate, problems) = overlay(&base, &next, &cache, &trusted);
         if let Some(p) = problems.first() {
@@ -457,6 +469,7 @@ impl Reconciler {
                 ids.extend(s.previous.iter().flat_map(ids_of));
                 ids
             })
+            .chain(next.shadows.values().map(|a| a.id.clone()))
             .collect();
         for removed in cache.evict(&keep, self.shared.config.cache_max_bytes()) {
             tracing::info!(artifact = %removed, "evicted from the OTA cache");
@@ -471,24 +484,31 @@ impl Reconciler {
     fn stage_needs(
         &self,
         base: &AgentConfig,
-        set: &BTreeMap<String, StageTarget>,
+        plan: &Plan,
         wanted: &ArtifactRef,
     ) -> (ArtifactKind, Option<(usize, usize)>) {
-        for (name, target) in set {
+        let shape = |name: &str| {
+            stage_index(base, name)
+                .and_then(|i| self.stages.get(i))
+                .and_then(|s| s.model_slot())
+                .map(|slot| {
+                    let m = slot.current();
+                    (m.meta().channels, m.meta().window)
+                })
+        };
+        for (name, target) in &plan.set {
             if !target.artifacts().iter().any(|a| a.id == wanted.id) {
                 continue;
             }
             if let StageTarget::Model(_) = target {
-                let shape = stage_index(base, name)
-                    .and_then(|i| self.stages.get(i))
-                    .and_then(|s| s.model_slot())
-                    .map(|slot| {
-                        let m = slot.current();
-                        (m.meta().channels, m.meta().window)
-                    });
-                return (ArtifactKind::Model, shape);
+                return (ArtifactKind::Model, shape(name));
             }
             return (ArtifactKind::Transform, None);
+        }
+        for (name, candidate) in &plan.shadows {
+            if candidate.id == wanted.id {
+                return (ArtifactKind::Model, shape(name));
+            }
         }
         (ArtifactKind::Transform, None)
     }
@@ -575,6 +595,17 @@ fn running_of_target(target: &StageTarget) -> StageRunning {
 
 /// What a stage runs from `agent.toml`: names and versions from the
 /// model's metadata and the modules' declarations.
+/// The shadow an inference stage runs by its own config (`shadow` in
+/// `agent.toml`), if any.
+fn shadow_of_stage(stage: &StageHandle) -> Option<RunningArtifact> {
+    let m = stage.model_slot()?.shadow()?;
+    Some(RunningArtifact {
+        name: m.meta().id.clone(),
+        version: m.meta().version.clone(),
+        id: None,
+    })
+}
+
 pub fn running_of_stage(stage: &StageHandle) -> StageRunning {
     if let Some(slot) = stage.model_slot() {
         let m = slot.current();

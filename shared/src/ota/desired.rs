@@ -85,6 +85,12 @@ pub struct DesiredState {
     pub generation: u64,
     /// By stage name (as in the agent's `[[stages]]`).
     pub stages: BTreeMap<String, StageTarget>,
+    /// Candidate models to run beside an inference stage's model, on the
+    /// same windows, without acting on them (a rollout's shadow run): by
+    /// stage name. The agent reports how the two compare in its
+    /// heartbeats (`StageStats::shadow`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadows: BTreeMap<String, ArtifactRef>,
     /// When the hub issued it, µs since the Unix epoch.
     pub issued_at_us: i64,
 }
@@ -103,6 +109,8 @@ pub enum DesiredError {
     TooManyStages(usize),
     #[error("desired state stage {0:?}: a transform chain of 1 to {MAX_CHAIN} transforms")]
     BadChain(String),
+    #[error("desired state names {0} shadows, over the limit of {MAX_STAGES}")]
+    TooManyShadows(usize),
 }
 
 /// What a verified desired state means for an agent that applied
@@ -127,6 +135,9 @@ impl DesiredState {
     fn validate(&self) -> Result<(), DesiredError> {
         if self.stages.len() > MAX_STAGES {
             return Err(DesiredError::TooManyStages(self.stages.len()));
+        }
+        if self.shadows.len() > MAX_STAGES {
+            return Err(DesiredError::TooManyShadows(self.shadows.len()));
         }
         for (name, target) in &self.stages {
             if let StageTarget::Transforms(chain) = target {
@@ -195,6 +206,7 @@ mod tests {
                     ]),
                 ),
             ]),
+            shadows: BTreeMap::new(),
             issued_at_us: 5,
         }
     }

@@ -64,6 +64,9 @@ pub struct StageState {
     pub running: StageRunning,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<StageRunning>,
+    /// The candidate model running beside it in shadow (not acted on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<RunningArtifact>,
 }
 
 /// Where the last change is.
@@ -161,8 +164,12 @@ mod tests {
                     previous: Some(StageRunning::Model(RunningArtifact {
                         version: "1".into(),
                         id: None,
-                        ..a
+                        ..a.clone()
                     })),
+                    shadow: Some(RunningArtifact {
+                        version: "3".into(),
+                        ..a
+                    }),
                 },
             )]),
             last_change: Some(Change {

@@ -231,6 +231,132 @@ fn a_bad_candidate_is_rolled_back_at_the_first_wave_and_a_good_one_reaches_every
     stop_and_check_nothing_lost(&hub, agents);
 }
 
+/// Shadow runs at the edge, before any device switches. A shadow-only
+/// rollout of the good candidate runs it beside each device's model on
+/// live windows, wave by wave, and ends with every device judged (its
+/// agreement, confidence and latency in the rollout) and none switched. A
+/// rollout of the bad candidate that shadows first is stopped by the
+/// shadow gate at the first wave: no device ever acted on it (the hub
+/// holds no prediction of it), and its shadow run ends. The good one,
+/// shadowed first, then switches wave by wave and ends healthy everywhere;
+/// nothing is lost.
+#[test]
+fn shadow_runs_judge_a_candidate_on_live_windows_before_any_device_switches() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::start_serving(dir.path(), &hub_models_toml());
+    push(&hub, &model("basicmotions/bad-shuffled/edge.int8.json"));
+    push(&hub, &model("basicmotions/v2/edge.int8.json"));
+    let agents = start_fleet(dir.path(), &hub, false);
+    let shadow_state = |i: usize| {
+        hub.get(&format!("/api/v1/devices/{}/state", device(i)))["stages"]["classify"]["shadow"]
+            .clone()
+    };
+
+    let only = start_rollout(
+        &hub,
+        GOOD,
+        &[
+            "--shadow-only",
+            "--shadow-windows",
+            "8",
+            "--shadow-agreement",
+            "0.8",
+        ],
+    );
+    let r = wait_for_rollout(&hub, only, "completed");
+    for d in r["devices"].as_array().unwrap() {
+        assert_eq!(d["phase"], "healthy", "{r}");
+        let figures = d["shadow_figures"].as_str().unwrap();
+        assert!(
+            figures.contains("agreement ")
+                && figures.contains("mean confidence")
+                && figures.contains("p50/p99"),
+            "{figures}"
+        );
+    }
+    let status = hub_cli_ok(&hub, &["rollout", "status", &only.to_string()]);
+    assert!(
+        status.contains("fleet-5 healthy: shadow agreement "),
+        "{status}"
+    );
+    for i in 0..FLEET {
+        assert_eq!(
+            running_version(&hub, i),
+            "1.0.0-int8",
+            "{}: shadow only",
+            device(i)
+        );
+        wait_for(&format!("{}'s shadow run ended", device(i)), || {
+            shadow_state(i).is_null().then_some(())
+        });
+    }
+
+    let bad = start_rollout(
+        &hub,
+        BAD,
+        &["--shadow-windows", "8", "--shadow-agreement", "0.8"],
+    );
+    let r = wait_for_rollout(&hub, bad, "rolled_back");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("gate shadow_agreement failed on fleet-0: agreement 0.")
+            && why.contains("(at least 0.8 needed)"),
+        "{why}"
+    );
+    assert!(
+        r["devices"].as_array().unwrap()[1..]
+            .iter()
+            .all(|d| d["requested"] == false),
+        "{r}"
+    );
+    wait_for("fleet-0's bad shadow ended", || {
+        (rollout(&hub, bad)["devices"][0]["phase"] == "rolled_back" && shadow_state(0).is_null())
+            .then_some(())
+    });
+    for i in 0..FLEET {
+        let d = hub.device(&device(i)).unwrap();
+        assert!(
+            d["predictions"][BAD].is_null(),
+            "{}: no prediction of the shadowed candidate ever left the device: {}",
+            device(i),
+            d["predictions"]
+        );
+    }
+
+    let good = start_rollout(
+        &hub,
+        GOOD,
+        &["--shadow-windows", "8", "--shadow-agreement", "0.8"],
+    );
+    let r = wait_for_rollout(&hub, good, "completed");
+    assert!(
+        r["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["phase"] == "healthy" && d["shadow_passed"] == true),
+        "{r}"
+    );
+    let steps: Vec<&str> = r["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["what"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("fleet-0: shadow held (agreement ")
+                && s.contains(&format!("switching it to {GOOD}"))),
+        "{steps:#?}"
+    );
+    for i in 0..FLEET {
+        assert_eq!(running_version(&hub, i), "2.0.0-int8", "{}", device(i));
+        assert!(shadow_state(i).is_null());
+    }
+    stop_and_check_nothing_lost(&hub, agents);
+}
+
 /// A device that is offline during its wave times out, and the failure
 /// budget (one device) lets the rollout complete; a hub restarted in the
 /// middle resumes it; an operator rolls it back by hand, and every device
