@@ -397,8 +397,10 @@ pub struct InferenceStage {
     counters: Arc<InferenceCounters>,
     output_streams: Vec<(Arc<str>, Arc<str>)>,
     shadow_swaps: watch::Receiver<Option<Arc<OnnxModel>>>,
-    /// The candidate run beside the model, if any.
+    /// The candidate run beside the model, if any, and its failed
+    /// windows (for the log; the tally counts them too).
     shadow: Option<ModelRunner>,
+    shadow_errors: u64,
 }
 
 impl InferenceStage {
@@ -418,6 +420,7 @@ impl InferenceStage {
             output_streams: Vec::new(),
             shadow_swaps,
             shadow: None,
+            shadow_errors: 0,
         })
     }
 
@@ -508,7 +511,7 @@ impl InferenceStage {
             confidence: scores.confidence,
             micros: champion_us,
         };
-        let candidate_meta = runner.model().meta().clone();
+        let candidate_meta = runner.model().meta();
         let candidate = match &result {
             Ok(s) => Some(Answer {
                 label: candidate_meta
@@ -519,7 +522,11 @@ impl InferenceStage {
                 micros,
             }),
             Err(e) => {
-                tracing::debug!(stage = %self.counters.name, "the shadow failed on a window: {e}");
+                let n = self.shadow_errors + 1;
+                self.shadow_errors = n;
+                if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(n) {
+                    tracing::warn!(stage = %self.counters.name, shadow_errors = n, "the shadow failed on a window (the model's answer stands): {e}");
+                }
                 None
             }
         };
