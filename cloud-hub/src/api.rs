@@ -14,7 +14,9 @@
 //! | `POST /api/v1/models/{id}/infer` | classify one window: `{"window": [[v, ...], ...]}` (readings x channels, sensor units) |
 //!
 //! The OTA routes (keys, artifacts, desired states, agents' reports) are
-//! listed in `api_artifacts.rs` and `api_desired.rs`.
+//! listed in `api_artifacts.rs` and `api_desired.rs`, the rollouts' in
+//! `api_rollouts.rs`, the fleet's (the dashboard's data) in `api_fleet.rs`;
+//! `GET /` is the dashboard (`dashboard.rs`).
 //!
 //! Errors are JSON `{"error": "..."}` with a 4xx status (5xx when the hub
 //! itself fails; 503 when a model is overloaded).
@@ -44,6 +46,9 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/fleet", get(crate::api_fleet::overview))
+        .route("/api/v1/fleet/devices", get(crate::api_fleet::devices))
+        .route("/api/v1/fleet/stream", get(crate::api_fleet::stream))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/devices/{id}/records", get(records))
@@ -98,6 +103,7 @@ pub fn router(state: Arc<HubState>) -> Router {
             "/api/v1/rollouts/{id}/{verb}",
             post(crate::api_rollouts::command),
         )
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 

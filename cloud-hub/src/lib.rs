@@ -10,11 +10,14 @@
 pub mod api;
 pub mod api_artifacts;
 pub mod api_desired;
+pub mod api_fleet;
 pub mod api_results;
 pub mod api_rollouts;
 pub mod api_tags;
 pub mod cascade;
 pub mod config;
+pub mod dashboard;
+pub mod fleet;
 pub mod hub;
 pub mod inference;
 pub mod ingest;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod slow_link;
 pub mod tmpfs;
 // The agent's config types, so that tests write typed configs (rendered to

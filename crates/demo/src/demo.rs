@@ -472,14 +472,18 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
     let hub = Hub::start(&config, service).await?;
     let state = hub.state.clone();
     eprintln!("Conveyor demo: hub running");
-    eprintln!("  API      http://{}/api/v1/devices", hub.http_addr);
-    eprintln!("  metrics  http://{}/metrics", hub.http_addr);
     eprintln!(
-        "  results  http://{}/api/v1/results/stream (live), MQTT conveyor/v1/+/down/results",
+        "  dashboard http://{}/  (open it in a browser)",
+        hub.http_addr
+    );
+    eprintln!("  API       http://{}/api/v1/devices", hub.http_addr);
+    eprintln!("  metrics   http://{}/metrics", hub.http_addr);
+    eprintln!(
+        "  results   http://{}/api/v1/results/stream (live), MQTT conveyor/v1/+/down/results",
         hub.http_addr
     );
     eprintln!(
-        "  MQTT     {} ({} broker)",
+        "  MQTT      {} ({} broker)",
         state.device_url, state.broker_mode
     );
 

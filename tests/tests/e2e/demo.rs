@@ -35,6 +35,14 @@ fn demo_runs_and_loses_nothing() {
         stderr.contains("/api/v1/devices"),
         "prints where the API is:\n{stderr}"
     );
+    let first_url = stderr
+        .lines()
+        .find(|l| l.contains("http://"))
+        .unwrap_or_default();
+    assert!(
+        first_url.trim_start().starts_with("dashboard http://"),
+        "the dashboard's URL comes first:\n{stderr}"
+    );
     let s: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     assert_eq!(s["agents"], 3);

@@ -7,6 +7,7 @@
 mod bad_input;
 mod boundaries;
 mod cascade;
+mod dashboard;
 mod demo;
 mod edge_inference;
 mod edge_storage_faults;

@@ -1,0 +1,262 @@
+//! The dashboard in a real headless Chromium, against a real hub and real
+//! agents: the overview's counts and live numbers, the device list and
+//! its search, a device's page with its chart and model, a killed agent
+//! turning offline on the page, a rollout started from the CLI shown and
+//! aborted from the page, and no request to any host but the hub.
+//!
+//! With `CONVEYOR_SCREENSHOTS=<dir>` it also writes a PNG of each page
+//! there (`docs/dashboard/screenshots.sh` does, for the README).
+
+use conveyor_e2e::browser::Browser;
+use conveyor_e2e::*;
+use edge_agent::ota::OtaConfig;
+
+use super::ota::{model, push};
+
+const AGENTS: usize = 3;
+
+fn device(i: usize) -> String {
+    format!("store-{i}")
+}
+
+fn config(hub: &Hub, i: usize) -> AgentConfig {
+    let mut c = AgentConfig::for_device(&device(i))
+        .data_dir(format!("state-{i}"))
+        .uplink(&hub.mqtt_url())
+        // The broker gives up on a silent agent after 1.5 keep-alives.
+        .uplink_with(|u| {
+            u.heartbeat_secs = 0.5;
+            u.keep_alive_secs = 2;
+        })
+        .source(ReplayConfig {
+            rate: Some(300.0),
+            looping: true,
+            ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TEST.ts"))
+        })
+        .stage(InferenceConfig {
+            name: Some("classify".into()),
+            forward_readings: true,
+            ..InferenceConfig::new(model("basicmotions/edge.int8.json"))
+        });
+    c.tags.insert("store".into(), format!("{}", 7 + i % 2));
+    c.ota = Some(OtaConfig::new(
+        vec![hub.signing_key().parse().unwrap()],
+        format!("http://{}", hub.http),
+    ));
+    c
+}
+
+fn number(text: &str) -> f64 {
+    text.chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.')
+        .collect::<String>()
+        .parse()
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(browser) = Browser::start(dir.path(), 1280, 900) else {
+        return;
+    };
+    let shots = std::env::var_os("CONVEYOR_SCREENSHOTS").map(std::path::PathBuf::from);
+    let shot = |name: &str| {
+        if let Some(d) = &shots {
+            std::fs::create_dir_all(d).unwrap();
+            // Let the charts draw their latest points.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            browser.screenshot(&d.join(format!("{name}.png")));
+        }
+    };
+    let hub = Hub::start_serving(dir.path(), &hub_models_toml());
+    push(&hub, &model("basicmotions/v2/edge.int8.json"));
+    let mut agents: Vec<Proc> = (0..AGENTS)
+        .map(|i| start_agent(dir.path(), &device(i), &config(&hub, i)))
+        .collect();
+    for i in 0..AGENTS {
+        wait_for(&format!("{} streaming", device(i)), || {
+            (hub.records(&device(i)) > 50 && hub.heartbeat(&device(i)).is_some()).then_some(())
+        });
+    }
+    let origin = format!("http://{}", hub.http);
+    // Every URL each page fetched (Resource Timing, read before leaving
+    // it: a navigation starts a new list; a stream still open is not in it).
+    let mut requested: Vec<String> = Vec::new();
+    let mut leave = |b: &Browser| requested.extend(b.requested_urls());
+
+    // The overview: every device online, numbers that move.
+    browser.goto(&format!("{origin}/"));
+    browser.wait_text("3 devices online on the page", "#devices-online", |t| {
+        t == "3"
+    });
+    assert_eq!(browser.text("#devices-offline").as_deref(), Some("0"));
+    let rate = browser.wait_text("a live ingest rate", "#ingest-rate", |t| number(t) > 0.0);
+    let live = browser.text("#live").unwrap();
+    browser.wait_text("the live stamp moves", "#live", |t| t != live);
+    browser.wait_text("the versions table", "#versions", |t| {
+        t.contains("classify") && t.contains("basicmotions-edge@1.0.0-int8")
+    });
+    assert!(
+        browser.count("#chart-ingest canvas") > 0,
+        "the ingest chart is drawn"
+    );
+    eprintln!("ingest on the page: {rate} records/s");
+    shot("overview");
+    leave(&browser);
+
+    // The device list, and its search (filtered on the hub).
+    browser.goto(&format!("{origin}/#/devices"));
+    browser.wait_text("three rows", "#count", |t| t.ends_with("of 3 devices"));
+    assert_eq!(browser.count("#rows tr"), 3);
+    browser.type_into("input[name=q]", "store-1");
+    browser.wait_text("one row", "#count", |t| t.ends_with("of 1 devices"));
+    assert_eq!(browser.count("#rows tr[data-device=store-1]"), 1);
+    browser.type_into("input[name=q]", "");
+    browser.type_into("input[name=tag]", "store=7");
+    browser.wait_text("the store=7 rows", "#count", |t| {
+        t.ends_with("of 2 devices")
+    });
+    shot("devices");
+    leave(&browser);
+
+    // A device's page: its chart, its model, its stage counters.
+    browser.goto(&format!("{origin}/#/devices/store-0"));
+    browser.wait_text("store-0 online", "#device-status", |t| t == "online");
+    browser.wait_text("what it runs", "#running", |t| {
+        t.contains("classify") && t.contains("basicmotions-edge@1.0.0-int8")
+    });
+    browser.wait_text("its stage counters", "#stages", |t| t.contains("inference"));
+    browser.wait_text("its recent results", "#results", |t| {
+        t.contains("basicmotions-edge")
+    });
+    assert!(
+        browser.count("#chart-stream canvas") > 0,
+        "the stream chart is drawn"
+    );
+    shot("device");
+    leave(&browser);
+
+    // A killed agent turns offline on the page.
+    browser.goto(&format!("{origin}/"));
+    browser.wait_text("3 online again", "#devices-online", |t| t == "3");
+    agents[2].signal(libc::SIGKILL);
+    agents[2].wait();
+    browser.wait_text("one device offline", "#devices-offline", |t| t == "1");
+    browser.wait_text("an offline alert", "#alerts", |t| {
+        t.contains("store-2") && t.contains("offline")
+    });
+
+    // The models page: the hub's models and the edge model with its accuracy.
+    browser.goto(&format!("{origin}/#/models"));
+    browser.wait_text("the hub's models", "#hub-models", |t| {
+        t.contains("basicmotions-hub")
+    });
+    browser.wait_text("the edge model's accuracy", "#edge-models", |t| {
+        t.contains("basicmotions-edge@1.0.0-int8") && t.contains('%')
+    });
+    shot("models");
+    leave(&browser);
+
+    // A rollout started from the CLI, followed and aborted from the page.
+    let out = hub_cli_ok(
+        &hub,
+        &[
+            "rollout",
+            "start",
+            "--stage",
+            "classify",
+            "--artifact",
+            "basicmotions-edge@2.0.0-int8",
+            "--device",
+            "store-0",
+            "--device",
+            "store-1",
+            "--waves",
+            "1,100%",
+            "--soak",
+            "10m",
+        ],
+    );
+    let id: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap();
+    browser.goto(&format!("{origin}/#/rollouts"));
+    browser.wait_text("the rollout listed", "#list", |t| {
+        t.contains("running") && t.contains("2.0.0-int8")
+    });
+    browser.goto(&format!("{origin}/#/rollouts/{id}"));
+    browser.wait_text("its state", "#state", |t| t == "running");
+    browser.wait_text("its first device soaking", "#devices", |t| {
+        t.contains("applied")
+    });
+    shot("rollout");
+    leave(&browser);
+    browser.click("button[data-command=abort]");
+    browser.accept_alert();
+    browser.wait_text("aborted on the page", "#state", |t| t == "aborted");
+    assert_eq!(
+        hub.get(&format!("/api/v1/rollouts/{id}"))["state"],
+        "aborted"
+    );
+    let log = browser.wait_text("the step recorded", "#log", |t| t.contains("aborted"));
+    assert!(log.contains("dashboard"), "who aborted it: {log}");
+
+    browser.goto(&format!("{origin}/#/artifacts"));
+    browser.wait_text("the registry", "#list", |t| {
+        t.contains("basicmotions-edge") && t.contains("2.0.0-int8")
+    });
+    shot("artifacts");
+    leave(&browser);
+
+    // Nothing but the hub was asked for anything, and the page may not:
+    // its Content-Security-Policy allows this hub alone.
+    assert!(
+        requested
+            .iter()
+            .any(|u| u.contains("/api/v1/fleet/devices?")),
+        "{requested:#?}"
+    );
+    for u in &requested {
+        assert!(
+            u.starts_with(&format!("{origin}/")),
+            "a request to another host: {u}"
+        );
+    }
+    let head = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(hub.http).unwrap();
+        write!(
+            c,
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            hub.http
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text.split("\r\n\r\n").next().unwrap().to_string()
+    };
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let csp = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-security-policy:")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no Content-Security-Policy: {head}"));
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    for mut a in agents {
+        if a.try_wait().is_none() {
+            a.stop();
+        }
+    }
+}
