@@ -1,11 +1,16 @@
-"""What the bench scripts (benches/*.sh) share: a free loopback port, the
-hub's HTTP API, and a process's memory from /proc. Standard library only.
+"""What the bench scripts (benches/*.sh) share: a free loopback port, a
+release hub started and stopped, the hub's HTTP API, and a process's CPU
+time and memory from /proc. Standard library only.
 
     sys.path.insert(0, "<repo>/benches"); import hub_api
     hub_api.connect(http_port)
 """
 import json
+import os
+import signal
 import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -61,3 +66,43 @@ def memory(pid):
         if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[k] = int(v.split()[0]) / 1024
     return out
+
+
+def start_hub(bin_dir, work):
+    """Starts `cloud-hub serve` on free loopback ports with its store in
+    `work`, connects the calls above to it and waits until it is ready.
+    Returns (process, mqtt port, http port)."""
+    mqtt, http = free_port(), free_port()
+    connect(http)
+    with open(f"{work}/hub.toml", "w") as f:
+        f.write(f'[broker]\nlisten = "127.0.0.1:{mqtt}"\n[http]\nlisten = "127.0.0.1:{http}"\n'
+                f'[store]\npath = "{work}/store"\n')
+    hub = subprocess.Popen([f"{bin_dir}/cloud-hub", "serve", "--config", f"{work}/hub.toml"],
+                           stdout=subprocess.DEVNULL, stderr=open(f"{work}/hub.log", "w"))
+    while True:
+        try:
+            if api("GET", "/healthz")[0] == 200:
+                return hub, mqtt, http
+        except OSError:
+            pass
+        if hub.poll() is not None:
+            raise SystemExit(f"the hub exited {hub.returncode}: see {work}/hub.log")
+        time.sleep(0.1)
+
+
+def stop(procs):
+    """SIGTERM to each process still running, then a wait (SIGKILL after 20 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def cpu_s(pid):
+    """User plus system CPU seconds a process has used."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")

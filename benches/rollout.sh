@@ -25,42 +25,22 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
 echo "building release binaries ..." >&2
 cargo build --release --quiet -p cloud-hub -p edge-agent
 exec python3 - "$agents" "$soak" "$rate" "$CARGO_TARGET_DIR/release" "$PWD" <<'PY'
-import json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import json, os, shutil, subprocess, sys, tempfile, time
 
 agents, soak, rate = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 bin_dir, repo = sys.argv[4], sys.argv[5]
 work = tempfile.mkdtemp(prefix="conveyor-rollout-bench-")
 procs = []
 sys.path.insert(0, os.path.join(repo, "benches"))
-from hub_api import api, connect, free_port, get, memory, served
-ticks = os.sysconf("SC_CLK_TCK")
-
-def cpu_s(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / ticks
+from hub_api import api, cpu_s, get, memory, served, start_hub, stop
 
 def cleanup():
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try: p.wait(20)
-        except subprocess.TimeoutExpired: p.kill()
+    stop(procs)
     shutil.rmtree(work, ignore_errors=True)
 
 try:
-    mqtt, http = free_port(), free_port()
-    connect(http)
-    with open(f"{work}/hub.toml", "w") as f:
-        f.write(f'[broker]\nlisten = "127.0.0.1:{mqtt}"\n[http]\nlisten = "127.0.0.1:{http}"\n[store]\npath = "{work}/store"\n')
-    hub = subprocess.Popen([f"{bin_dir}/cloud-hub", "serve", "--config", f"{work}/hub.toml"],
-                           stdout=subprocess.DEVNULL, stderr=open(f"{work}/hub.log", "w"))
+    hub, mqtt, http = start_hub(bin_dir, work)
     procs.append(hub)
-    while True:
-        try:
-            if api("GET", "/healthz")[0] == 200: break
-        except OSError: pass
-        time.sleep(0.1)
     key = get("/api/v1/keys")["keys"][0]["public"]
     env = dict(os.environ, CONVEYOR_HUB=f"http://127.0.0.1:{http}")
     out = subprocess.run([f"{bin_dir}/cloud-hub", "artifact", "push",

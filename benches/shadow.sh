@@ -30,30 +30,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
 echo "building release binaries ..." >&2
 cargo build --release --quiet -p cloud-hub -p edge-agent
 exec python3 - "$rounds" "$seconds" "$rate" "$CARGO_TARGET_DIR/release" "$PWD" <<'PY'
-import os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import os, shutil, statistics, subprocess, sys, tempfile, time
 
 rounds, seconds, rate = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 bin_dir, repo = sys.argv[4], sys.argv[5]
 work = tempfile.mkdtemp(prefix="conveyor-shadow-bench-")
 procs = []
 sys.path.insert(0, os.path.join(repo, "benches"))
-from hub_api import api, connect, free_port, get, memory
-ticks = os.sysconf("SC_CLK_TCK")
+from hub_api import cpu_s, get, memory, start_hub, stop
 WARMUP = 5.0
 
-def cpu_s(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / ticks
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-    try: p.wait(20)
-    except subprocess.TimeoutExpired: p.kill()
-
 def cleanup():
-    for p in procs:
-        stop(p)
+    stop(procs)
     shutil.rmtree(work, ignore_errors=True)
 
 SHADOWS = {"alone": None, "candidate": "v2/edge.int8.json", "control": "edge.int8.json"}
@@ -91,25 +79,15 @@ model = "{repo}/models/basicmotions/edge.int8.json"
     time.sleep(1.5)  # one more heartbeat
     hb = (get(f"/api/v1/devices/{name}") or {}).get("last_heartbeat") or {}
     stage = next((s for s in hb.get("stages", []) if s.get("name") == "classify"), {})
-    stop(agent)
+    stop([agent])
     if agent.returncode not in (0, -15):
         sys.exit(f"agent exited {agent.returncode}: see {work}/{name}.log")
     return {"cpu": cpu, "rss": mem["VmRSS"], "anon": mem["RssAnon"],
             "windows": stage.get("windows", 0), "shadow": stage.get("shadow")}
 
 try:
-    mqtt, http = free_port(), free_port()
-    connect(http)
-    with open(f"{work}/hub.toml", "w") as f:
-        f.write(f'[broker]\nlisten = "127.0.0.1:{mqtt}"\n[http]\nlisten = "127.0.0.1:{http}"\n[store]\npath = "{work}/store"\n')
-    hub = subprocess.Popen([f"{bin_dir}/cloud-hub", "serve", "--config", f"{work}/hub.toml"],
-                           stdout=subprocess.DEVNULL, stderr=open(f"{work}/hub.log", "w"))
+    hub, mqtt, http = start_hub(bin_dir, work)
     procs.append(hub)
-    while True:
-        try:
-            if api("GET", "/healthz")[0] == 200: break
-        except OSError: pass
-        time.sleep(0.1)
     results = {mode: [] for mode in SHADOWS}
     n = 0
     for r in range(rounds):

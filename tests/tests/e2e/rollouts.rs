@@ -75,6 +75,16 @@ fn wait_for_rollout(hub: &Hub, id: u64, state: &str) -> Value {
     })
 }
 
+/// What the rollout's recorded steps say, in order.
+fn steps(r: &Value) -> Vec<&str> {
+    r["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["what"].as_str().unwrap())
+        .collect()
+}
+
 fn running_version(hub: &Hub, i: usize) -> String {
     hub.get(&format!("/api/v1/devices/{}/state", device(i)))["stages"]["classify"]["running"]
         ["model"]["version"]
@@ -211,12 +221,7 @@ fn a_bad_candidate_is_rolled_back_at_the_first_wave_and_a_good_one_reaches_every
             .all(|d| d["phase"] == "healthy"),
         "{r}"
     );
-    let steps: Vec<&str> = r["log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["what"].as_str().unwrap())
-        .collect();
+    let steps = steps(&r);
     for step in ["wave 2 of 3 started", "wave 3 of 3 started", "completed"] {
         assert!(steps.contains(&step), "{steps:#?}");
     }
@@ -337,12 +342,7 @@ fn shadow_runs_judge_a_candidate_on_live_windows_before_any_device_switches() {
             .all(|d| d["phase"] == "healthy" && d["shadow_passed"] == true),
         "{r}"
     );
-    let steps: Vec<&str> = r["log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["what"].as_str().unwrap())
-        .collect();
+    let steps = steps(&r);
     assert!(
         steps
             .iter()
