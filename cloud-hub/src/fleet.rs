@@ -28,6 +28,9 @@ pub struct DeviceRow {
     pub running: BTreeMap<String, String>,
     pub rss_bytes: u64,
     pub log_records: u64,
+    /// The log's bytes, and the bound it holds them to (0: unknown).
+    pub log_bytes: u64,
+    pub log_bound_bytes: u64,
     /// Records the agent's log dropped (full, age, unwritable, corrupt).
     pub dropped: u64,
     /// Records its transforms put in the dead-letter store.
@@ -41,8 +44,8 @@ pub struct DeviceRow {
 /// What needs an operator's eye.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// `offline`, `storage`, `drops`, `dead_letters`, `ota_failed`,
-    /// `hub_model_overloaded`.
+    /// `offline`, `storage`, `log_near_bound`, `drops`, `dead_letters`,
+    /// `ota_failed`, `hub_model_overloaded`.
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
@@ -85,6 +88,10 @@ pub struct EdgeModel {
 /// Most alerts of one kind listed one by one (the rest are counted).
 pub const MAX_ALERTS_PER_KIND: usize = 20;
 
+/// A log this full (a share of its bound) is near dropping records: the
+/// device has been cut off from the hub, or sends faster than it can.
+pub const LOG_NEAR_BOUND: f64 = 0.8;
+
 /// What a report says each stage runs.
 fn running(report: Option<&AgentState>) -> BTreeMap<String, String> {
     report
@@ -120,6 +127,8 @@ pub fn row(
         running: running(report),
         rss_bytes: hb.map_or(0, |h| h.rss_bytes),
         log_records: hb.map_or(0, |h| h.log_records),
+        log_bytes: hb.map_or(0, |h| h.log_bytes),
+        log_bound_bytes: hb.and_then(|h| h.log_bound_bytes).unwrap_or(0),
         dropped: hb.map_or(0, |h| {
             h.log_dropped_full + h.log_dropped_age + h.log_dropped_unwritable + h.log_lost_corrupt
         }),
@@ -264,8 +273,8 @@ pub fn overview(
                 .or_default() += 1;
         }
     }
-    let (mut offline, mut storage, mut drops, mut dead, mut ota) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut offline, mut storage, mut near, mut drops, mut dead, mut ota) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for r in rows {
         o.devices_online += usize::from(r.online);
         o.ingest_records_per_sec += r.records_per_sec;
@@ -278,6 +287,18 @@ pub fn overview(
         }
         if let Some(f) = &r.storage_fault {
             storage.push((id.clone(), format!("storage: {f}")));
+        }
+        if r.log_bound_bytes > 0 && r.log_bytes as f64 >= LOG_NEAR_BOUND * r.log_bound_bytes as f64
+        {
+            near.push((
+                id.clone(),
+                format!(
+                    "its log is {:.0} % full ({} of {} bytes)",
+                    100.0 * r.log_bytes as f64 / r.log_bound_bytes as f64,
+                    r.log_bytes,
+                    r.log_bound_bytes
+                ),
+            ));
         }
         if r.dropped > 0 {
             drops.push((id.clone(), format!("its log dropped {} records", r.dropped)));
@@ -301,6 +322,7 @@ pub fn overview(
     }
     alerts_of(&mut o.alerts, "offline", offline);
     alerts_of(&mut o.alerts, "storage", storage);
+    alerts_of(&mut o.alerts, "log_near_bound", near);
     alerts_of(&mut o.alerts, "drops", drops);
     alerts_of(&mut o.alerts, "dead_letters", dead);
     alerts_of(&mut o.alerts, "ota_failed", ota);

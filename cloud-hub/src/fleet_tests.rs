@@ -66,6 +66,8 @@ fn fleet() -> Vec<(DeviceView, Option<AgentState>)> {
     b.entry.last_heartbeat = Some(Heartbeat {
         log_dropped_full: 3,
         log_dropped_age: 1,
+        log_bytes: 900,
+        log_bound_bytes: Some(1000),
         rss_bytes: 9_000_000,
         storage_fault: Some("disk full".into()),
         stages: vec![StageStats {
@@ -124,6 +126,7 @@ fn the_overview_counts_devices_rates_versions_and_raises_alerts() {
         [
             ("offline", Some("c")),
             ("storage", Some("b")),
+            ("log_near_bound", Some("b")),
             ("drops", Some("b")),
             ("dead_letters", Some("b")),
             ("ota_failed", Some("c")),
@@ -131,7 +134,8 @@ fn the_overview_counts_devices_rates_versions_and_raises_alerts() {
         ]
     );
     assert_eq!(o.alerts[0].text, "offline; last seen 60 s ago");
-    assert!(o.alerts[4].text.contains("bad digest"));
+    assert_eq!(o.alerts[2].text, "its log is 90 % full (900 of 1000 bytes)");
+    assert!(o.alerts[5].text.contains("bad digest"));
 }
 
 #[test]

@@ -206,6 +206,11 @@ pub struct Heartbeat {
     /// be read back (the file is moved aside, not deleted).
     #[serde(default)]
     pub log_lost_corrupt: u64,
+    /// The byte bound the log holds its records to now (`max_bytes`, or
+    /// lower on a full disk): with `log_bytes`, how near it is to
+    /// dropping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bound_bytes: Option<u64>,
     /// The log's disk is full: the log is held below what fitted and
     /// `full_policy` applies, until space returns.
     #[serde(default)]

@@ -519,7 +519,7 @@ impl DurableLog {
     }
 
     /// The byte bound in force (`max_bytes`, or lower on a full disk).
-    fn bound(&self) -> u64 {
+    pub fn bound(&self) -> u64 {
         self.disk.bound(self.config.max_bytes)
     }
 

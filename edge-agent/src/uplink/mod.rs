@@ -342,6 +342,7 @@ impl Uplink {
             records_rejected_by_hub: counters.rejected_by_hub,
             log_records: log.records,
             log_bytes: log.bytes,
+            log_bound_bytes: Some(self.log.bound()),
             log_dropped_full: log.dropped_full,
             log_dropped_age: log.dropped_age,
             log_dropped_unwritable: log.dropped_unwritable,

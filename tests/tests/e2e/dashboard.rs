@@ -80,6 +80,9 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         });
     }
     let origin = format!("http://{}", hub.http);
+    // The heartbeat says how near the log is to its bound (an alert's figure).
+    let hb = hub.heartbeat(&device(0)).unwrap();
+    assert!(hb["log_bound_bytes"].as_u64().unwrap() > 0, "{hb}");
     // Every URL each page fetched (Resource Timing, read before leaving
     // it: a navigation starts a new list; a stream still open is not in it).
     let mut requested: Vec<String> = Vec::new();
