@@ -560,7 +560,22 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                 );
             }
         }
-        if update && deployed.is_none() && started.elapsed().as_secs_f64() >= args.update_after {
+        // The deploy selects the watches by the tag their agents report:
+        // it waits until every watch has reported (or gives up waiting
+        // after UPDATE_GRACE and deploys to those that have).
+        let due = started.elapsed().as_secs_f64() >= args.update_after;
+        let all_reported = || {
+            let ota = state.ota.devices();
+            agents.iter().filter(|a| a.stream == "motion").all(|a| {
+                ota.devices
+                    .get(&a.device_id)
+                    .and_then(|d| d.report())
+                    .is_some()
+            })
+        };
+        let waited_enough =
+            started.elapsed().as_secs_f64() >= args.update_after + UPDATE_GRACE.as_secs_f64();
+        if update && deployed.is_none() && due && (waited_enough || all_reported()) {
             let after = started.elapsed().as_secs_f64();
             match update::push_and_deploy(&hub_url, &update::model_file(&models), after).await {
                 Ok(u) => {
