@@ -34,9 +34,8 @@ export function render(el, [query]) {
     const q = new URLSearchParams();
     for (const [k, v] of f) if (v) q.set(k, v);
     const hash = `#/devices${q.toString() ? `?${q}` : ""}`;
-    if (location.hash !== hash && !(location.hash === "#/devices" && hash === "#/devices")) {
-      history.replaceState(null, "", hash);
-    }
+    // The filter is in the address, so a reload or a shared link keeps it.
+    if (location.hash !== hash) history.replaceState(null, "", hash);
     q.set("offset", offset);
     q.set("limit", PAGE);
     const mine = ++seq;
