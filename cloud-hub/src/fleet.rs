@@ -238,7 +238,8 @@ fn alerts_of(out: &mut Vec<Alert>, kind: &str, found: Vec<(String, String)>) {
     }
 }
 
-/// The overview of `rows` (with each device's report), at `now`.
+/// The overview of `rows` (with each device's view and report, for what a
+/// row does not carry), at `now`.
 /// `overloaded` lists the hub models that turned requests away.
 pub fn overview(
     devices: &[(DeviceView, Option<AgentState>)],
@@ -251,6 +252,7 @@ pub fn overview(
         devices_known: rows.len(),
         ..Overview::default()
     };
+    let mut ota = Vec::new();
     for (view, report) in devices {
         let e = &view.entry;
         for (model, t) in &e.predictions {
@@ -265,17 +267,28 @@ pub fn overview(
         }
         o.results += e.finals.results;
         o.decided_by_hub += e.finals.by_hub;
-        for (stage, version) in running(report.as_ref()) {
-            *o.versions
-                .entry(stage)
-                .or_default()
-                .entry(version)
-                .or_default() += 1;
+        if let Some(c) = report.as_ref().and_then(|r| r.last_change.as_ref()) {
+            if c.phase == conveyor_shared::ota::Phase::Failed {
+                ota.push((
+                    e.device_id.clone(),
+                    format!(
+                        "update refused: {}",
+                        c.reason.as_deref().unwrap_or("no reason given")
+                    ),
+                ));
+            }
         }
     }
-    let (mut offline, mut storage, mut near, mut drops, mut dead, mut ota) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut offline, mut storage, mut near, mut drops, mut dead) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for r in rows {
+        for (stage, version) in &r.running {
+            *o.versions
+                .entry(stage.clone())
+                .or_default()
+                .entry(version.clone())
+                .or_default() += 1;
+        }
         o.devices_online += usize::from(r.online);
         o.ingest_records_per_sec += r.records_per_sec;
         o.dropped += r.dropped;
@@ -305,19 +318,6 @@ pub fn overview(
         }
         if r.dead_letters > 0 {
             dead.push((id.clone(), format!("{} dead letters", r.dead_letters)));
-        }
-    }
-    for (view, report) in devices {
-        if let Some(c) = report.as_ref().and_then(|r| r.last_change.as_ref()) {
-            if c.phase == conveyor_shared::ota::Phase::Failed {
-                ota.push((
-                    view.entry.device_id.clone(),
-                    format!(
-                        "update refused: {}",
-                        c.reason.as_deref().unwrap_or("no reason given")
-                    ),
-                ));
-            }
         }
     }
     alerts_of(&mut o.alerts, "offline", offline);

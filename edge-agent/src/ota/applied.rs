@@ -126,6 +126,18 @@ fn kind_sent(target: &StageTarget) -> &'static str {
     }
 }
 
+/// The metadata file of model `a` in `cache`, verified again first.
+fn cached_model(
+    cache: &ArtifactCache,
+    a: &ArtifactRef,
+    trusted: &[PublicKey],
+) -> Result<PathBuf, String> {
+    cache
+        .verified(&a.id, trusted)?
+        .model_metadata()
+        .ok_or_else(|| format!("{a} has no metadata (.json) file"))
+}
+
 /// Sets stage `name` of `config` to run `target` from `cache` (verified
 /// again first).
 pub fn set_target(
@@ -142,10 +154,7 @@ pub fn set_target(
     };
     match (&mut config.stages[i], target) {
         (StageConfig::Inference(c), StageTarget::Model(a)) => {
-            let cached = cache.verified(&a.id, trusted).map_err(artifact_err)?;
-            c.model = cached
-                .model_metadata()
-                .ok_or_else(|| artifact_err(format!("{a} has no metadata (.json) file")))?;
+            c.model = cached_model(cache, a, trusted).map_err(artifact_err)?;
         }
         (StageConfig::Transform(c), StageTarget::Transforms(links)) => {
             let mut chain = Vec::with_capacity(links.len());
@@ -195,12 +204,7 @@ pub fn set_shadow(
     };
     match &mut config.stages[i] {
         StageConfig::Inference(c) => {
-            let cached = cache
-                .verified(&candidate.id, trusted)
-                .map_err(artifact_err)?;
-            c.shadow = Some(cached.model_metadata().ok_or_else(|| {
-                artifact_err(format!("{candidate} has no metadata (.json) file"))
-            })?);
+            c.shadow = Some(cached_model(cache, candidate, trusted).map_err(artifact_err)?);
             Ok(())
         }
         stage => Err(OverlayError::WrongKind {
