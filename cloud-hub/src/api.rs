@@ -7,6 +7,8 @@
 //! | `GET /api/v1/stats` | hub-wide counters, latency quantiles and the store's health (`store`: healthy, error, since_us, write_failures, recoveries, free_bytes) |
 //! | `GET /api/v1/devices` | every device the hub knows |
 //! | `GET /api/v1/devices/{id}` | one device |
+//! | `GET /api/v1/devices/{id}/heartbeats` | the device's heartbeat counters over the last 10 minutes (one point per 5 s, memory only: `trend.rs`) |
+//! | `GET /api/v1/audit?limit=N` | who changed what the fleet runs, newest last (`audit.rs`, `api_audit.rs`) |
 //! | `GET /api/v1/devices/{id}/records?from=SEQ&limit=N` | records in seq order: with `from`, the first N with seq >= SEQ (page on with the last seq + 1); without, the latest N; a prediction record carries its final `result` |
 //! | `GET /api/v1/devices/{id}/results?from=SEQ&limit=N` | final predictions (after the cascade), paged like records |
 //! | `GET /api/v1/results/stream[?device=ID]` | live final predictions, Server-Sent Events (`event: results`, data: `{"device_id", "results": [...]}`) |
@@ -51,6 +53,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/v1/fleet/stream", get(crate::api_fleet::stream))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
+        .route("/api/v1/devices/{id}/heartbeats", get(heartbeats))
         .route("/api/v1/devices/{id}/records", get(records))
         .route("/api/v1/devices/{id}/results", get(results))
         .route("/api/v1/results/stream", get(crate::api_results::stream))
@@ -89,7 +92,12 @@ pub fn router(state: Arc<HubState>) -> Router {
             "/api/v1/devices/{id}/state",
             get(crate::api_desired::get_state),
         )
+        .route(
+            "/api/v1/devices/{id}/history",
+            get(crate::api_desired::get_history),
+        )
         .route("/api/v1/deploy", post(crate::api_desired::deploy))
+        .route("/api/v1/audit", get(crate::api_audit::list))
         .route(
             "/api/v1/devices/{id}/tags",
             get(crate::api_tags::get_tags).put(crate::api_tags::put_tags),
@@ -226,6 +234,15 @@ async fn device(State(s): State<Arc<HubState>>, Path(id): Path<String>) -> Respo
         Some(view) => Json(with_ota(&s, view)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no device {id:?}")),
     }
+}
+
+async fn heartbeats(State(s): State<Arc<HubState>>, Path(id): Path<String>) -> Response {
+    let r = s.registry();
+    if r.get(&id, now_us()).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no device {id:?}"));
+    }
+    Json(json!({"device_id": id, "every_s": crate::trend::Trend::EVERY_US / 1_000_000, "points": r.trend(&id)}))
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

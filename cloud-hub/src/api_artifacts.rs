@@ -94,7 +94,18 @@ pub async fn push(
     match result {
         Ok((m, created)) => {
             let code = if created {
-                tracing::info!(artifact = %m.id, name = %m.manifest.name, version = %m.manifest.version, kind = ?m.manifest.kind, "artifact pushed and signed");
+                s.audit.record(crate::audit::AuditEntry {
+                    at_us: conveyor_shared::time::now_us(),
+                    by: "api".into(),
+                    action: "artifact.push".into(),
+                    target: format!("{}@{}", m.manifest.name, m.manifest.version),
+                    detail: format!(
+                        "{} {} signed and stored ({} files)",
+                        format!("{:?}", m.manifest.kind).to_lowercase(),
+                        m.id,
+                        m.manifest.files.len()
+                    ),
+                });
                 StatusCode::CREATED
             } else {
                 StatusCode::OK

@@ -7,6 +7,10 @@
 //! | `POST /api/v1/deploy` | the same for several devices: `{"devices": [...], "tags": {"k": "v"}, "stages": {...}}` (a device matches when each tag equals the one it last reported); 422 if none. `{"deployed": [{"device_id", "generation", "desired"}]}` |
 //! | `GET /api/v1/devices/{id}/desired` | `{"generation", "desired", "envelope"}` (the envelope as published) |
 //! | `GET /api/v1/devices/{id}/state` | the agent's last report: what it runs, the last change's phase (and why it failed) |
+//! | `GET /api/v1/devices/{id}/history?limit=N` | the device's history of changes, newest last: each desired state set (`by` whom) and each phase its agent reported (`ota/history.rs`) |
+//!
+//! Both writes take an optional `"by"` (who asks; default `api`), which
+//! the audit log and the device's history record.
 //!
 //! Artifacts are named by `name@version` (or id) and resolved to the
 //! registry's ids here; the document agents get names ids, which they
@@ -52,6 +56,9 @@ pub(crate) type StageRequests = BTreeMap<String, Option<TargetRequest>>;
 #[serde(deny_unknown_fields)]
 pub struct DesiredRequest {
     stages: StageRequests,
+    /// Who asks (the audit log and the device's history say it).
+    #[serde(default)]
+    by: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +69,8 @@ pub struct DeployRequest {
     #[serde(default)]
     tags: BTreeMap<String, String>,
     stages: StageRequests,
+    #[serde(default)]
+    by: Option<String>,
 }
 
 fn unprocessable(message: String) -> ApiError {
@@ -150,17 +159,21 @@ pub(crate) fn resolve(
     Ok(out)
 }
 
-/// Sets, stores and publishes the desired state of each of `devices`.
+/// Sets, stores and publishes the desired state of each of `devices`,
+/// for `by`, and writes each in the audit log.
 fn deploy_to(
     s: &HubState,
     devices: &[DeviceId],
     changes: &BTreeMap<String, Option<StageTarget>>,
+    by: Option<String>,
 ) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     let now = conveyor_shared::time::now_us();
+    let by = by.unwrap_or_else(|| "api".into());
     for device in devices {
         let desired =
-            match crate::ota::deploy::set_and_publish(s, device, changes, &BTreeMap::new(), now) {
+            match crate::ota::deploy::set_and_publish(s, device, changes, &BTreeMap::new(), &by, now)
+            {
                 Ok(d) => d,
                 Err(e) => {
                     let done: Vec<_> = out.iter().map(|d: &Value| d["device_id"].clone()).collect();
@@ -170,6 +183,17 @@ fn deploy_to(
                     ));
                 }
             };
+        s.audit.record(crate::audit::AuditEntry {
+            at_us: now,
+            by: by.clone(),
+            action: "deploy".into(),
+            target: device.to_string(),
+            detail: format!(
+                "generation {}: {}",
+                desired.doc.generation,
+                crate::ota::history::desired(&desired.doc, &by, now).what
+            ),
+        });
         out.push(json!({
             "device_id": device,
             "generation": desired.doc.generation,
@@ -197,9 +221,10 @@ pub async fn put_desired(
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let done = body(parsed)
-        .and_then(|b| resolve(&s, b.stages))
-        .and_then(|c| deploy_to(&s, std::slice::from_ref(&device), &c));
+    let done = body(parsed).and_then(|b| {
+        let changes = resolve(&s, b.stages)?;
+        deploy_to(&s, std::slice::from_ref(&device), &changes, b.by)
+    });
     match done {
         Ok(mut done) => Json(done.remove(0)).into_response(),
         Err(e) => e.into_response(),
@@ -249,7 +274,7 @@ pub async fn deploy(
     let done = body(parsed).and_then(|b| {
         let devices = select(&s, &b.devices, &b.tags)?;
         let changes = resolve(&s, b.stages)?;
-        deploy_to(&s, &devices, &changes)
+        deploy_to(&s, &devices, &changes, b.by)
     });
     match done {
         Ok(done) => Json(json!({"deployed": done})).into_response(),
@@ -281,5 +306,37 @@ pub async fn get_state(State(s): State<Arc<HubState>>, Path(id): Path<String>) -
             StatusCode::NOT_FOUND,
             format!("device {id:?} has reported no OTA state"),
         ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// Most history entries one request returns.
+const MAX_HISTORY: usize = 500;
+
+pub async fn get_history(
+    State(s): State<Arc<HubState>>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Response {
+    let device = match DeviceId::new(id) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let limit = q.limit.unwrap_or(100).min(MAX_HISTORY);
+    let journal = s.ota.history.journal(&device);
+    let read = tokio::task::spawn_blocking(move || {
+        journal.last::<crate::ota::history::HistoryEntry>(limit)
+    });
+    match read.await {
+        Ok(Ok(entries)) => Json(json!({"device_id": device, "history": entries})).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the history of {device}: {e}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /api/v1/rollouts` | `{"stage", "target": {"model": "name@version"} \| {"transforms": [...]}, "devices": [...], "tags": {"k": "v"}, "waves": "1,10%,50%,100%", "soak_s", "device_timeout_s", "max_failures": "10%" \| 2, "gates": {"accuracy_margin", "teacher_margin", "min_windows", "max_silence_s", "allow_restarts", "max_errors", "max_rss_growth_mb"}, "shadow": {"windows", "min_agreement", "max_errors", "only"}, "by"}`: starts it (a running rollout for the same stage on any of the devices is superseded); 201 with the rollout |
 //! | `GET /api/v1/rollouts` | `{"rollouts": [summary]}`, newest first |
-//! | `GET /api/v1/rollouts/{id}` | the rollout: summary, each device's phase and reason, waves, the log of steps (who, when, what) |
+//! | `GET /api/v1/rollouts/{id}` | the rollout: summary, each device's phase and reason, waves, the log of steps (who, when, what), and `figures`: the gates' figures over time (`rollout/figures.rs`) |
 //! | `POST /api/v1/rollouts/{id}/{pause,resume,abort,rollback}` | `{"by", "reason"}`; 409 when the rollout's state does not allow it |
 
 use std::collections::BTreeMap;
@@ -312,8 +312,25 @@ pub async fn start(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    match driver::start(&s, start, conveyor_shared::time::now_us()) {
-        Ok(r) => (StatusCode::CREATED, Json(view(&r))).into_response(),
+    let now = conveyor_shared::time::now_us();
+    let by = start.by.clone();
+    match driver::start(&s, start, now) {
+        Ok(r) => {
+            s.audit.record(crate::audit::AuditEntry {
+                at_us: now,
+                by,
+                action: "rollout.start".into(),
+                target: format!("rollout {}", r.id),
+                detail: format!(
+                    "stage {} to {} on {} devices in waves {:?}",
+                    r.stage,
+                    crate::ota::history::target_text(&r.target),
+                    r.devices.len(),
+                    r.waves
+                ),
+            });
+            (StatusCode::CREATED, Json(view(&r))).into_response()
+        }
         Err(e) => drive_error(e),
     }
 }
@@ -338,10 +355,13 @@ pub async fn list(State(s): State<Arc<HubState>>) -> Json<Value> {
 }
 
 pub async fn show(State(s): State<Arc<HubState>>, Path(id): Path<u64>) -> Response {
-    match s.ota.rollouts().rollouts.get(&id) {
-        Some(r) => Json(view(r)).into_response(),
-        None => drive_error(DriveError::NotFound(id)),
-    }
+    let mut v = match s.ota.rollouts().rollouts.get(&id) {
+        Some(r) => view(r),
+        None => return drive_error(DriveError::NotFound(id)),
+    };
+    let figures = s.ota.figures().get(id).cloned().unwrap_or_default();
+    v["figures"] = json!(figures);
+    Json(v).into_response()
 }
 
 pub async fn command(
@@ -367,6 +387,13 @@ pub async fn command(
     };
     let by = b.by.unwrap_or_else(|| "api".into());
     let reason = b.reason.unwrap_or_else(|| format!("{verb} by {by}"));
+    let audit = crate::audit::AuditEntry {
+        at_us: conveyor_shared::time::now_us(),
+        by: by.clone(),
+        action: format!("rollout.{verb}"),
+        target: format!("rollout {id}"),
+        detail: reason.clone(),
+    };
     let event = match verb.as_str() {
         "pause" => Event::Pause { by },
         "resume" => Event::Resume { by },
@@ -380,8 +407,11 @@ pub async fn command(
             .into_response()
         }
     };
-    match driver::command(&s, id, event, conveyor_shared::time::now_us()) {
-        Ok(r) => Json(view(&r)).into_response(),
+    match driver::command(&s, id, event, audit.at_us) {
+        Ok(r) => {
+            s.audit.record(audit);
+            Json(view(&r)).into_response()
+        }
         Err(e) => drive_error(e),
     }
 }

@@ -61,7 +61,13 @@ pub async fn put_tags(
     let mut store = s.ota.devices();
     match store.tag(&device, &body.tags) {
         Ok(tags) => {
-            tracing::info!(device = %device, ?tags, "device tags set");
+            s.audit.record(crate::audit::AuditEntry {
+                at_us: conveyor_shared::time::now_us(),
+                by: "api".into(),
+                action: "tags".into(),
+                target: device.to_string(),
+                detail: format!("tags now {tags:?}"),
+            });
             Json(view(&id, store.devices.get(&id))).into_response()
         }
         Err(e @ (TagError::Bad(_) | TagError::TooMany(_))) => {

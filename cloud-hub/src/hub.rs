@@ -94,6 +94,7 @@ impl Hub {
             device_url: connection.device_url.clone(),
             ota,
             publisher: connection.publisher.clone(),
+            audit: crate::audit::Audit::open(&config.store.path),
         });
         state.metrics.ota_skipped.inc_by(state.ota.skipped_at_open);
         // The embedded broker forgets retained messages with the process

@@ -54,6 +54,8 @@ pub struct HubState {
     pub ota: crate::ota::OtaHub,
     /// Hub -> device messages (the API publishes desired states).
     pub publisher: Publisher,
+    /// Who changed what the fleet runs.
+    pub audit: crate::audit::Audit,
 }
 
 impl HubState {

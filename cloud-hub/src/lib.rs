@@ -9,11 +9,13 @@
 
 pub mod api;
 pub mod api_artifacts;
+pub mod api_audit;
 pub mod api_desired;
 pub mod api_fleet;
 pub mod api_results;
 pub mod api_rollouts;
 pub mod api_tags;
+pub mod audit;
 pub mod cascade;
 pub mod config;
 pub mod dashboard;
@@ -21,6 +23,7 @@ pub mod fleet;
 pub mod hub;
 pub mod inference;
 pub mod ingest;
+pub mod journal;
 pub mod keys;
 pub mod metrics;
 pub mod ota;
@@ -28,3 +31,4 @@ pub mod ota_cli;
 pub mod registry;
 pub mod rollout;
 pub mod store;
+pub mod trend;

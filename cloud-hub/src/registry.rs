@@ -129,6 +129,8 @@ pub struct Registry {
     devices: BTreeMap<String, DeviceEntry>,
     /// Devices changed since the last `take_dirty`, to persist.
     dirty: BTreeSet<String>,
+    /// Each device's heartbeat counters over time (memory only).
+    trends: BTreeMap<String, crate::trend::Trend>,
 }
 
 impl Registry {
@@ -148,6 +150,7 @@ impl Registry {
         let mut registry = Registry {
             devices,
             dirty: BTreeSet::new(),
+            trends: BTreeMap::new(),
         };
         registry.take_counts(counts);
         for e in registry.devices.values_mut() {
@@ -250,7 +253,19 @@ impl Registry {
     }
 
     pub fn on_heartbeat(&mut self, device: &str, heartbeat: Heartbeat, now_us: i64) {
+        self.trends
+            .entry(device.to_string())
+            .or_default()
+            .add(&heartbeat);
         self.entry(device, now_us).last_heartbeat = Some(heartbeat);
+    }
+
+    /// The device's heartbeat counters over the last minutes.
+    pub fn trend(&self, device: &str) -> Vec<crate::trend::Point> {
+        self.trends
+            .get(device)
+            .map(crate::trend::Trend::points)
+            .unwrap_or_default()
     }
 
     pub fn on_rejected(&mut self, device: &str, now_us: i64) {

@@ -67,6 +67,10 @@ impl StageStorage {
         self.dead_letters.write_errors()
     }
 
+    pub fn recent_dead_letters(&self) -> Vec<conveyor_shared::control::DeadLetterNote> {
+        self.dead_letters.recent()
+    }
+
     pub fn transform_cache_write_errors(&self) -> u64 {
         self.cache_write_errors.load(Ordering::Relaxed)
     }

@@ -245,6 +245,31 @@ pub struct Heartbeat {
     /// Pipeline stages, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageStats>,
+    /// The last dead letters (at most [`RECENT_DEAD_LETTERS`], oldest
+    /// first), with their reasons but not their records: what an operator
+    /// looks at first. The records stay on the device
+    /// (`edge-agent dead-letters`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letters: Vec<DeadLetterNote>,
+}
+
+/// How many recent dead letters a heartbeat carries.
+pub const RECENT_DEAD_LETTERS: usize = 8;
+
+/// One dead letter as a heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterNote {
+    /// When it was stored, µs since the Unix epoch.
+    pub at_us: i64,
+    pub stage: String,
+    /// `name@version` of the transform.
+    pub transform: String,
+    /// `trap`, `out_of_fuel`, `rejected`, `disabled`, ...
+    pub kind: String,
+    /// Cut to [`crate::ota::state::MAX_REASON_BYTES`].
+    pub reason: String,
+    /// The record's stream.
+    pub stream: String,
 }
 
 #[derive(Debug, Error)]

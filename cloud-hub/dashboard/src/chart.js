@@ -4,7 +4,8 @@ import uPlot from "uplot";
 
 const COLOURS = ["#2463eb", "#13804b", "#b45309", "#b42318", "#7c3aed"];
 
-// A chart in `el` with one line per entry of `series` ({label, scale?}),
+// A chart in `el` with one line per entry of `series` ({label, scale?,
+// points?: dots only, dots?: a line with its points marked}),
 // keeping the last `keep` points. `push(t, ...values)` adds a point (t in
 // seconds since the epoch).
 export function liveChart(el, title, series, { keep = 300, height = 190, scales } = {}) {
@@ -19,7 +20,7 @@ export function liveChart(el, title, series, { keep = 300, height = 190, scales 
     scales: scales ?? { x: { time: true } },
     series: [{}, ...series.map((s, i) => ({
       label: s.label, stroke: COLOURS[i % COLOURS.length], width: 1.6,
-      scale: s.scale ?? "y", points: { show: s.points ?? false }, paths: s.points ? () => null : undefined,
+      scale: s.scale ?? "y", points: { show: s.points || s.dots || false }, paths: s.points ? () => null : undefined,
     }))],
     // One axis per scale: the first on the left, the others on the right.
     axes: [{}, ...[...new Set(series.map((s) => s.scale ?? "y"))].map((scale, i) =>

@@ -15,11 +15,13 @@ use crate::ingest::HubState;
 /// same way), stores it and publishes it. A publish that
 /// fails now is not an error: the document is stored, and goes out again
 /// when the device comes online or reports that it has not seen it.
+/// The device's history records it, with `by`.
 pub fn set_and_publish(
     s: &HubState,
     device: &DeviceId,
     changes: &BTreeMap<String, Option<StageTarget>>,
     shadows: &BTreeMap<String, Option<ArtifactRef>>,
+    by: &str,
     now_us: i64,
 ) -> Result<Desired, SetError> {
     let desired = {
@@ -30,6 +32,9 @@ pub fn set_and_publish(
         }
         desired
     };
+    s.ota
+        .history
+        .record(device, super::history::desired(&desired.doc, by, now_us));
     match s.publisher.desired(device, desired.envelope.clone()) {
         Ok(()) => {
             s.metrics.desired_published.inc();
@@ -38,6 +43,6 @@ pub fn set_and_publish(
             tracing::warn!(device = %device, "could not publish the desired state now: {e}")
         }
     }
-    tracing::info!(device = %device, generation = desired.doc.generation, stages = ?desired.doc.stages.keys().collect::<Vec<_>>(), "desired state set");
+    tracing::info!(device = %device, generation = desired.doc.generation, stages = ?desired.doc.stages.keys().collect::<Vec<_>>(), by, "desired state set");
     Ok(desired)
 }

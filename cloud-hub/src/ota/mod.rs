@@ -9,6 +9,7 @@
 //!   the agents' reports, persisted.
 //! - [`republish`]: when a device is sent its desired state again.
 //! - [`reports`]: what the hub does with an agent's report.
+//! - [`history`]: each device's history of changes.
 //! - [`range`]: HTTP `Range` headers, for resumable downloads.
 //!
 //! The HTTP routes are in `api_artifacts.rs` and `api_desired.rs`, the CLI
@@ -20,6 +21,7 @@ pub mod config;
 pub mod deploy;
 pub mod devices;
 pub mod files;
+pub mod history;
 pub mod range;
 pub mod registry;
 pub mod reports;
@@ -44,6 +46,10 @@ pub struct OtaHub {
     registry: Mutex<ArtifactRegistry>,
     devices: Mutex<DeviceStore>,
     rollouts: Mutex<crate::rollout::store::RolloutStore>,
+    /// Each rollout's gate figures over time.
+    figures: Mutex<crate::rollout::figures::FigureStore>,
+    /// Each device's history of changes.
+    pub history: history::DeviceHistory,
     /// Stored documents that did not verify or read at start (skipped).
     pub skipped_at_open: u64,
 }
@@ -100,6 +106,7 @@ impl OtaHub {
         let (devices, bad_devices) = DeviceStore::open(store_dir, &public).map_err(storage)?;
         let (rollouts, bad_rollouts) =
             crate::rollout::store::RolloutStore::open(store_dir).map_err(storage)?;
+        let figures = crate::rollout::figures::FigureStore::open(store_dir).map_err(storage)?;
         tracing::info!(
             artifacts = registry.len(),
             devices = devices.devices.len(),
@@ -114,6 +121,8 @@ impl OtaHub {
             registry: Mutex::new(registry),
             devices: Mutex::new(devices),
             rollouts: Mutex::new(rollouts),
+            figures: Mutex::new(figures),
+            history: history::DeviceHistory::new(store_dir),
             max_artifact_bytes: config.max_artifact_bytes,
             key,
         })
@@ -139,6 +148,11 @@ impl OtaHub {
     /// needed (never the other way round).
     pub fn rollouts(&self) -> MutexGuard<'_, crate::rollout::store::RolloutStore> {
         self.rollouts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rollouts' figures (taken alone, never with another lock).
+    pub fn figures(&self) -> MutexGuard<'_, crate::rollout::figures::FigureStore> {
+        self.figures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A directory for a push's files.

@@ -36,6 +36,9 @@ fn keep_report(hub: &HubState, device: &DeviceId, state: AgentState, now_us: i64
     if let Some(c) = &state.last_change {
         if before != Some(key(c)) {
             log_change(device, c);
+            hub.ota
+                .history
+                .record(device, super::history::reported(&state, c, now_us));
             match c.phase {
                 Phase::Applied => hub.metrics.ota_change("applied"),
                 Phase::Failed => hub.metrics.ota_change("failed"),

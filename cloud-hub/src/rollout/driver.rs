@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use conveyor_shared::ota::{AgentState, ArtifactRef, StageRunning, StageTarget};
 use conveyor_shared::DeviceId;
 
+use super::figures::Tally;
 use super::gates::{judge, Baseline, Gates, Sample, Scored, Verdict};
 use super::machine::{Action, DevicePhase, Event, Policy, Refused, Rollout, State};
 use super::shadow::{self, ShadowGate};
@@ -68,7 +69,8 @@ fn run(s: &HubState, r: &mut Rollout, actions: Vec<Action>, now: i64) {
         let Ok(id) = DeviceId::new(device.clone()) else {
             continue;
         };
-        match crate::ota::deploy::set_and_publish(s, &id, &changes, &shadows, now) {
+        let by = format!("rollout {}", r.id);
+        match crate::ota::deploy::set_and_publish(s, &id, &changes, &shadows, &by, now) {
             Ok(desired) => {
                 let event = Event::Sent {
                     device,
@@ -229,10 +231,17 @@ pub fn on_report(s: &HubState, device: &str, state: &AgentState, now: i64) {
 /// judged.
 pub fn tick(s: &HubState, now: i64) {
     step_all(s, now, |r| !r.state.is_final(), || Event::Tick);
-    for (id, event) in judge_shadowing(s, now) {
+    let mut tallies = BTreeMap::new();
+    for (id, event) in judge_shadowing(s, now, &mut tallies) {
         step_all(s, now, |r| r.id == id, || event.clone());
     }
-    let (verdicts, baselines) = judge_soaking(s, now);
+    let (verdicts, baselines) = judge_soaking(s, now, &mut tallies);
+    {
+        let mut figures = s.ota.figures();
+        for (id, tally) in &tallies {
+            figures.record(*id, tally, now);
+        }
+    }
     for (id, device, baseline) in baselines {
         step_all(
             s,
@@ -259,8 +268,9 @@ pub fn tick(s: &HubState, now: i64) {
 }
 
 /// The shadow gate's verdict on each shadowing device that has one: a
-/// [`Event::ShadowHeld`] or [`Event::GateFailed`] for its rollout.
-fn judge_shadowing(s: &HubState, now: i64) -> Vec<(u64, Event)> {
+/// [`Event::ShadowHeld`] or [`Event::GateFailed`] for its rollout. Each
+/// device's figures go into its rollout's tally.
+fn judge_shadowing(s: &HubState, now: i64, tallies: &mut BTreeMap<u64, Tally>) -> Vec<(u64, Event)> {
     let shadowing: Vec<(u64, String, String, ArtifactRef, ShadowGate)> = {
         let store = s.ota.rollouts();
         store
@@ -293,6 +303,7 @@ fn judge_shadowing(s: &HubState, now: i64) -> Vec<(u64, Event)> {
             .and_then(|v| v.entry.last_heartbeat.as_ref())
             .and_then(|h| h.stages.iter().find(|st| st.name == stage))
             .and_then(|st| st.shadow.as_ref());
+        tallies.entry(rollout).or_default().shadowing(stats);
         let event = match shadow::judge(&gate, &candidate, stats) {
             (Verdict::Held, figures) => Event::ShadowHeld { device, figures },
             (Verdict::Broken(b), _) => Event::GateFailed {
@@ -322,11 +333,13 @@ struct Soaking {
 /// The gates' verdict on each soaking device that changes something (a
 /// gate broken, or held for the first time), and the baselines of those
 /// whose soak just began. The rollouts' lock is not held while the
-/// registry and the reports are read.
+/// registry and the reports are read. Each sample goes into its
+/// rollout's tally.
 #[allow(clippy::type_complexity)]
 fn judge_soaking(
     s: &HubState,
     now: i64,
+    tallies: &mut BTreeMap<u64, Tally>,
 ) -> (Vec<(u64, String, Verdict)>, Vec<(u64, String, Baseline)>) {
     let soaking: Vec<Soaking> = {
         let store = s.ota.rollouts();
@@ -413,6 +426,7 @@ fn judge_soaking(
                 applied_us: d.applied_us,
             }
         };
+        tallies.entry(d.rollout).or_default().soaking(&sample);
         match judge(&d.gates, &sample) {
             Verdict::Held if d.held => {}
             v => verdicts.push((d.rollout, d.device, v)),

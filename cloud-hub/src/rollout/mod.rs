@@ -11,6 +11,8 @@
 //! - [`shadow`]: the gate a candidate must hold running beside a
 //!   device's model before it takes over (agreement, errors).
 //! - [`store`]: each rollout persisted whole after every step.
+//! - [`figures`]: the gates' figures over time, summed over the devices
+//!   judged (what the dashboard charts).
 //! - [`driver`]: feeds the machines (reports, the clock, operators'
 //!   commands) and does what they ask (sets desired states through
 //!   [`crate::ota::deploy::set_and_publish`]).
@@ -19,6 +21,7 @@
 //! `ota_cli/rollout.rs`.
 
 pub mod driver;
+pub mod figures;
 pub mod gates;
 pub mod machine;
 pub mod shadow;

@@ -8,13 +8,20 @@
 //! by the reader). Failures are rare, so each batch of entries is synced.
 //! The file is rotated to `dead-letters.1.jsonl` when it passes its size
 //! limit, so a transform failing on every record cannot fill the disk.
+//!
+//! The last few are also kept in memory, without their records, for the
+//! heartbeat: the hub's dashboard shows what failed and why without
+//! reading the device's disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use conveyor_shared::control::{DeadLetterNote, RECENT_DEAD_LETTERS};
+use conveyor_shared::ota::bounded_reason;
 use conveyor_shared::Record;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +52,7 @@ pub struct DeadLetterStore {
     max_bytes: u64,
     file: Mutex<Option<File>>,
     write_errors: AtomicU64,
+    recent: Mutex<VecDeque<DeadLetterNote>>,
 }
 
 impl DeadLetterStore {
@@ -59,6 +67,7 @@ impl DeadLetterStore {
             max_bytes,
             file: Mutex::new(None),
             write_errors: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_DEAD_LETTERS)),
         }
     }
 
@@ -72,6 +81,7 @@ impl DeadLetterStore {
         if letters.is_empty() {
             return;
         }
+        self.remember(letters);
         let mut text = Vec::new();
         for l in letters {
             serde_json::to_writer(&mut text, l).expect("a dead letter serialises");
@@ -119,6 +129,31 @@ impl DeadLetterStore {
             let _ = f.set_len(before);
         }
         written
+    }
+
+    /// Keeps the last [`RECENT_DEAD_LETTERS`] of `letters` as notes.
+    fn remember(&self, letters: &[DeadLetter]) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = letters.len().saturating_sub(RECENT_DEAD_LETTERS);
+        for l in &letters[skip..] {
+            if recent.len() == RECENT_DEAD_LETTERS {
+                recent.pop_front();
+            }
+            recent.push_back(DeadLetterNote {
+                at_us: l.at_us,
+                stage: l.stage.clone(),
+                transform: l.transform.clone(),
+                kind: l.kind.clone(),
+                reason: bounded_reason(&l.reason),
+                stream: l.record.stream.clone(),
+            });
+        }
+    }
+
+    /// The last dead letters since the agent started, oldest first.
+    pub fn recent(&self) -> Vec<DeadLetterNote> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().cloned().collect()
     }
 
     pub fn write_errors(&self) -> u64 {
@@ -189,6 +224,28 @@ mod tests {
         // The payload is kept as text in the file.
         let text = fs::read_to_string(store.path()).unwrap();
         assert!(text.contains(r#""payload":"{\"pan\":\"4111\"}""#), "{text}");
+    }
+
+    #[test]
+    fn the_last_few_are_kept_for_the_heartbeat_without_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::new(dir.path());
+        assert!(store.recent().is_empty());
+        store.append(&(0..5).map(letter).collect::<Vec<_>>());
+        store.append(&(5..12).map(letter).collect::<Vec<_>>());
+        let recent = store.recent();
+        let at: Vec<i64> = recent.iter().map(|n| n.at_us).collect();
+        assert_eq!(at, (12 - RECENT_DEAD_LETTERS as i64..12).collect::<Vec<_>>());
+        assert_eq!(
+            (recent[0].kind.as_str(), recent[0].reason.as_str(), recent[0].stream.as_str()),
+            ("trap", "boom", "pos")
+        );
+        // Kept even when the file cannot be written.
+        let blocker = dir.path().join("file");
+        fs::write(&blocker, b"x").unwrap();
+        let broken = DeadLetterStore::new(&blocker.join("sub"));
+        broken.append(&[letter(1)]);
+        assert_eq!((broken.write_errors(), broken.recent().len()), (1, 1));
     }
 
     #[test]

@@ -358,6 +358,7 @@ impl Uplink {
             rss_bytes: rss_bytes(),
             sources: stats_snapshot(&self.sources),
             stages: self.stages.iter().map(|s| s.snapshot()).collect(),
+            dead_letters: self.storage.recent_dead_letters(),
         }
     }
 }

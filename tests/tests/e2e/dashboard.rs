@@ -1,8 +1,10 @@
 //! The dashboard in a real headless Chromium, against a real hub and real
 //! agents: the overview's counts and live numbers, the device list and
 //! its search, a device's page with its chart and model, a killed agent
-//! turning offline on the page, a rollout started from the CLI shown and
-//! aborted from the page, and no request to any host but the hub.
+//! turning offline on the page, a rollout started from the CLI shown
+//! (with its gate figures over time) and aborted from the page, the
+//! device's history of changes and dead letters with their reasons, the
+//! audit log, and no request to any host but the hub.
 //!
 //! With `CONVEYOR_SCREENSHOTS=<dir>` it also writes a PNG of each page
 //! there (`docs/dashboard/screenshots.sh` does, for the README).
@@ -19,7 +21,10 @@ fn device(i: usize) -> String {
     format!("store-{i}")
 }
 
-fn config(hub: &Hub, i: usize) -> AgentConfig {
+/// `sensor_port`: store-0 also takes readings over HTTP through a
+/// transform that traps on a negative value (its dead letters, with
+/// their reasons, are on its page).
+fn config(hub: &Hub, i: usize, dir: &std::path::Path, sensor_port: u16) -> AgentConfig {
     let mut c = AgentConfig::for_device(&device(i))
         .data_dir(format!("state-{i}"))
         .uplink(&hub.mqtt_url())
@@ -38,6 +43,22 @@ fn config(hub: &Hub, i: usize) -> AgentConfig {
             forward_readings: true,
             ..InferenceConfig::new(model("basicmotions/edge.int8.json"))
         });
+    if i == 0 {
+        c = c
+            .source(HttpSourceConfig::new(
+                "sensor",
+                ([127, 0, 0, 1], sensor_port).into(),
+                &["t"],
+            ))
+            .stage(TransformStageConfig {
+                name: Some("sensor-check".into()),
+                batch_size: 1,
+                ..TransformStageConfig::new(
+                    "sensor",
+                    vec![ChainEntry::new(super::wasm_transforms::trap_on_negative(dir))],
+                )
+            });
+    }
     c.tags.insert("store".into(), format!("{}", 7 + i % 2));
     c.ota = Some(OtaConfig::new(
         vec![hub.signing_key().parse().unwrap()],
@@ -71,8 +92,9 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     };
     let hub = Hub::start_serving(dir.path(), &hub_models_toml());
     push(&hub, &model("basicmotions/v2/edge.int8.json"));
+    let sensor_port = free_port();
     let mut agents: Vec<Proc> = (0..AGENTS)
-        .map(|i| start_agent(dir.path(), &device(i), &config(&hub, i)))
+        .map(|i| start_agent(dir.path(), &device(i), &config(&hub, i, dir.path(), sensor_port)))
         .collect();
     for i in 0..AGENTS {
         wait_for(&format!("{} streaming", device(i)), || {
@@ -80,6 +102,14 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         });
     }
     let origin = format!("http://{}", hub.http);
+    // Two readings the sensor check traps on: dead letters, kept with why.
+    for t in ["-1", "-2"] {
+        let addr = format!("127.0.0.1:{sensor_port}").parse().unwrap();
+        let (status, body) = wait_for("the agent's HTTP source", || {
+            http(addr, "POST", "/readings", Some(&format!(r#"{{"t": {t}}}"#))).ok()
+        });
+        assert_eq!(status, 200, "{body}");
+    }
     // The heartbeat says how near the log is to its bound (an alert's figure).
     let hb = hub.heartbeat(&device(0)).unwrap();
     assert!(hb["log_bound_bytes"].as_u64().unwrap() > 0, "{hb}");
@@ -137,6 +167,16 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         browser.count("#chart-stream canvas") > 0,
         "the stream chart is drawn"
     );
+    // Its dead letters, with their reasons, from its heartbeats.
+    browser.wait_text("its dead letters", "#dead-letters", |t| {
+        t.contains("sensor-check") && t.contains("fragile@1.0.0") && t.contains("trap")
+    });
+    // Its heartbeat counters over time (one point per 5 s on the hub).
+    wait_for("two heartbeat points", || {
+        let v = hub.get("/api/v1/devices/store-0/heartbeats");
+        (v["points"].as_array()?.len() >= 2).then_some(())
+    });
+    assert!(browser.count("#chart-heartbeat canvas") > 0);
     shot("device");
     leave(&browser);
 
@@ -195,6 +235,20 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     browser.wait_text("its first device soaking", "#devices", |t| {
         t.contains("applied")
     });
+    // The gates' figures over time: the soaking device's labelled windows.
+    let figures = browser.wait_text("its gate figures", "#figures-now", |t| {
+        t.contains("1 soaking") && !t.contains("accuracy – ")
+    });
+    eprintln!("gate figures on the page: {figures}");
+    assert!(browser.count("#chart-figures canvas") > 0);
+    // A point per 5 s: wait for a trend of three.
+    let points = wait_for("three points of gate figures", || {
+        let v = hub.get(&format!("/api/v1/rollouts/{id}"))["figures"]["points"].clone();
+        (v.as_array()?.len() >= 3).then_some(v)
+    });
+    let last = points.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["soaking"], 1, "{last}");
+    assert!(last["labelled"].as_u64().unwrap() > 0, "{last}");
     shot("rollout");
     leave(&browser);
     browser.click("button[data-command=abort]");
@@ -206,6 +260,27 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     );
     let log = browser.wait_text("the step recorded", "#log", |t| t.contains("aborted"));
     assert!(log.contains("dashboard"), "who aborted it: {log}");
+
+    // The device's history: the rollout's desired state (an abort leaves
+    // it), and the phases its agent went through.
+    browser.goto(&format!("{origin}/#/devices/store-0"));
+    browser.wait_text("its history", "#history", |t| {
+        t.contains(&format!("rollout {id}"))
+            && t.contains("desired")
+            && t.contains("downloading")
+            && t.contains("runs classify: model basicmotions-edge@2.0.0-int8")
+    });
+    leave(&browser);
+
+    // The audit log: the push, the start (from the CLI) and the abort
+    // (from this page).
+    browser.goto(&format!("{origin}/#/rollouts"));
+    let audit = browser.wait_text("the audit log", "#audit", |t| {
+        t.contains("rollout.abort") && t.contains("rollout.start") && t.contains("artifact.push")
+    });
+    assert!(audit.contains("dashboard"), "{audit}");
+    shot("rollouts");
+    leave(&browser);
 
     browser.goto(&format!("{origin}/#/artifacts"));
     browser.wait_text("the registry", "#list", |t| {

@@ -126,7 +126,7 @@ fn sighup_swaps_a_transform_chain_under_load_and_the_hub_gets_every_record() {
 
 /// A module that re-emits each record (one per call) but traps on a
 /// negative first value.
-fn trap_on_negative(dir: &Path) -> PathBuf {
+pub(crate) fn trap_on_negative(dir: &Path) -> PathBuf {
     let wat = r#"(module
       (@custom "conveyor.transform" "{\"name\":\"fragile\",\"version\":\"1.0.0\",\"abi\":1}")
       (import "conveyor" "emit" (func $emit (param i32 i32)))
@@ -218,6 +218,21 @@ fn receipts_are_redacted_before_the_uplink_and_a_failing_transform_is_contained(
     });
     let t = &stage["transforms"][0];
     assert_eq!(t["failures"]["trap"], 2, "{stage}");
+    // The heartbeat carries the last dead letters with their reasons (not
+    // their records): the two traps, then the reading dropped while the
+    // transform is disabled.
+    let notes = hub.device("store-7").unwrap()["last_heartbeat"]["dead_letters"].clone();
+    let kinds: Vec<&str> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["trap", "trap", "disabled"], "{notes}");
+    assert_eq!(notes[0]["stage"], "sensor-check");
+    assert_eq!(notes[0]["stream"], "sensor");
+    assert!(notes[0]["reason"].as_str().unwrap().contains("unreachable"), "{notes}");
+    assert!(notes[0].get("record").is_none(), "{notes}");
     assert!(t["disabled_reason"]
         .as_str()
         .unwrap()

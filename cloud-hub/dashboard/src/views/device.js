@@ -1,6 +1,6 @@
 // One device: its readings and predictions live, its heartbeat's
-// counters over time, what it runs and what changed, its stages, its
-// recent results.
+// counters over time, what it runs and its history of changes, its
+// stages, its dead letters with their reasons, its recent results.
 import { get } from "../api.js";
 import { liveChart } from "../chart.js";
 import { ago, bytes, esc, micros, num, share, time } from "../format.js";
@@ -16,15 +16,19 @@ export function render(el, [rawId]) {
     <div class="chart" id="chart-heartbeat"></div>
   </div>
   <h2>What it runs</h2><div id="running"><p class="muted">No report from its agent yet.</p></div>
+  <h2>History of changes</h2><div id="history"><p class="muted">No change yet.</p></div>
   <h2>Stages</h2><div id="stages"><p class="muted">No heartbeat yet.</p></div>
+  <h2>Dead letters</h2><div id="dead-letters"><p class="muted">None reported.</p></div>
   <h2>Recent results</h2><div id="results"></div>`;
   const streamChart = liveChart(el.querySelector("#chart-stream"),
     "Readings (first channel) and the predictions' confidence",
     [{ label: "reading" }, { label: "confidence", scale: "conf", points: true }],
     { scales: { x: { time: true }, conf: { range: [0, 1] } } });
-  const hbChart = liveChart(el.querySelector("#chart-heartbeat"), "Heartbeat: log records and memory (MB)",
-    [{ label: "log records" }, { label: "memory MB", scale: "mb" }],
-    { scales: { x: { time: true }, mb: { auto: true } } });
+  const hbChart = liveChart(el.querySelector("#chart-heartbeat"),
+    "Heartbeats over the last 10 minutes: log, drops, dead letters, windows/s, memory",
+    [{ label: "log records" }, { label: "dropped" }, { label: "dead letters" },
+      { label: "windows/s", scale: "rate" }, { label: "memory MB", scale: "mb" }],
+    { scales: { x: { time: true }, rate: { auto: true }, mb: { auto: true } } });
   let lastHeartbeat = null;
 
   async function loadDevice() {
@@ -42,9 +46,32 @@ export function render(el, [rawId]) {
       <dt>Update</dt><dd>desired generation ${d.ota?.desired_generation ?? "–"}, applied ${d.ota?.applied_generation ?? "–"}${d.ota?.phase ? ` (${esc(d.ota.phase)})` : ""}</dd>`;
     if (hb && hb.ts_us !== lastHeartbeat) {
       lastHeartbeat = hb.ts_us;
-      hbChart.push(hb.ts_us / 1e6, hb.log_records, hb.rss_bytes / 1e6);
       el.querySelector("#stages").innerHTML = stagesTable(hb.stages ?? []);
+      el.querySelector("#dead-letters").innerHTML = deadLettersTable(hb.dead_letters ?? []);
     }
+  }
+
+  async function loadTrend() {
+    const { points } = await get(`${path}/heartbeats`);
+    const cols = [[], [], [], [], [], []];
+    points.forEach((p, i) => {
+      const prev = points[i - 1];
+      cols[0].push(p.ts_us / 1e6);
+      cols[1].push(p.log_records);
+      cols[2].push(p.dropped);
+      cols[3].push(p.dead_lettered);
+      cols[4].push(prev ? Math.max(0, p.windows - prev.windows) / ((p.ts_us - prev.ts_us) / 1e6) : null);
+      cols[5].push(p.rss_bytes / 1e6);
+    });
+    hbChart.set(cols);
+  }
+
+  async function loadHistory() {
+    const { history } = await get(`${path}/history?limit=30`);
+    el.querySelector("#history").innerHTML = history.length ? `<table><thead><tr><th>When</th><th>Generation</th><th>Event</th><th>What</th><th>By</th></tr></thead><tbody>${
+      history.slice().reverse().map((h) => `<tr><td>${time(h.at_us)}</td><td>${h.generation ?? "–"}</td>
+        <td class="phase-${esc(h.event)}">${esc(h.event)}</td><td>${esc(h.what)}</td><td>${esc(h.by ?? "agent")}</td></tr>`).join("")
+    }</tbody></table>` : `<p class="muted">No change yet: it runs its own config.</p>`;
   }
 
   async function loadRecords() {
@@ -74,7 +101,7 @@ export function render(el, [rawId]) {
       <p class="muted">Tags: ${Object.entries(st.tags ?? {}).map(([k, v]) => `<code>${esc(k)}=${esc(v)}</code>`).join(" ") || "none"}</p>`;
   }
 
-  const tick = () => Promise.all([loadDevice(), loadRecords(), loadState()]).catch((e) => {
+  const tick = () => Promise.all([loadDevice(), loadRecords(), loadState(), loadTrend(), loadHistory()]).catch((e) => {
     el.querySelector("#facts").innerHTML = `<dt>Error</dt><dd class="error">${esc(e.message)}</dd>`;
   });
   tick();
@@ -86,6 +113,14 @@ function runningText(r) {
   if (r.model) return `${esc(r.model.name)}@${esc(r.model.version)}`;
   if (r.transforms) return r.transforms.map((t) => `${esc(t.name)}@${esc(t.version)}`).join(" → ");
   return "–";
+}
+
+function deadLettersTable(letters) {
+  if (!letters.length) return `<p class="muted">None since the agent started.</p>`;
+  return `<table><thead><tr><th>When</th><th>Stage</th><th>Stream</th><th>Transform</th><th>Kind</th><th>Reason</th></tr></thead><tbody>${
+    letters.slice().reverse().map((l) => `<tr><td>${time(l.at_us)}</td><td>${esc(l.stage)}</td><td>${esc(l.stream)}</td><td>${esc(l.transform)}</td>
+      <td>${esc(l.kind)}</td><td class="error">${esc(l.reason)}</td></tr>`).join("")
+  }</tbody></table><p class="muted">The last ${letters.length} the agent reported; the records themselves are kept on the device (<code>edge-agent dead-letters</code>).</p>`;
 }
 
 function stagesTable(stages) {

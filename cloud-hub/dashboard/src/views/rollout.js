@@ -1,7 +1,9 @@
 // One rollout: its waves, each device's phase and gate figures, the
-// operators' commands, and its recorded steps (who, when, what).
+// gates' figures over time, the operators' commands, and its recorded
+// steps (who, when, what).
 import { get, post } from "../api.js";
-import { esc, time } from "../format.js";
+import { liveChart } from "../chart.js";
+import { esc, num, share, time } from "../format.js";
 import { progressBar, targetText } from "./rollout_parts.js";
 
 const COMMANDS = [
@@ -17,13 +19,28 @@ export function render(el, [id]) {
   <div class="toolbar" id="commands" style="margin-top:.8rem">${
     COMMANDS.map(([verb, label]) => `<button type="button" data-command="${verb}" class="${verb === "abort" || verb === "rollback" ? "danger" : ""}">${label}</button>`).join("")
   }<span id="command-result" role="status" aria-live="polite"></span></div>
+  <h2>Gate figures over time</h2><div class="chart" id="chart-figures"></div><div id="figures-now" class="muted"></div>
   <h2>Waves</h2><div id="waves"></div>
   <h2>Devices</h2><div id="devices"></div>
   <h2>Steps</h2><div id="log"></div>`;
+  const chart = liveChart(el.querySelector("#chart-figures"),
+    "Agreement and accuracy over the devices judged (0-1), and errors since their soak began",
+    [{ label: "shadow agreement" }, { label: "teacher agreement" }, { label: "teacher (replaced model)" },
+      { label: "accuracy" }, { label: "accuracy (replaced model)" }, { label: "errors", scale: "n" }]
+      .map((s) => ({ ...s, dots: true })),
+    { scales: { x: { time: true }, y: { range: [0, 1] }, n: { auto: true } } });
   let state = null;
   async function load() {
     const r = await get(`/api/v1/rollouts/${id}`);
     state = r.state;
+    const pts = r.figures?.points ?? [];
+    const col = (f) => pts.map(f);
+    chart.set([col((p) => p.at_us / 1e6), col((p) => p.shadow_agreement), col((p) => p.teacher_agreement),
+      col((p) => p.champion_teacher_agreement), col((p) => p.accuracy), col((p) => p.champion_accuracy), col((p) => p.errors)]);
+    const last = pts[pts.length - 1];
+    el.querySelector("#figures-now").innerHTML = last
+      ? `At ${time(last.at_us)}: ${last.shadowing} shadowing (${num(last.shadow_windows)} windows, agreement ${share(last.shadow_agreement)}), ${last.soaking} soaking (teacher agreement ${share(last.teacher_agreement)} on ${num(last.teacher_samples)} samples, accuracy ${share(last.accuracy)} on ${num(last.labelled)} labelled windows, ${num(last.errors)} errors).`
+      : "No device judged yet.";
     const st = el.querySelector("#state");
     st.textContent = r.state;
     st.className = `state-${r.state}`;
@@ -66,5 +83,5 @@ export function render(el, [id]) {
   });
   load().catch((e) => { el.querySelector("#facts").innerHTML = `<dt>Error</dt><dd class="error">${esc(e.message)}</dd>`; });
   const timer = setInterval(() => load().catch(() => {}), 2000);
-  return () => clearInterval(timer);
+  return () => { clearInterval(timer); chart.destroy(); };
 }
