@@ -25,7 +25,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt=$(free_port); http=$(free_port)
-printf '[broker]\nlisten = "127.0.0.1:%s"\n[http]\nlisten = "127.0.0.1:%s"\n[store]\npath = "store"\n' "$mqtt" "$http" > "$work/hub.toml"
+printf '[broker]\nlisten = "127.0.0.1:%s"\nauth = "none"\n[http]\nlisten = "127.0.0.1:%s"\nauth = "none"\n[store]\npath = "store"\n' "$mqtt" "$http" > "$work/hub.toml"
 "$bin/cloud-hub" serve --config "$work/hub.toml" > "$work/hub.log" 2>&1 &
 until curl -sf "http://127.0.0.1:$http/healthz" > /dev/null; do sleep 0.1; done
 

@@ -75,7 +75,7 @@ def start_hub(bin_dir, work):
     mqtt, http = free_port(), free_port()
     connect(http)
     with open(f"{work}/hub.toml", "w") as f:
-        f.write(f'[broker]\nlisten = "127.0.0.1:{mqtt}"\n[http]\nlisten = "127.0.0.1:{http}"\n'
+        f.write(f'[broker]\nlisten = "127.0.0.1:{mqtt}"\nauth = "none"\n[http]\nlisten = "127.0.0.1:{http}"\nauth = "none"\n'
                 f'[store]\npath = "{work}/store"\n')
     hub = subprocess.Popen([f"{bin_dir}/cloud-hub", "serve", "--config", f"{work}/hub.toml"],
                            stdout=subprocess.DEVNULL, stderr=open(f"{work}/hub.log", "w"))

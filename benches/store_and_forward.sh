@@ -31,7 +31,7 @@ rate = 0
 loop = true
 limit = $n
 TOML
-printf '[broker]\nlisten = "127.0.0.1:%s"\n[http]\nlisten = "127.0.0.1:%s"\n[store]\npath = "store"\n' "$mqtt" "$http" > "$work/hub.toml"
+printf '[broker]\nlisten = "127.0.0.1:%s"\nauth = "none"\n[http]\nlisten = "127.0.0.1:%s"\nauth = "none"\n[store]\npath = "store"\n' "$mqtt" "$http" > "$work/hub.toml"
 
 t0=$(date +%s.%N)
 "$bin/edge-agent" run --config "$work/agent.toml" > "$work/agent.log" 2>&1 &

@@ -20,6 +20,9 @@
 //! `api_rollouts.rs`, the fleet's (the dashboard's data) in `api_fleet.rs`;
 //! `GET /` is the dashboard (`dashboard.rs`).
 //!
+//! Every route but `/healthz`, `/metrics` and the dashboard's files asks
+//! for an API token (`api_auth.rs`) unless `[http] auth = "none"`.
+//!
 //! Errors are JSON `{"error": "..."}` with a 4xx status (5xx when the hub
 //! itself fails; 503 when a model is overloaded).
 
@@ -111,7 +114,15 @@ pub fn router(state: Arc<HubState>) -> Router {
             "/api/v1/rollouts/{id}/{verb}",
             post(crate::api_rollouts::command),
         )
+        .route(
+            "/api/v1/session",
+            post(crate::api_auth::session).delete(crate::api_auth::end_session),
+        )
         .merge(crate::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::api_auth::check,
+        ))
         .with_state(state)
 }
 

@@ -78,6 +78,7 @@ pub async fn show(State(s): State<Arc<HubState>>, Path(reference): Path<String>)
 
 pub async fn push(
     State(s): State<Arc<HubState>>,
+    caller: Option<axum::Extension<crate::api_auth::Caller>>,
     form: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let result = match form {
@@ -96,7 +97,7 @@ pub async fn push(
             let code = if created {
                 s.audit.record(crate::audit::AuditEntry {
                     at_us: conveyor_shared::time::now_us(),
-                    by: "api".into(),
+                    by: crate::api_auth::caller(caller).by(None),
                     action: "artifact.push".into(),
                     target: format!("{}@{}", m.manifest.name, m.manifest.version),
                     detail: format!(

@@ -171,18 +171,23 @@ fn deploy_to(
     let now = conveyor_shared::time::now_us();
     let by = by.unwrap_or_else(|| "api".into());
     for device in devices {
-        let desired =
-            match crate::ota::deploy::set_and_publish(s, device, changes, &BTreeMap::new(), &by, now)
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    let done: Vec<_> = out.iter().map(|d: &Value| d["device_id"].clone()).collect();
-                    return Err(set_error(
-                        &e,
-                        format!("device {device}: {e} (deployed before it: {done:?})"),
-                    ));
-                }
-            };
+        let desired = match crate::ota::deploy::set_and_publish(
+            s,
+            device,
+            changes,
+            &BTreeMap::new(),
+            &by,
+            now,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                let done: Vec<_> = out.iter().map(|d: &Value| d["device_id"].clone()).collect();
+                return Err(set_error(
+                    &e,
+                    format!("device {device}: {e} (deployed before it: {done:?})"),
+                ));
+            }
+        };
         s.audit.record(crate::audit::AuditEntry {
             at_us: now,
             by: by.clone(),
@@ -214,6 +219,7 @@ pub(crate) fn set_error(e: &SetError, message: String) -> ApiError {
 
 pub async fn put_desired(
     State(s): State<Arc<HubState>>,
+    caller: Option<axum::Extension<crate::api_auth::Caller>>,
     Path(id): Path<String>,
     parsed: Result<Json<DesiredRequest>, JsonRejection>,
 ) -> Response {
@@ -223,7 +229,12 @@ pub async fn put_desired(
     };
     let done = body(parsed).and_then(|b| {
         let changes = resolve(&s, b.stages)?;
-        deploy_to(&s, std::slice::from_ref(&device), &changes, b.by)
+        deploy_to(
+            &s,
+            std::slice::from_ref(&device),
+            &changes,
+            Some(crate::api_auth::caller(caller).by(b.by)),
+        )
     });
     match done {
         Ok(mut done) => Json(done.remove(0)).into_response(),
@@ -269,12 +280,18 @@ pub(crate) fn select(
 
 pub async fn deploy(
     State(s): State<Arc<HubState>>,
+    caller: Option<axum::Extension<crate::api_auth::Caller>>,
     parsed: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Response {
     let done = body(parsed).and_then(|b| {
         let devices = select(&s, &b.devices, &b.tags)?;
         let changes = resolve(&s, b.stages)?;
-        deploy_to(&s, &devices, &changes, b.by)
+        deploy_to(
+            &s,
+            &devices,
+            &changes,
+            Some(crate::api_auth::caller(caller).by(b.by)),
+        )
     });
     match done {
         Ok(done) => Json(json!({"deployed": done})).into_response(),

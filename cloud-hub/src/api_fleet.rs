@@ -27,13 +27,14 @@ use crate::ingest::HubState;
 /// Most rows one page holds.
 pub const MAX_PAGE: usize = 500;
 
-/// Every device's row, and the views and reports the overview needs.
-/// The registry's lock, then the OTA store's (each held briefly, never
-/// both).
+/// Every device's row, and (with `keep`) the views and reports the
+/// overview needs. The registry's lock, then the OTA store's (each held
+/// briefly, never both).
 #[allow(clippy::type_complexity)]
 fn gather(
     s: &HubState,
     now: i64,
+    keep: bool,
 ) -> (
     Vec<(
         crate::registry::DeviceView,
@@ -43,24 +44,26 @@ fn gather(
 ) {
     let views = s.registry().list(now);
     let ota = s.ota.devices();
-    let mut devices = Vec::with_capacity(views.len());
+    let mut devices = Vec::with_capacity(if keep { views.len() } else { 0 });
     let mut rows = Vec::with_capacity(views.len());
     for mut view in views {
         let entry = ota.devices.get(&view.entry.device_id);
         if let Some(e) = entry {
             view.ota = e.view();
         }
-        let report = entry.and_then(|e| e.report()).cloned();
+        let report = entry.and_then(|e| e.report());
         let tags = entry.map(|e| e.tags()).unwrap_or_default();
-        rows.push(fleet::row(&view, report.as_ref(), tags));
-        devices.push((view, report));
+        rows.push(fleet::row(&view, report, tags));
+        if keep {
+            devices.push((view, report.cloned()));
+        }
     }
     (devices, rows)
 }
 
 pub fn overview_of(s: &HubState) -> Overview {
     let now = now_us();
-    let (devices, rows) = gather(s, now);
+    let (devices, rows) = gather(s, now, true);
     let overloaded: Vec<(String, u64)> = s
         .inference
         .views()
@@ -97,7 +100,7 @@ pub async fn devices(State(s): State<Arc<HubState>>, Query(q): Query<PageQuery>)
         );
     }
     let offset = q.offset.unwrap_or(0);
-    let (_, rows) = gather(&s, now_us());
+    let (_, rows) = gather(&s, now_us(), false);
     match fleet::page(rows, &q.filter, offset, limit) {
         Ok((total, page)) => Json(json!({
             "total": total,

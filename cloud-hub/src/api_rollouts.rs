@@ -265,6 +265,7 @@ fn phase_name(p: DevicePhase) -> String {
 
 pub async fn start(
     State(s): State<Arc<HubState>>,
+    caller: Option<axum::Extension<crate::api_auth::Caller>>,
     parsed: Result<Json<StartRequest>, JsonRejection>,
 ) -> Response {
     let b = match parsed {
@@ -305,7 +306,7 @@ pub async fn start(
             devices,
             waves,
             policy,
-            by: b.by.clone().unwrap_or_else(|| "api".into()),
+            by: crate::api_auth::caller(caller.clone()).by(b.by.clone()),
         })
     })();
     let start = match prepared {
@@ -366,6 +367,7 @@ pub async fn show(State(s): State<Arc<HubState>>, Path(id): Path<u64>) -> Respon
 
 pub async fn command(
     State(s): State<Arc<HubState>>,
+    caller: Option<axum::Extension<crate::api_auth::Caller>>,
     Path((id, verb)): Path<(u64, String)>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -385,7 +387,7 @@ pub async fn command(
             }
         }
     };
-    let by = b.by.unwrap_or_else(|| "api".into());
+    let by = crate::api_auth::caller(caller).by(b.by);
     let reason = b.reason.unwrap_or_else(|| format!("{verb} by {by}"));
     let audit = crate::audit::AuditEntry {
         at_us: conveyor_shared::time::now_us(),

@@ -44,6 +44,7 @@ pub async fn get_tags(State(s): State<Arc<HubState>>, Path(id): Path<String>) ->
 
 pub async fn put_tags(
     State(s): State<Arc<HubState>>,
+    caller: Option<axum::Extension<crate::api_auth::Caller>>,
     Path(id): Path<String>,
     parsed: Result<Json<TagRequest>, JsonRejection>,
 ) -> Response {
@@ -63,7 +64,7 @@ pub async fn put_tags(
         Ok(tags) => {
             s.audit.record(crate::audit::AuditEntry {
                 at_us: conveyor_shared::time::now_us(),
-                by: "api".into(),
+                by: crate::api_auth::caller(caller).by(None),
                 action: "tags".into(),
                 target: device.to_string(),
                 detail: format!("tags now {tags:?}"),

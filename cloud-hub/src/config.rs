@@ -30,6 +30,10 @@ pub struct HubConfig {
     /// Over-the-air updates: the signing key, artifact bounds.
     #[serde(default)]
     pub ota: crate::ota::OtaConfig,
+    /// Run listeners reachable beyond loopback without TLS or
+    /// authentication (refused otherwise; warned about at start).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// Which MQTT broker the devices talk to.
@@ -60,6 +64,13 @@ pub struct BrokerConfig {
     /// persistent session the broker queues uplinks while the hub is down.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// Embedded: who may connect (`devices`: each device with its secret,
+    /// to its own topics only; `none`: anyone, anywhere).
+    #[serde(default)]
+    pub auth: crate::identity::config::BrokerAuth,
+    /// Embedded: what one device may send.
+    #[serde(default)]
+    pub limits: crate::identity::config::LimitsConfig,
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +81,8 @@ impl Default for BrokerConfig {
             max_connections: default_max_connections(),
             url: None,
             client_id: default_client_id(),
+            auth: Default::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -110,12 +123,17 @@ pub struct HttpConfig {
     /// Address of the HTTP API, metrics and health check.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// `tokens`: every API route asks for a token of a role; `none`:
+    /// anyone may read and change everything.
+    #[serde(default)]
+    pub auth: crate::identity::config::HttpAuth,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_http_listen(),
+            auth: Default::default(),
         }
     }
 }
@@ -194,6 +212,26 @@ impl HubConfig {
         Ok(config)
     }
 
+    /// Each listener, and what protection it lacks (TLS is not built
+    /// yet: every listener lacks it).
+    pub fn exposures(&self) -> Vec<(&'static str, SocketAddr, Vec<&'static str>)> {
+        use crate::identity::config::{BrokerAuth, HttpAuth};
+        let mut out = Vec::new();
+        if self.broker.mode == BrokerMode::Embedded {
+            let mut missing = vec!["TLS"];
+            if self.broker.auth == BrokerAuth::None {
+                missing.push("device authentication");
+            }
+            out.push(("broker.listen", self.broker.listen, missing));
+        }
+        let mut missing = vec!["TLS"];
+        if self.http.auth == HttpAuth::None {
+            missing.push("API tokens");
+        }
+        out.push(("http.listen", self.http.listen, missing));
+        out
+    }
+
     /// Checks every field; reports all the problems found.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut found = Vec::new();
@@ -231,6 +269,16 @@ impl HubConfig {
                 }
             }
         }
+        self.broker.limits.validate(&mut found);
+        for (field, addr, missing) in self.exposures() {
+            crate::identity::config::check_exposure(
+                field,
+                addr,
+                &missing,
+                self.insecure,
+                &mut found,
+            );
+        }
         self.inference.validate(&mut found);
         self.ota.validate(&mut found);
         if self.store.path.as_os_str().is_empty() {
@@ -251,6 +299,32 @@ mod tests {
         let c = HubConfig::from_toml("[broker]\nlisten = \"127.0.0.1:1999\"\n").unwrap();
         assert_eq!(c.broker.listen.port(), 1999);
         assert_eq!(c.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn a_hub_exposed_beyond_loopback_needs_insecure_until_it_has_tls() {
+        let e = HubConfig::from_toml("[broker]\nlisten = \"0.0.0.0:1883\"\nauth = \"none\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("broker.listen: 0.0.0.0:1883 is reachable beyond this machine")
+                && e.contains("no TLS and no device authentication")
+                && e.contains("insecure = true"),
+            "{e}"
+        );
+        let c = HubConfig::from_toml(
+            "insecure = true\n[broker]\nlisten = \"0.0.0.0:1883\"\n[http]\nlisten = \"[::]:8080\"\n",
+        )
+        .unwrap();
+        assert!(c.insecure);
+        // Loopback is fine as it is; and the defaults authenticate.
+        let c = HubConfig::from_toml("").unwrap();
+        assert_eq!(c.broker.auth, crate::identity::config::BrokerAuth::Devices);
+        assert_eq!(c.http.auth, crate::identity::config::HttpAuth::Tokens);
+        let e = HubConfig::from_toml("[broker.limits]\nbytes_per_s = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("broker.limits.bytes_per_s"), "{e}");
     }
 
     #[test]

@@ -16,11 +16,13 @@ use tokio::task::JoinHandle;
 
 use crate::cascade::router::Router;
 use crate::config::{BrokerMode, HubConfig};
+use crate::identity::config::BrokerAuth;
 use crate::inference::InferenceService;
 use crate::ingest::{HubState, Ingest};
 use crate::metrics::HubMetrics;
 use crate::registry::{DeviceEntry, Registry};
 use crate::store::{self, StoreError};
+use conveyor_transport::mqtt::gate::GateAuth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -30,6 +32,8 @@ pub enum HubError {
     Broker(#[from] HubTransportError),
     #[error(transparent)]
     Ota(#[from] crate::ota::OtaError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::file::IdentityError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
         addr: SocketAddr,
@@ -70,6 +74,9 @@ impl Hub {
             })
             .collect();
         let counts = store.device_counts()?;
+        let identities = Arc::new(crate::identity::live::LiveIdentities::open(
+            crate::identity::file::path(&config.store.path),
+        )?);
         let b = &config.broker;
         let side = match (b.mode, &b.url) {
             (BrokerMode::External, Some(url)) => HubSide::External {
@@ -80,8 +87,23 @@ impl Hub {
             _ => HubSide::Embedded {
                 listen: b.listen,
                 max_connections: b.max_connections,
+                auth: match b.auth {
+                    BrokerAuth::Devices => GateAuth::Devices(Arc::new(
+                        crate::identity::live::GateAuthenticator(identities.clone()),
+                    )),
+                    BrokerAuth::None => GateAuth::Open,
+                },
+                limits: b.limits.limits(),
             },
         };
+        for (field, addr, missing) in config.exposures() {
+            if let Some(what) = crate::identity::config::exposed(addr, &missing) {
+                tracing::warn!(
+                    field,
+                    "insecure = true: {what}; anyone who reaches it can use it"
+                );
+            }
+        }
         let ota = crate::ota::OtaHub::open(&config.ota, &config.store.path)?;
         let connection = conveyor_transport::start_hub(&side)?;
         let state = Arc::new(HubState {
@@ -95,6 +117,9 @@ impl Hub {
             ota,
             publisher: connection.publisher.clone(),
             audit: crate::audit::Audit::open(&config.store.path),
+            identities,
+            gate: connection.gate.clone(),
+            http_auth: config.http.auth,
         });
         state.metrics.ota_skipped.inc_by(state.ota.skipped_at_open);
         // The embedded broker forgets retained messages with the process
@@ -205,13 +230,37 @@ fn persist_registry(state: &HubState, failures: &mut u64) {
     }
 }
 
+/// Reads `identity.json` again if it changed; cuts revoked devices off.
+fn reload_identities(state: &HubState, failures: &mut u64) {
+    match state.identities.reload_if_changed() {
+        Ok(revoked) => {
+            for device in revoked {
+                let cut = state.gate.as_ref().is_some_and(|g| g.cut_off(&device));
+                tracing::warn!(device = %device, connected = cut, "device revoked: refused from now on");
+            }
+        }
+        Err(e) => {
+            *failures += 1;
+            if LogEvery::FIRST_10_THEN_EVERY_1000.should_log(*failures) {
+                tracing::error!(
+                    failures = *failures,
+                    "cannot read the identities again, keeping the last good ones: {e}"
+                );
+            }
+        }
+    }
+    if let Some(g) = &state.gate {
+        state.metrics.observe_gate(&g.counters());
+    }
+}
+
 /// Once a second: refresh gauges, persist changed device entries and make
 /// the store's latest writes durable.
 async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // While the store cannot write these fail every second: the store
     // logs the fault once, these are rate-limited.
-    let (mut persist_failures, mut commit_failures) = (0, 0);
+    let (mut persist_failures, mut commit_failures, mut identity_failures) = (0, 0, 0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -232,6 +281,7 @@ async fn housekeeping(state: Arc<HubState>, mut stop: watch::Receiver<bool>) {
         state.metrics.devices_log_disk_full.set(full as i64);
         state.metrics.ingest_rate.set(rate);
         persist_registry(&state, &mut persist_failures);
+        reload_identities(&state, &mut identity_failures);
         // Rollouts: soaks end, devices time out, waves start.
         crate::rollout::driver::tick(&state, now_us());
         // What was written outside ingest's group commits (device entries,

@@ -56,6 +56,11 @@ pub struct HubState {
     pub publisher: Publisher,
     /// Who changed what the fleet runs.
     pub audit: crate::audit::Audit,
+    /// Devices' secrets and API tokens, as `identity.json` has them now.
+    pub identities: Arc<crate::identity::live::LiveIdentities>,
+    /// The embedded broker's gate (none with an external broker).
+    pub gate: Option<conveyor_transport::mqtt::gate::GateHandle>,
+    pub http_auth: crate::identity::config::HttpAuth,
 }
 
 impl HubState {

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod api_artifacts;
 pub mod api_audit;
+pub mod api_auth;
 pub mod api_desired;
 pub mod api_fleet;
 pub mod api_results;
@@ -21,6 +22,8 @@ pub mod config;
 pub mod dashboard;
 pub mod fleet;
 pub mod hub;
+pub mod identity;
+pub mod identity_cli;
 pub mod inference;
 pub mod ingest;
 pub mod journal;

@@ -66,13 +66,19 @@ enum Command {
     /// and publishes their new desired state; agents verify, download,
     /// apply and report.
     Deploy(cloud_hub::ota_cli::DeployCli),
-    /// Devices as the hub groups them: `device tag ID KEY=VALUE ...`
-    /// (deploys and rollouts select by tags, the agent's and the hub's).
+    /// Devices: their identities (`device add|list|revoke`, in the hub's
+    /// store) and the hub's tags on them (`device tag ID KEY=VALUE ...`:
+    /// deploys and rollouts select by tags, the agent's and the hub's).
     Device {
         #[command(subcommand)]
         command: cloud_hub::ota_cli::device::DeviceCommand,
         #[command(flatten)]
         hub: cloud_hub::ota_cli::HubArg,
+    },
+    /// API tokens with a role (viewer, operator, admin), in the hub's store.
+    Token {
+        #[command(subcommand)]
+        command: cloud_hub::identity_cli::TokenCommand,
     },
     /// Fleet rollouts: a model or transform given to a stage on many
     /// devices in waves, soaked and gated, rolled back by itself when a
@@ -331,6 +337,13 @@ fn main() -> ExitCode {
         Command::Deploy(args) => cloud_hub::ota_cli::deploy_command(args),
         Command::Device { command, hub } => cloud_hub::ota_cli::device::run(command, &hub.hub),
         Command::Rollout { command, hub } => cloud_hub::ota_cli::rollout::run(command, &hub.hub),
+        Command::Token { command } => match cloud_hub::identity_cli::token(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cloud-hub token: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { .. } => {
             eprintln!("{DEMO_MOVED}");
             ExitCode::from(EXIT_DEMO_MOVED)

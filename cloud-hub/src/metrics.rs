@@ -48,6 +48,13 @@ pub struct HubMetrics {
     store_free_bytes: Gauge,
     latency_quantiles: Family<Labels, Gauge<f64, AtomicU64>>,
     latency_us: Mutex<Histogram<u64>>,
+    gate_accepted: Counter,
+    gate_refused: Family<Labels, Counter>,
+    gate_denied: Family<Labels, Counter>,
+    gate_throttled: Counter,
+    gate_throttled_seconds: Counter<f64, AtomicU64>,
+    gate_malformed: Counter,
+    api_refused: Family<Labels, Counter>,
 }
 
 /// Latency quantiles in microseconds.
@@ -97,6 +104,48 @@ impl HubMetrics {
             "ota_documents_skipped",
             "Stored OTA documents skipped at start because they did not verify or read",
             ota_skipped.clone(),
+        );
+        let gate_accepted = Counter::default();
+        let gate_refused = Family::<Labels, Counter>::default();
+        let gate_denied = Family::<Labels, Counter>::default();
+        let gate_throttled = Counter::default();
+        let gate_throttled_seconds = Counter::<f64, AtomicU64>::default();
+        let gate_malformed = Counter::default();
+        let api_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "api_refused",
+            "HTTP API calls refused, by reason (no_token, bad_token, forbidden)",
+            api_refused.clone(),
+        );
+        registry.register(
+            "mqtt_connections_accepted",
+            "Device connections the broker's gate let through",
+            gate_accepted.clone(),
+        );
+        registry.register(
+            "mqtt_connections_refused",
+            "Device connections refused at CONNECT, by reason (no_credentials, bad_credentials, unknown_device, revoked, client_id, publish (its last will), connection_rate, protocol)",
+            gate_refused.clone(),
+        );
+        registry.register(
+            "mqtt_denied",
+            "Device connections closed for a publish or subscribe outside their own topics, by kind",
+            gate_denied.clone(),
+        );
+        registry.register(
+            "mqtt_throttled",
+            "Times a device was made to wait for its rate limit",
+            gate_throttled.clone(),
+        );
+        registry.register(
+            "mqtt_throttled_seconds",
+            "Time devices were made to wait for their rate limits",
+            gate_throttled_seconds.clone(),
+        );
+        registry.register(
+            "mqtt_malformed",
+            "Device connections closed for a malformed or oversized packet",
+            gate_malformed.clone(),
         );
         let devices_online = Gauge::default();
         let devices_known = Gauge::default();
@@ -206,6 +255,13 @@ impl HubMetrics {
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
+            gate_accepted,
+            gate_refused,
+            gate_denied,
+            gate_throttled,
+            gate_throttled_seconds,
+            gate_malformed,
+            api_refused,
         }
     }
 
@@ -272,6 +328,40 @@ impl HubMetrics {
         if let Some(free) = h.free_bytes {
             self.store_free_bytes
                 .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn api_refused(&self, reason: &str) {
+        self.api_refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Takes the broker gate's counters into their families.
+    pub fn observe_gate(&self, g: &conveyor_transport::mqtt::gate::GateCounters) {
+        use std::sync::atomic::Ordering;
+        let follow = |c: &Counter, v: u64| {
+            c.inc_by(v.saturating_sub(c.get()));
+        };
+        follow(&self.gate_accepted, g.accepted.load(Ordering::Relaxed));
+        follow(&self.gate_malformed, g.malformed.load(Ordering::Relaxed));
+        let (n, us) = g.throttled();
+        follow(&self.gate_throttled, n);
+        let secs = us as f64 / 1e6;
+        let had = self.gate_throttled_seconds.get();
+        if secs > had {
+            self.gate_throttled_seconds.inc_by(secs - had);
+        }
+        for (family, counts) in [
+            (&self.gate_refused, g.refused()),
+            (&self.gate_denied, g.denied()),
+        ] {
+            for (why, v) in counts {
+                follow(
+                    &family.get_or_create(&vec![("reason".to_string(), why.to_string())]),
+                    v,
+                );
+            }
         }
     }
 

@@ -113,6 +113,9 @@ mod tests {
         t.add(&hb(100, 1));
         t.add(&hb(110, 2));
         t.add(&hb(50, 3));
-        assert_eq!(t.points().iter().map(|p| p.log_records).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            t.points().iter().map(|p| p.log_records).collect::<Vec<_>>(),
+            vec![3]
+        );
     }
 }

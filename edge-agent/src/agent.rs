@@ -36,6 +36,8 @@ pub struct Agent {
     reloader: Reloader,
     /// Over-the-air updates (`[ota]`).
     ota: Option<Arc<OtaShared>>,
+    /// The device's secret (`uplink.password_file`).
+    secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,13 @@ impl Agent {
                 Err(e) => found.push(e),
             }
         }
+        let secret = match config.uplink.secret() {
+            Ok(s) => s,
+            Err(e) => {
+                found.push(e);
+                None
+            }
+        };
         let ctx = StageContext::new(&config.data_dir);
         let storage = ctx.storage();
         let built = Pipeline::build(&config.stages, &ctx);
@@ -111,6 +120,7 @@ impl Agent {
             stages,
             storage,
             ota,
+            secret,
         })
     }
 
@@ -143,6 +153,7 @@ impl Agent {
             storage,
             reloader,
             ota,
+            secret,
         } = self;
         let log = DurableLog::open(&config.data_dir.join("log"), config.log.clone())?;
         if log.stats().records > 0 {
@@ -188,6 +199,7 @@ impl Agent {
             log,
             sources: counters,
             storage,
+            secret,
         };
         let summary = uplink.run(rx, shutdown).await?;
         for task in tasks {

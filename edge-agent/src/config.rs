@@ -76,6 +76,11 @@ pub struct UplinkConfig {
     /// acknowledged a batch for this long, milliseconds.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// The device's secret (`cloud-hub device add` writes it), which it
+    /// proves itself with at connect (username: its device id); also its
+    /// key to the hub's artifact downloads. Relative to this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 impl UplinkConfig {
@@ -89,7 +94,31 @@ impl UplinkConfig {
             keep_alive_secs: default_keep_alive_secs(),
             max_unacked_batches: default_max_unacked_batches(),
             ack_timeout_ms: default_ack_timeout_ms(),
+            password_file: None,
         }
+    }
+
+    /// The secret in `password_file` (trimmed), if one is set: a missing,
+    /// unreadable or empty file is a config error naming the field.
+    pub fn secret(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let field = "uplink.password_file";
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::invalid(field, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let secret = text.trim();
+        if secret.is_empty() || secret.len() > 1024 || secret.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{} does not hold a secret (one line, as `cloud-hub device add` writes it)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(secret.to_string()))
     }
 }
 
@@ -138,6 +167,11 @@ impl AgentConfig {
     fn resolve_paths(&mut self, base: &Path) {
         if self.data_dir.is_relative() {
             self.data_dir = base.join(&self.data_dir);
+        }
+        if let Some(p) = &mut self.uplink.password_file {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         for source in &mut self.sources {
             source.resolve_paths(base);

@@ -160,12 +160,24 @@ pub fn http(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_as(addr, method, path, body, None)
+}
+
+/// [`http`] with an API token (`Authorization: Bearer`).
+pub fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();
@@ -289,11 +301,13 @@ impl Drop for Proc {
 /// `cloud-hub <args>` (`artifact`, `deploy`, ...) against the running
 /// `hub`'s API: exit code, stdout, stderr.
 pub fn hub_cli(hub: &Hub, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(hub_bin())
-        .args(args)
-        .env("CONVEYOR_HUB", format!("http://{}", hub.http))
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(hub_bin());
+    cmd.args(args)
+        .env("CONVEYOR_HUB", format!("http://{}", hub.http));
+    if let Some(t) = &hub.api_token {
+        cmd.env("CONVEYOR_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -318,6 +332,11 @@ pub struct Hub {
     pub store: PathBuf,
     /// Appended to hub.toml (kept across restarts).
     extra: String,
+    /// Devices and API callers must prove who they are (the hub's
+    /// default); the other constructors turn it off, as a bare broker.
+    pub secure: bool,
+    /// An admin token the harness made for itself (secure hubs).
+    pub api_token: Option<String>,
 }
 
 /// `[inference]` serving both committed hub models, for [`Hub::start_serving`].
@@ -338,15 +357,30 @@ impl Hub {
         Self::start_with(dir, None)
     }
 
+    /// Starts a hub as it is by default: devices need their secret (see
+    /// [`Hub::provision`]) and API calls a token (see [`Hub::token`]).
+    pub fn start_secure(dir: &Path, extra: &str) -> Hub {
+        for _ in 0..4 {
+            if let Ok(hub) =
+                Self::try_start_on(dir, None, free_port(), free_port(), None, extra, true)
+            {
+                return hub;
+            }
+        }
+        Self::start_on(dir, None, free_port(), free_port(), None, extra, true)
+    }
+
     /// Starts a hub with its embedded broker and `extra` appended to
     /// hub.toml (e.g. [`hub_models_toml`]).
     pub fn start_serving(dir: &Path, extra: &str) -> Hub {
         for _ in 0..4 {
-            if let Ok(hub) = Self::try_start_on(dir, None, free_port(), free_port(), None, extra) {
+            if let Ok(hub) =
+                Self::try_start_on(dir, None, free_port(), free_port(), None, extra, false)
+            {
                 return hub;
             }
         }
-        Self::start_on(dir, None, free_port(), free_port(), None, extra)
+        Self::start_on(dir, None, free_port(), free_port(), None, extra, false)
     }
 
     /// Starts a hub with its embedded broker and its store in `store`
@@ -355,12 +389,12 @@ impl Hub {
     pub fn start_with_store(dir: &Path, store: &Path) -> Hub {
         for _ in 0..4 {
             if let Ok(hub) =
-                Self::try_start_on(dir, None, free_port(), free_port(), Some(store), "")
+                Self::try_start_on(dir, None, free_port(), free_port(), Some(store), "", false)
             {
                 return hub;
             }
         }
-        Self::start_on(dir, None, free_port(), free_port(), Some(store), "")
+        Self::start_on(dir, None, free_port(), free_port(), Some(store), "", false)
     }
 
     /// Starts a hub; with `external` it uses that broker port instead of
@@ -370,11 +404,13 @@ impl Hub {
         // connection) before the hub binds it; then the hub exits with
         // "address in use" and we try again on other ports.
         for _ in 0..4 {
-            if let Ok(hub) = Self::try_start_on(dir, external, free_port(), free_port(), None, "") {
+            if let Ok(hub) =
+                Self::try_start_on(dir, external, free_port(), free_port(), None, "", false)
+            {
                 return hub;
             }
         }
-        Self::start_on(dir, external, free_port(), free_port(), None, "")
+        Self::start_on(dir, external, free_port(), free_port(), None, "", false)
     }
 
     /// Stops this hub (SIGTERM) and starts a new one on the same ports and
@@ -388,8 +424,9 @@ impl Hub {
         let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
         let store = self.store.clone();
         let extra = std::mem::take(&mut self.extra);
+        let secure = self.secure;
         drop(self);
-        Self::start_on(&dir, None, http, mqtt, Some(&store), &extra)
+        Self::start_on(&dir, None, http, mqtt, Some(&store), &extra, secure)
     }
 
     /// SIGKILLs this hub (no goodbye, no flush) and starts a new one on
@@ -400,13 +437,14 @@ impl Hub {
         let (dir, mqtt, http) = (self.dir.clone(), self.mqtt_port, self.http.port());
         let store = self.store.clone();
         let extra = std::mem::take(&mut self.extra);
+        let secure = self.secure;
         drop(self);
-        Self::start_on(&dir, None, http, mqtt, Some(&store), &extra)
+        Self::start_on(&dir, None, http, mqtt, Some(&store), &extra, secure)
     }
 
     /// Starts a hub whose embedded broker listens on `mqtt_port`.
     pub fn start_at(dir: &Path, mqtt_port: u16) -> Hub {
-        Self::start_on(dir, None, free_port(), mqtt_port, None, "")
+        Self::start_on(dir, None, free_port(), mqtt_port, None, "", false)
     }
 
     fn start_on(
@@ -416,9 +454,18 @@ impl Hub {
         embedded_mqtt_port: u16,
         store: Option<&Path>,
         extra: &str,
+        secure: bool,
     ) -> Hub {
-        Self::try_start_on(dir, external, http_port, embedded_mqtt_port, store, extra)
-            .unwrap_or_else(|log| panic!("the hub exited before it was healthy:\n{log}"))
+        Self::try_start_on(
+            dir,
+            external,
+            http_port,
+            embedded_mqtt_port,
+            store,
+            extra,
+            secure,
+        )
+        .unwrap_or_else(|log| panic!("the hub exited before it was healthy:\n{log}"))
     }
 
     /// Starts a hub (its store in `store`, by default `<dir>/hub-store`)
@@ -430,6 +477,7 @@ impl Hub {
         embedded_mqtt_port: u16,
         store: Option<&Path>,
         extra: &str,
+        secure: bool,
     ) -> Result<Hub, String> {
         let store = store.map_or_else(|| dir.join("hub-store"), Path::to_path_buf);
         let (broker, mqtt_port) = match external {
@@ -438,15 +486,42 @@ impl Hub {
                 port,
             ),
             None => (
-                format!("[broker]\nlisten = \"127.0.0.1:{embedded_mqtt_port}\"\n"),
+                format!(
+                    "[broker]\nlisten = \"127.0.0.1:{embedded_mqtt_port}\"\nauth = {:?}\n",
+                    if secure { "devices" } else { "none" }
+                ),
                 embedded_mqtt_port,
             ),
         };
+        let http_auth = if secure { "tokens" } else { "none" };
+        let api_token = secure.then(|| {
+            // A name of its own per start: a restarted hub keeps the old one.
+            let name = format!(
+                "e2e-harness-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            );
+            let out = Command::new(hub_bin())
+                .args([
+                    "token", "create", "--name", &name, "--role", "admin", "--store",
+                ])
+                .arg(&store)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "token create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        });
         let config = dir.join("hub.toml");
         std::fs::write(
             &config,
             format!(
-                "{broker}[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = {:?}\n{extra}",
+                "{broker}[http]\nlisten = \"127.0.0.1:{http_port}\"\nauth = {http_auth:?}\n[store]\npath = {:?}\n{extra}",
                 store.display().to_string()
             ),
         )
@@ -474,7 +549,41 @@ impl Hub {
             dir: dir.to_path_buf(),
             store,
             extra: extra.to_string(),
+            secure,
+            api_token,
         })
+    }
+
+    /// Provisions `device` (`cloud-hub device add`) and returns the path
+    /// of its secret file, for `uplink.password_file`.
+    pub fn provision(&self, device: &str) -> PathBuf {
+        let out = self.dir.join("secrets");
+        std::fs::create_dir_all(&out).unwrap();
+        let out_s = out.display().to_string();
+        let store = self.store.display().to_string();
+        let _ = std::fs::remove_file(out.join(format!("{device}.secret")));
+        let (code, stdout, stderr) = hub_cli(
+            self,
+            &[
+                "device", "add", device, "--out", &out_s, "--rotate", "--store", &store,
+            ],
+        );
+        let file = out.join(format!("{device}.secret"));
+        assert_eq!(code, Some(0), "device add {device}: {stdout}{stderr}");
+        file
+    }
+
+    /// Makes an API token of `role` (`cloud-hub token create`).
+    pub fn token(&self, name: &str, role: &str) -> String {
+        let store = self.store.display().to_string();
+        let (code, stdout, stderr) = hub_cli(
+            self,
+            &[
+                "token", "create", "--name", name, "--role", role, "--store", &store,
+            ],
+        );
+        assert_eq!(code, Some(0), "token create: {stdout}{stderr}");
+        stdout.trim().to_string()
     }
 
     /// The hub's public signing key (`ed25519:...`), which agents trust.
@@ -490,11 +599,20 @@ impl Hub {
     }
 
     pub fn get(&self, path: &str) -> Value {
-        get_json(self.http, path)
+        let (status, body) = http_as(self.http, "GET", path, None, self.api_token.as_deref())
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
     pub fn device(&self, id: &str) -> Option<Value> {
-        match http(self.http, "GET", &format!("/api/v1/devices/{id}"), None) {
+        match http_as(
+            self.http,
+            "GET",
+            &format!("/api/v1/devices/{id}"),
+            None,
+            self.api_token.as_deref(),
+        ) {
             Ok((200, body)) => serde_json::from_str(&body).ok(),
             _ => None,
         }

@@ -1,9 +1,17 @@
 // The hub's public HTTP API: the only thing the page talks to.
 
+// An answer that is not 2xx, with its status (401: sign in).
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
 export async function get(path) {
   const r = await fetch(path, { headers: { accept: "application/json" } });
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error ?? `${r.status} ${r.statusText}`);
+  if (!r.ok) throw new ApiError(r.status, body.error ?? `${r.status} ${r.statusText}`);
   return body;
 }
 
@@ -14,7 +22,7 @@ export async function post(path, body) {
     body: JSON.stringify(body ?? {}),
   });
   const answer = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(answer.error ?? `${r.status} ${r.statusText}`);
+  if (!r.ok) throw new ApiError(r.status, answer.error ?? `${r.status} ${r.statusText}`);
   return answer;
 }
 

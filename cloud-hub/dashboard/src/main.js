@@ -1,6 +1,7 @@
 // The dashboard: a hash router over views, and one live stream of the
 // fleet (`/api/v1/fleet/stream`) that every view may listen to.
-import { stream } from "./api.js";
+import { get, stream } from "./api.js";
+import * as login from "./views/login.js";
 import * as overview from "./views/overview.js";
 import * as devices from "./views/devices.js";
 import * as device from "./views/device.js";
@@ -23,14 +24,16 @@ const routes = [
 const listeners = new Set();
 let last = null;
 const live = document.getElementById("live");
-stream("/api/v1/fleet/stream", "fleet", (data) => {
-  last = data;
-  live.textContent = `live · ${new Date().toLocaleTimeString()}`;
-  listeners.forEach((f) => f(data));
-}, (up) => {
-  live.className = up ? "live on" : "live off";
-  if (!up) live.textContent = "reconnecting…";
-});
+function startStream() {
+  stream("/api/v1/fleet/stream", "fleet", (data) => {
+    last = data;
+    live.textContent = `live · ${new Date().toLocaleTimeString()}`;
+    listeners.forEach((f) => f(data));
+  }, (up) => {
+    live.className = up ? "live on" : "live off";
+    if (!up) live.textContent = "reconnecting…";
+  });
+}
 const fleet = {
   subscribe(f) {
     listeners.add(f);
@@ -62,5 +65,26 @@ async function show() {
     el.innerHTML = `<p class="error">Could not load this page: ${String(e.message ?? e)}</p>`;
   }
 }
-window.addEventListener("hashchange", show);
-show();
+// A link with `#token=...` (the demo prints one) signs in once and
+// leaves the address without it; a hub that asks for a token and has
+// none from this browser gets the sign-in page.
+async function boot() {
+  const given = location.hash.match(/^#token=(.+)$/);
+  if (given) {
+    history.replaceState(null, "", "#/");
+    try { await login.signIn(decodeURIComponent(given[1])); } catch { /* the form says why */ }
+  }
+  try {
+    await get("/api/v1/fleet");
+  } catch (e) {
+    if (e.status === 401) {
+      live.textContent = "signed out";
+      login.render(document.getElementById("view"), given ? "That token is unknown or revoked." : "");
+      return;
+    }
+  }
+  startStream();
+  window.addEventListener("hashchange", show);
+  show();
+}
+boot();

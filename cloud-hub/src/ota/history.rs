@@ -171,8 +171,18 @@ mod tests {
         };
         let e = desired(&doc, "rollout 7", 10);
         assert_eq!(
-            (e.event.as_str(), e.generation, e.what.as_str(), e.by.as_deref()),
-            ("desired", Some(4), "classify: model m@2; classify: shadow m@3", Some("rollout 7"))
+            (
+                e.event.as_str(),
+                e.generation,
+                e.what.as_str(),
+                e.by.as_deref()
+            ),
+            (
+                "desired",
+                Some(4),
+                "classify: model m@2; classify: shadow m@3",
+                Some("rollout 7")
+            )
         );
         let mut state = AgentState {
             device_id: "d".into(),
@@ -203,7 +213,10 @@ mod tests {
             since_us: 0,
         };
         let e = reported(&state, &change, 11);
-        assert_eq!((e.event.as_str(), e.what.as_str()), ("applied", "runs classify: model m@2"));
+        assert_eq!(
+            (e.event.as_str(), e.what.as_str()),
+            ("applied", "runs classify: model m@2")
+        );
         change.phase = Phase::Failed;
         change.reason = Some("signature does not verify".into());
         state.stages.clear();
@@ -217,16 +230,22 @@ mod tests {
         let h = DeviceHistory::new(dir.path());
         let (a, b) = (DeviceId::new("a").unwrap(), DeviceId::new("b").unwrap());
         for i in 0..3 {
-            h.record(&a, HistoryEntry {
-                at_us: i,
-                event: "desired".into(),
-                generation: Some(i as u64),
-                what: String::new(),
-                by: None,
-            });
+            h.record(
+                &a,
+                HistoryEntry {
+                    at_us: i,
+                    event: "desired".into(),
+                    generation: Some(i as u64),
+                    what: String::new(),
+                    by: None,
+                },
+            );
         }
         let read = |d: &DeviceId| h.journal(d).last::<HistoryEntry>(10).unwrap();
-        assert_eq!(read(&a).iter().map(|e| e.at_us).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            read(&a).iter().map(|e| e.at_us).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         assert!(read(&b).is_empty());
     }
 }

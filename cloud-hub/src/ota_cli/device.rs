@@ -1,5 +1,7 @@
 //! `cloud-hub device tag`: the hub's own tags on a device, which deploys
-//! and rollouts select by (`--tag`), beside the tags its agent reports.
+//! and rollouts select by (`--tag`), beside the tags its agent reports
+//! (over the running hub's API). `device add|list|revoke` are the
+//! device's identity, in the hub's store (`identity_cli.rs`).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -11,6 +13,31 @@ use super::http::{check, request, Body};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeviceCommand {
+    /// Provision a device: a secret it proves itself with at connect,
+    /// written to `<out>/<id>.secret` (mode 0600) for its agent.toml's
+    /// `uplink.password_file`; stored hashed.
+    Add {
+        device: String,
+        /// Where to write the secret file.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+        /// Give an existing device a new secret (the old one stops working).
+        #[arg(long)]
+        rotate: bool,
+        #[command(flatten)]
+        store: crate::identity_cli::StoreArg,
+    },
+    /// The provisioned devices, and which are revoked.
+    List {
+        #[command(flatten)]
+        store: crate::identity_cli::StoreArg,
+    },
+    /// Revoke a device: refused at its next connect, cut off if connected.
+    Revoke {
+        device: String,
+        #[command(flatten)]
+        store: crate::identity_cli::StoreArg,
+    },
     /// Set (KEY=VALUE) or remove (--remove KEY) tags on a device; without
     /// either, show its tags.
     Tag {
@@ -70,6 +97,28 @@ async fn tag(hub: &str, device: &str, tags: &[String], remove: &[String]) -> Res
 
 /// Runs `cloud-hub device ...`: 0 done, 1 failed (with the reason).
 pub fn run(cmd: DeviceCommand, hub: &str) -> ExitCode {
+    let local = match &cmd {
+        DeviceCommand::Add {
+            device,
+            out,
+            rotate,
+            store,
+        } => Some(crate::identity_cli::device_add(store, device, out, *rotate)),
+        DeviceCommand::List { store } => Some(crate::identity_cli::device_list(store)),
+        DeviceCommand::Revoke { device, store } => {
+            Some(crate::identity_cli::device_revoke(store, device))
+        }
+        DeviceCommand::Tag { .. } => None,
+    };
+    if let Some(done) = local {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cloud-hub device: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let done = super::runtime()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
@@ -80,6 +129,7 @@ pub fn run(cmd: DeviceCommand, hub: &str) -> ExitCode {
                         tags,
                         remove,
                     } => tag(hub, &device, &tags, &remove).await,
+                    _ => unreachable!("handled above"),
                 }
             })
         });

@@ -43,6 +43,9 @@ fn authority(hub: &str) -> Result<String> {
     })
 }
 
+/// The environment variable the CLI takes its API token from.
+pub const TOKEN_ENV: &str = "CONVEYOR_TOKEN";
+
 /// Sends one request to the hub at `hub`; the status and the body as JSON
 /// (a body that is not JSON comes back as `{"error": <its text>}`).
 pub async fn request(
@@ -66,6 +69,13 @@ pub async fn request(
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, &authority);
+    // The API token (`cloud-hub token create`), for a hub that asks.
+    if let Some(t) = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.trim()));
+    }
     let bytes = match body {
         Some(b) => {
             request = request.header(hyper::header::CONTENT_TYPE, b.content_type);

@@ -30,7 +30,8 @@ pub const DEFAULT_HUB: &str = "http://127.0.0.1:8080";
 /// `--hub`, for every subcommand that talks to a running hub.
 #[derive(Debug, clap::Args)]
 pub struct HubArg {
-    /// The hub's HTTP API.
+    /// The hub's HTTP API (a hub with `[http] auth = "tokens"` also needs
+    /// `CONVEYOR_TOKEN`: a token from `cloud-hub token create`).
     #[arg(long, global = true, env = "CONVEYOR_HUB", default_value = DEFAULT_HUB)]
     pub hub: String,
 }

@@ -270,7 +270,11 @@ pub fn tick(s: &HubState, now: i64) {
 /// The shadow gate's verdict on each shadowing device that has one: a
 /// [`Event::ShadowHeld`] or [`Event::GateFailed`] for its rollout. Each
 /// device's figures go into its rollout's tally.
-fn judge_shadowing(s: &HubState, now: i64, tallies: &mut BTreeMap<u64, Tally>) -> Vec<(u64, Event)> {
+fn judge_shadowing(
+    s: &HubState,
+    now: i64,
+    tallies: &mut BTreeMap<u64, Tally>,
+) -> Vec<(u64, Event)> {
     let shadowing: Vec<(u64, String, String, ArtifactRef, ShadowGate)> = {
         let store = s.ota.rollouts();
         store

@@ -213,6 +213,7 @@ fn agent_config(
     mqtt: &str,
     state_dir: &Path,
     ota: Option<&OtaConfig>,
+    secret_file: impl Fn(&str) -> Option<PathBuf>,
 ) -> (String, &'static str, String) {
     let (kind, stream, file, sample_rate_hz, model, hz, hub_model, dataset) = if i % 2 == 0 {
         (
@@ -245,6 +246,7 @@ fn agent_config(
             u.batch_max_records = args.batch_max_records;
             u.batch_max_delay_ms = args.batch_max_delay_ms;
             u.heartbeat_secs = 1.0;
+            u.password_file = secret_file(&device);
         })
         .source(ReplayConfig {
             rate: Some(args.rate),
@@ -459,6 +461,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         broker,
         http: HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port_or_free(args.http_port, "HTTP")?)),
+            auth: cloud_hub::identity::config::HttpAuth::None,
         },
         store: StoreConfig {
             path: work.path().join("hub-store"),
@@ -466,7 +469,9 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         },
         inference,
         ota: Default::default(),
+        insecure: false,
     };
+    let embedded = args.broker_url.is_none();
     let service = InferenceService::start(&config.inference, Default::default())
         .context("loading the hub's models")?;
     let hub = Hub::start(&config, service).await?;
@@ -499,6 +504,18 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             &state.device_url,
             &work.path().join("agents"),
             ota.as_ref(),
+            // The embedded broker asks each device for its secret: the demo
+            // provisions its own agents, as `cloud-hub device add` would.
+            |device| {
+                let id = conveyor_shared::DeviceId::new(device).ok()?;
+                embedded.then(|| {
+                    let secret = cloud_hub::identity::provision_device(&config.store.path, &id)
+                        .expect("the demo's store is writable");
+                    let path = work.path().join(format!("{device}.secret"));
+                    std::fs::write(&path, secret).expect("the demo's directory is writable");
+                    path
+                })
+            },
         );
         let config_path = work.path().join(format!("{device_id}.toml"));
         std::fs::write(&config_path, toml)?;

@@ -10,6 +10,7 @@
 //! already use (clap, tracing-subscriber, tokio's signals, libc).
 
 pub mod disk;
+pub mod file_lock;
 mod log_every;
 pub mod signal;
 

@@ -63,6 +63,29 @@ pub struct EdgeLinkOptions {
     pub keep_alive: Duration,
     /// Downlink topics to receive (the uplink asks for [`TopicKind::Ack`]).
     pub downlinks: Vec<TopicKind>,
+    /// The device's secret, presented at connect with its id as the
+    /// username.
+    pub password: Option<Password>,
+}
+
+/// A secret that never shows in a log line or a `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(secret: String) -> Password {
+        Password(secret)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
 }
 
 impl EdgeLinkOptions {

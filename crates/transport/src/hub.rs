@@ -117,6 +117,9 @@ pub struct HubConnection {
     pub device_url: String,
     /// `embedded` or `external`.
     pub mode: &'static str,
+    /// The embedded broker's gate (its counters; cutting a device off).
+    #[cfg(feature = "embedded-broker")]
+    pub gate: Option<crate::mqtt::gate::GateHandle>,
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ pub enum HubSide {
     Embedded {
         listen: std::net::SocketAddr,
         max_connections: usize,
+        /// Who may connect, and what they may touch.
+        auth: mqtt::gate::GateAuth,
+        limits: mqtt::gate::Limits,
     },
 }
 
@@ -76,6 +79,8 @@ pub fn start_hub(side: &HubSide) -> Result<hub::HubConnection, hub::HubTransport
         HubSide::Embedded {
             listen,
             max_connections,
-        } => mqtt::embedded::start(*listen, *max_connections),
+            auth,
+            limits,
+        } => mqtt::embedded::start(*listen, *max_connections, auth.clone(), *limits),
     }
 }

@@ -59,16 +59,33 @@ impl FetchError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubClient {
     hub: HubHttp,
+    /// The device's secret, sent as a bearer token (a hub with API tokens
+    /// lets a device read artifacts and keys with it).
+    secret: Option<String>,
+}
+
+impl std::fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubClient")
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
 }
 
 type Response = hyper::Response<hyper::body::Incoming>;
 
 impl HubClient {
     pub fn new(hub: HubHttp) -> Self {
-        HubClient { hub }
+        HubClient { hub, secret: None }
+    }
+
+    /// Sends `secret` with every request.
+    pub fn with_secret(mut self, secret: Option<String>) -> Self {
+        self.secret = secret;
+        self
     }
 
     fn unreachable(&self, why: impl std::fmt::Display) -> FetchError {
@@ -99,6 +116,9 @@ impl HubClient {
             );
         if from > 0 {
             request = request.header(hyper::header::RANGE, format!("bytes={from}-"));
+        }
+        if let Some(s) = &self.secret {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {s}"));
         }
         let request = request
             .body(Empty::<Bytes>::new())

@@ -134,7 +134,10 @@ impl Reconciler {
         let base = shared.base();
         let (state, state_rx) = watch::channel(Vec::new());
         let mut r = Reconciler {
-            client: HubClient::new(shared.config.hub()),
+            // A secret that no longer reads was reported by `check`/start;
+            // downloads then go without it.
+            client: HubClient::new(shared.config.hub())
+                .with_secret(base.uplink.secret().ok().flatten()),
             data_dir: base.data_dir.clone(),
             device: base.device_id.to_string(),
             tags: base.tags.clone(),

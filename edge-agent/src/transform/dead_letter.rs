@@ -13,11 +13,11 @@
 //! heartbeat: the hub's dashboard shows what failed and why without
 //! reading the device's disk.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use conveyor_shared::control::{DeadLetterNote, RECENT_DEAD_LETTERS};
@@ -235,9 +235,16 @@ mod tests {
         store.append(&(5..12).map(letter).collect::<Vec<_>>());
         let recent = store.recent();
         let at: Vec<i64> = recent.iter().map(|n| n.at_us).collect();
-        assert_eq!(at, (12 - RECENT_DEAD_LETTERS as i64..12).collect::<Vec<_>>());
         assert_eq!(
-            (recent[0].kind.as_str(), recent[0].reason.as_str(), recent[0].stream.as_str()),
+            at,
+            (12 - RECENT_DEAD_LETTERS as i64..12).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (
+                recent[0].kind.as_str(),
+                recent[0].reason.as_str(),
+                recent[0].stream.as_str()
+            ),
             ("trap", "boom", "pos")
         );
         // Kept even when the file cannot be written.

@@ -25,7 +25,7 @@ use conveyor_shared::control::Heartbeat;
 use conveyor_shared::time::now_us;
 use conveyor_shared::topics::TopicKind;
 use conveyor_shared::{DeviceId, Record, RecordBatch};
-use conveyor_transport::edge::{EdgeLink, EdgeLinkOptions, LinkEvent, PublishError};
+use conveyor_transport::edge::{EdgeLink, EdgeLinkOptions, LinkEvent, Password, PublishError};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -88,6 +88,8 @@ pub struct Uplink {
     pub sources: Vec<(String, Arc<SourceCounters>)>,
     /// The stages' dead letters and transform cache, for heartbeats.
     pub storage: StageStorage,
+    /// The device's secret, to prove itself to the broker.
+    pub secret: Option<String>,
 }
 
 impl Uplink {
@@ -113,6 +115,7 @@ impl Uplink {
                 } else {
                     vec![TopicKind::Ack]
                 },
+                password: self.secret.clone().map(Password::new),
             },
         );
         let mut ota = self.ota.take();

@@ -55,7 +55,9 @@ fn config(hub: &Hub, i: usize, dir: &std::path::Path, sensor_port: u16) -> Agent
                 batch_size: 1,
                 ..TransformStageConfig::new(
                     "sensor",
-                    vec![ChainEntry::new(super::wasm_transforms::trap_on_negative(dir))],
+                    vec![ChainEntry::new(super::wasm_transforms::trap_on_negative(
+                        dir,
+                    ))],
                 )
             });
     }
@@ -94,7 +96,13 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     push(&hub, &model("basicmotions/v2/edge.int8.json"));
     let sensor_port = free_port();
     let mut agents: Vec<Proc> = (0..AGENTS)
-        .map(|i| start_agent(dir.path(), &device(i), &config(&hub, i, dir.path(), sensor_port)))
+        .map(|i| {
+            start_agent(
+                dir.path(),
+                &device(i),
+                &config(&hub, i, dir.path(), sensor_port),
+            )
+        })
         .collect();
     for i in 0..AGENTS {
         wait_for(&format!("{} streaming", device(i)), || {

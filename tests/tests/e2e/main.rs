@@ -18,6 +18,7 @@ mod ota;
 mod ota_faults;
 mod ota_hub;
 mod rollouts;
+mod security;
 mod sources_and_brokers;
 mod storage_faults;
 mod third_party_clients;

@@ -231,7 +231,10 @@ fn receipts_are_redacted_before_the_uplink_and_a_failing_transform_is_contained(
     assert_eq!(kinds, ["trap", "trap", "disabled"], "{notes}");
     assert_eq!(notes[0]["stage"], "sensor-check");
     assert_eq!(notes[0]["stream"], "sensor");
-    assert!(notes[0]["reason"].as_str().unwrap().contains("unreachable"), "{notes}");
+    assert!(
+        notes[0]["reason"].as_str().unwrap().contains("unreachable"),
+        "{notes}"
+    );
     assert!(notes[0].get("record").is_none(), "{notes}");
     assert!(t["disabled_reason"]
         .as_str()

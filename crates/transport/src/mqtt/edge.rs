@@ -53,6 +53,9 @@ pub fn connect(url: &BrokerUrl, options: EdgeLinkOptions) -> EdgeLinkParts {
         downlinks: options.downlinks.iter().map(|&k| (topic(k), k)).collect(),
     });
     let mut mqtt = super::options(options.device.as_str(), url, options.keep_alive);
+    if let Some(p) = &options.password {
+        mqtt.set_credentials(options.device.as_str(), p.expose());
+    }
     mqtt.set_last_will(LastWill::new(
         &topics.status,
         options.status(DeviceState::Offline, false).encode(),

@@ -1,5 +1,9 @@
 //! The embedded rumqttd broker and the hub's in-process link to it.
 //!
+//! Devices reach rumqttd only through the [`super::gate`]: rumqttd
+//! listens on loopback ports of its own (3.1.1 and 5), with a secret made
+//! at start that only the gate knows.
+//!
 //! rumqttd keeps each topic's messages in an in-memory commit log of
 //! `max_segment_count` segments; a subscriber that falls further behind
 //! than that loses the oldest. Its defaults (100 MB x 10 per topic) are
@@ -19,6 +23,7 @@ use tokio::sync::mpsc;
 
 use conveyor_shared::Topic;
 
+use super::gate::{GateAuth, Inner, Limits};
 use crate::hub::{
     received, HubConnection, HubTransportError as BrokerError, Outbound, Publisher,
     INBOUND_CAPACITY, UPLINK_KINDS,
@@ -29,21 +34,24 @@ const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
 /// Segments kept per topic before the oldest is dropped.
 const SEGMENT_COUNT: usize = 4;
 
-fn broker_config(listen: SocketAddr, max_connections: usize) -> Config {
+fn broker_config(inner: &Inner, max_connections: usize) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: super::MAX_PACKET_BYTES,
         max_inflight_count: 100,
-        auth: None,
+        auth: Some(HashMap::from([(
+            inner.username.clone(),
+            inner.password.clone(),
+        )])),
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
-        name: "v4-devices".into(),
+    let server = |name: &str, listen| ServerSettings {
+        name: name.into(),
         listen,
         tls: None,
-        next_connection_delay_ms: 1,
-        connections,
+        next_connection_delay_ms: 0,
+        connections: connections.clone(),
     };
     Config {
         id: 0,
@@ -55,8 +63,46 @@ fn broker_config(listen: SocketAddr, max_connections: usize) -> Config {
             max_segment_count: SEGMENT_COUNT,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("devices".to_string(), server)])),
+        v4: Some(HashMap::from([(
+            "devices".to_string(),
+            server("v4-devices", inner.v4),
+        )])),
+        v5: Some(HashMap::from([(
+            "devices".to_string(),
+            server("v5-devices", inner.v5),
+        )])),
         ..Default::default()
+    }
+}
+
+/// A free loopback port (bound and let go: rumqttd binds it itself).
+fn free_loopback_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()
+}
+
+/// 32 random bytes, hex: the secret the gate gives rumqttd.
+fn secret() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Waits until rumqttd takes connections on `addr` (it binds on its own
+/// thread and only logs a failure there).
+fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(BrokerError::Embedded(format!(
+                "the embedded broker did not start listening on {addr}"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -109,16 +155,36 @@ impl std::task::Wake for NoWake {
     fn wake(self: Arc<Self>) {}
 }
 
-/// Starts rumqttd on `listen` and subscribes the hub's link to the uplinks.
-pub fn start(listen: SocketAddr, max_connections: usize) -> Result<HubConnection, BrokerError> {
-    // rumqttd binds on its own thread and only logs a failure there; probe
-    // the address first so a taken port is a clear error at startup.
-    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+/// Starts rumqttd on loopback, the gate on `listen` in front of it, and
+/// subscribes the hub's link to the uplinks.
+pub fn start(
+    listen: SocketAddr,
+    max_connections: usize,
+    auth: GateAuth,
+    limits: Limits,
+) -> Result<HubConnection, BrokerError> {
+    let listener = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
         source,
     })?;
+    let bound = listener.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let inner_port = |_| {
+        free_loopback_port().map_err(|source| BrokerError::Bind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            source,
+        })
+    };
+    let inner = Inner {
+        v4: inner_port(4)?,
+        v5: inner_port(5)?,
+        username: "conveyor-gate".into(),
+        password: secret(),
+    };
 
-    let mut broker = Broker::new(broker_config(listen, max_connections));
+    let mut broker = Broker::new(broker_config(&inner, max_connections));
     let (mut link_tx, mut link_rx) = broker
         .link("conveyor-hub")
         .map_err(|e| BrokerError::Embedded(e.to_string()))?;
@@ -135,6 +201,14 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<HubConnection
             .subscribe(kind.filter_all_devices())
             .map_err(|e| BrokerError::Embedded(e.to_string()))?;
     }
+    wait_listening(inner.v4)?;
+    wait_listening(inner.v5)?;
+    let gate = super::gate::start(listener, auth, limits, inner, super::MAX_PACKET_BYTES).map_err(
+        |source| BrokerError::Bind {
+            addr: bound,
+            source,
+        },
+    )?;
 
     let link_tx = Arc::new(Mutex::new(link_tx));
     let publisher = Publisher::new(LinkOutbound(link_tx.clone()));
@@ -174,7 +248,8 @@ pub fn start(listen: SocketAddr, max_connections: usize) -> Result<HubConnection
     Ok(HubConnection {
         inbound: rx,
         publisher,
-        device_url: format!("mqtt://{listen}"),
+        device_url: format!("mqtt://{bound}"),
         mode: "embedded",
+        gate: Some(gate),
     })
 }

@@ -88,5 +88,7 @@ pub fn start(url: &BrokerUrl, client_id: &str) -> HubConnection {
         publisher,
         device_url: url.to_string(),
         mode: "external",
+        #[cfg(feature = "embedded-broker")]
+        gate: None,
     }
 }

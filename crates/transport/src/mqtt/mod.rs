@@ -21,6 +21,8 @@ pub mod edge;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
 pub mod external;
+#[cfg(feature = "embedded-broker")]
+pub mod gate;
 
 /// Largest MQTT packet accepted or sent: the protocol's batch limit plus
 /// headroom for the topic and header.

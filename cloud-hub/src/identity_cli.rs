@@ -1,0 +1,222 @@
+//! `cloud-hub device add|list|revoke` and `cloud-hub token
+//! create|list|revoke`: they change the hub's `identity.json` in its
+//! store directly (the hub need not run; a running one reads the change
+//! within a second and cuts a revoked device off). Whoever may write the
+//! hub's store is its administrator.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use conveyor_shared::time::now_us;
+use conveyor_shared::DeviceId;
+
+use crate::config::HubConfig;
+use crate::identity::file;
+use crate::identity::{secret, ApiToken, DeviceIdentity, Role};
+
+/// Which hub's store.
+#[derive(Debug, clap::Args)]
+pub struct StoreArg {
+    /// The hub config whose `store.path` holds the identities.
+    #[arg(short, long, conflicts_with = "store", env = "CONVEYOR_HUB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The hub's store directory (default: `hub-data`, as `serve` without a config).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn path(&self) -> Result<PathBuf> {
+        let dir = match (&self.config, &self.store) {
+            (Some(c), _) => {
+                HubConfig::load(c)
+                    .map_err(|e| anyhow!("{}: {e}", c.display()))?
+                    .store
+                    .path
+            }
+            (None, Some(s)) => s.clone(),
+            (None, None) => HubConfig::default().store.path,
+        };
+        Ok(file::path(&dir))
+    }
+}
+
+fn when(us: i64) -> String {
+    let s = us.div_euclid(1_000_000);
+    format!("{s} (unix s)")
+}
+
+/// Writes `text` to a new file at `path`, mode 0600, never over one.
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("cannot write the secret to {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// `device add`: a new device (or, with `rotate`, a new secret for one),
+/// its secret written to `<out>/<id>.secret`.
+pub fn device_add(store: &StoreArg, id: &str, out: &Path, rotate: bool) -> Result<()> {
+    let device = DeviceId::new(id).map_err(|e| anyhow!("device id {id:?}: {e}"))?;
+    let path = store.path()?;
+    let secret_file = out.join(format!("{device}.secret"));
+    if secret_file.exists() {
+        bail!(
+            "{} exists: move it away first (a secret file is never overwritten)",
+            secret_file.display()
+        );
+    }
+    let s = secret::new("cvd");
+    file::update::<_, anyhow::Error>(&path, |ids| {
+        if ids.devices.contains_key(device.as_str()) && !rotate {
+            bail!("device {device} exists: give --rotate for a new secret (the old one stops working)");
+        }
+        ids.devices.insert(
+            device.to_string(),
+            DeviceIdentity {
+                secret_sha256: secret::hash(&s),
+                created_us: now_us(),
+                revoked_us: None,
+            },
+        );
+        Ok(())
+    })?;
+    std::fs::create_dir_all(out).ok();
+    write_secret(&secret_file, &s)?;
+    println!(
+        "device {device} added; its secret is in {} (mode 0600, shown nowhere else).\n\
+         Give the agent that file, and in its agent.toml:\n\n  [uplink]\n  password_file = {:?}\n",
+        secret_file.display(),
+        secret_file.display().to_string()
+    );
+    Ok(())
+}
+
+pub fn device_list(store: &StoreArg) -> Result<()> {
+    let ids = file::read(&store.path()?)?;
+    if ids.devices.is_empty() {
+        println!("no devices (add one with `cloud-hub device add <id>`)");
+    }
+    for (id, d) in &ids.devices {
+        match d.revoked_us {
+            Some(r) => println!("{id}\trevoked at {}", when(r)),
+            None => println!("{id}\tadded at {}", when(d.created_us)),
+        }
+    }
+    Ok(())
+}
+
+pub fn device_revoke(store: &StoreArg, id: &str) -> Result<()> {
+    file::update::<_, anyhow::Error>(&store.path()?, |ids| {
+        let d = ids
+            .devices
+            .get_mut(id)
+            .ok_or_else(|| anyhow!("no device {id:?} (see `cloud-hub device list`)"))?;
+        d.revoked_us.get_or_insert(now_us());
+        Ok(())
+    })?;
+    println!("device {id} revoked: refused at its next connect, and cut off within a second if a hub is running with this store");
+    Ok(())
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make an API token; it is printed once, and stored only hashed.
+    Create {
+        /// What the token is for (unique; shown in the audit log).
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// The tokens: name, role, when made or revoked.
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Revoke a token by its name.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+fn token_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+}
+
+pub fn token(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create { name, role, store } => {
+            if !token_name_ok(&name) {
+                bail!("token name {name:?}: 1-64 letters, digits, '-', '_', '.' or '@'");
+            }
+            let t = secret::new("cvt");
+            file::update::<_, anyhow::Error>(&store.path()?, |ids| {
+                if ids
+                    .tokens
+                    .get(&name)
+                    .is_some_and(|t| t.revoked_us.is_none())
+                {
+                    bail!("a token named {name:?} exists: revoke it first, or pick another name");
+                }
+                ids.tokens.insert(
+                    name.clone(),
+                    ApiToken {
+                        role,
+                        token_sha256: secret::hash(&t),
+                        created_us: now_us(),
+                        revoked_us: None,
+                    },
+                );
+                Ok(())
+            })?;
+            eprintln!("token {name} ({role}) made; it is shown this once:");
+            println!("{t}");
+        }
+        TokenCommand::List { store } => {
+            let ids = file::read(&store.path()?)?;
+            if ids.tokens.is_empty() {
+                println!(
+                    "no tokens (make one with `cloud-hub token create --name NAME --role admin`)"
+                );
+            }
+            for (name, t) in &ids.tokens {
+                match t.revoked_us {
+                    Some(r) => println!("{name}\t{}\trevoked at {}", t.role, when(r)),
+                    None => println!("{name}\t{}\tmade at {}", t.role, when(t.created_us)),
+                }
+            }
+        }
+        TokenCommand::Revoke { name, store } => {
+            file::update::<_, anyhow::Error>(&store.path()?, |ids| {
+                let t = ids
+                    .tokens
+                    .get_mut(&name)
+                    .ok_or_else(|| anyhow!("no token named {name:?}"))?;
+                t.revoked_us.get_or_insert(now_us());
+                Ok(())
+            })?;
+            println!("token {name} revoked");
+        }
+    }
+    Ok(())
+}
