@@ -21,10 +21,12 @@ devices=${1:-1000}
 repeats=${2:-5}
 span=${3:-20}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
-echo "building release binaries ..." >&2
-cargo build --release --quiet -p cloud-hub -p conveyor-demo --bin cloud-hub --bin fleet-sim
+if [ -z "${SKIP_BUILD:-}" ]; then   # SKIP_BUILD=1: the release binaries as they are
+  echo "building release binaries ..." >&2
+  cargo build --release --quiet -p cloud-hub -p conveyor-demo --bin cloud-hub --bin fleet-sim
+fi
 exec python3 - "$devices" "$repeats" "$span" "$CARGO_TARGET_DIR/release" "$PWD" <<'PY'
-import json, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
+import json, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 devices, repeats, span = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 bin_dir, repo = sys.argv[4], sys.argv[5]
@@ -38,7 +40,10 @@ def webdriver(port):
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
                                      data=None if body is None else json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
-        return json.loads(urllib.request.urlopen(req, timeout=120).read())["value"]
+        try:
+            return json.loads(urllib.request.urlopen(req, timeout=120).read())["value"]
+        except urllib.error.HTTPError as e:
+            sys.exit(f"webdriver {method} {path}: {e.code}: {e.read().decode(errors='replace')[:500]}")
     return wd
 
 try:
@@ -82,7 +87,12 @@ try:
         wd("POST", f"/session/{sid}/url", {"url": "about:blank"})
         wd("POST", f"/session/{sid}/url", {"url": f"{origin}/"})
         live.append(wd("POST", f"/session/{sid}/execute/async", {"script": wait_all, "args": []}))
-        fcp.append(js("return performance.getEntriesByName('first-contentful-paint')[0].startTime"))
+        # The paint entry may be recorded after the data shows: wait for it.
+        fcp.append(wd("POST", f"/session/{sid}/execute/async", {"script": """const done = arguments[arguments.length - 1];
+          new PerformanceObserver((list) => {
+            const e = list.getEntriesByName('first-contentful-paint')[0];
+            if (e) done(e.startTime);
+          }).observe({type: 'paint', buffered: true});""", "args": []}))
     overview_cpu = hub_cpu()
     time.sleep(max(0, 60 - span))
     heap = js("return performance.memory.usedJSHeapSize") / 1e6

@@ -15,6 +15,9 @@
 # repeats interleaved with the current build's, so both share the
 # machine's noise; the table then has a "build" column.
 #
+# SCENARIOS="10 0;3 100" (agents and records/s each, ';'-separated) and
+# BROKERS="embedded" pick a subset.
+#
 # Prints a Markdown table of medians. Needs mosquitto (apt: mosquitto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,10 +57,12 @@ builds=(current)
 echo "| scenario | broker | build | records/s (median of $repeats) | latency p50 ms | latency p99 ms | lost | duplicated |"
 echo "|---|---|---|---|---|---|---|---|"
 # agents, records/s per agent (0 = as fast as the agent can)
-for scenario in "1 0" "10 0" "1 20000" "10 2000" "10 5000" "10 10000" "3 100"; do
+IFS=';' read -r -a scenarios <<< "${SCENARIOS:-1 0;10 0;1 20000;10 2000;10 5000;10 10000;3 100}"
+read -r -a brokers <<< "${BROKERS:-embedded mosquitto}"
+for scenario in "${scenarios[@]}"; do
   set -- $scenario
   agents=$1 rate=$2
-  for broker in embedded mosquitto; do
+  for broker in "${brokers[@]}"; do
     for b in "${builds[@]}"; do : > "$work/results-$b"; done
     for _ in $(seq "$repeats"); do
       for b in "${builds[@]}"; do

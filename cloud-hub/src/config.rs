@@ -64,6 +64,12 @@ pub struct BrokerConfig {
     /// persistent session the broker queues uplinks while the hub is down.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// External: the hub's username at the broker, and the file holding
+    /// its password (relative to this file); both or neither.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Embedded: who may connect (`devices`: each device with its secret,
     /// to its own topics only; `none`: anyone, anywhere).
     #[serde(default)]
@@ -81,6 +87,8 @@ impl Default for BrokerConfig {
             max_connections: default_max_connections(),
             url: None,
             client_id: default_client_id(),
+            username: None,
+            password_file: None,
             auth: Default::default(),
             limits: Default::default(),
         }
@@ -196,6 +204,11 @@ impl HubConfig {
                 config.store.path = dir.join(&config.store.path);
             }
             config.inference.resolve_paths(dir);
+            if let Some(p) = &mut config.broker.password_file {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
             if let Some(k) = &mut config.ota.signing_key {
                 if k.is_relative() {
                     *k = dir.join(&*k);
@@ -261,6 +274,12 @@ impl HubConfig {
                 }
             }
             BrokerMode::External => {
+                if b.username.is_some() != b.password_file.is_some() {
+                    found.push(ConfigError::invalid(
+                        "broker.password_file",
+                        "give both broker.username and broker.password_file, or neither",
+                    ));
+                }
                 if b.url.is_none() {
                     found.push(ConfigError::invalid(
                         "broker.url",

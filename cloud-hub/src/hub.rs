@@ -34,6 +34,12 @@ pub enum HubError {
     Ota(#[from] crate::ota::OtaError),
     #[error(transparent)]
     Identity(#[from] crate::identity::file::IdentityError),
+    #[error("broker.password_file {}: {source}", path.display())]
+    BrokerPassword {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
         addr: SocketAddr,
@@ -82,6 +88,21 @@ impl Hub {
             (BrokerMode::External, Some(url)) => HubSide::External {
                 url: url.clone(),
                 client_id: b.client_id.clone(),
+                login: match (&b.username, &b.password_file) {
+                    (Some(user), Some(path)) => {
+                        let text = std::fs::read_to_string(path).map_err(|source| {
+                            HubError::BrokerPassword {
+                                path: path.clone(),
+                                source,
+                            }
+                        })?;
+                        Some((
+                            user.clone(),
+                            conveyor_transport::edge::Password::new(text.trim().to_string()),
+                        ))
+                    }
+                    _ => None,
+                },
             },
             // validate() guarantees external mode has a url.
             _ => HubSide::Embedded {

@@ -322,6 +322,12 @@ pub fn hub_cli_ok(hub: &Hub, args: &[&str]) -> String {
     out
 }
 
+thread_local! {
+    /// `[broker]` lines for an external broker's login, while
+    /// [`Hub::start_external_with_login`] starts one.
+    static EXTERNAL_LOGIN: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// A running `cloud-hub serve`.
 pub struct Hub {
     pub proc: Proc,
@@ -395,6 +401,24 @@ impl Hub {
             }
         }
         Self::start_on(dir, None, free_port(), free_port(), Some(store), "", false)
+    }
+
+    /// [`Hub::start_with`] an external broker that asks the hub for a
+    /// username and password (`broker.username`, `broker.password_file`).
+    pub fn start_external_with_login(
+        dir: &Path,
+        port: u16,
+        user: &str,
+        password_file: &Path,
+    ) -> Hub {
+        let lines = format!(
+            "username = {user:?}\npassword_file = {:?}\n",
+            password_file.display().to_string()
+        );
+        EXTERNAL_LOGIN.with(|l| *l.borrow_mut() = lines);
+        let hub = Self::start_with(dir, Some(port));
+        EXTERNAL_LOGIN.with(|l| l.borrow_mut().clear());
+        hub
     }
 
     /// Starts a hub; with `external` it uses that broker port instead of
@@ -482,7 +506,10 @@ impl Hub {
         let store = store.map_or_else(|| dir.join("hub-store"), Path::to_path_buf);
         let (broker, mqtt_port) = match external {
             Some(port) => (
-                format!("[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n"),
+                format!(
+                    "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n{}",
+                    EXTERNAL_LOGIN.with(|l| l.borrow().clone())
+                ),
                 port,
             ),
             None => (

@@ -44,6 +44,7 @@ const fleet = {
 
 let cleanup = null;
 async function show() {
+  if (location.hash.startsWith("#token=")) return; // signing in (above)
   const hash = location.hash || "#/";
   const [, view, nav, params] = routes
     .map(([re, v, n]) => [re, v, n, hash.match(re)])
@@ -68,6 +69,15 @@ async function show() {
 // A link with `#token=...` (the demo prints one) signs in once and
 // leaves the address without it; a hub that asks for a token and has
 // none from this browser gets the sign-in page.
+// (Also when only the address's fragment changes to `#token=`: the page
+// does not load again then, so it signs in and reloads itself.)
+window.addEventListener("hashchange", async () => {
+  const given = location.hash.match(/^#token=(.+)$/);
+  if (!given) return;
+  history.replaceState(null, "", "#/");
+  try { await login.signIn(decodeURIComponent(given[1])); } catch { /* the form says why */ }
+  location.reload();
+});
 async function boot() {
   const given = location.hash.match(/^#token=(.+)$/);
   if (given) {

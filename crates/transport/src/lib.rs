@@ -56,8 +56,13 @@ pub fn connect_edge(url: &BrokerUrl, options: edge::EdgeLinkOptions) -> edge::Ed
 /// Which device side the hub runs.
 #[derive(Debug, Clone)]
 pub enum HubSide {
-    /// The hub is a client of a broker the devices also talk to.
-    External { url: BrokerUrl, client_id: String },
+    /// The hub is a client of a broker the devices also talk to, with a
+    /// username and password where the broker asks for them.
+    External {
+        url: BrokerUrl,
+        client_id: String,
+        login: Option<(String, edge::Password)>,
+    },
     /// The hub runs the broker itself, in process (MQTT, rumqttd).
     #[cfg(feature = "embedded-broker")]
     Embedded {
@@ -72,8 +77,12 @@ pub enum HubSide {
 /// Starts the hub's device side.
 pub fn start_hub(side: &HubSide) -> Result<hub::HubConnection, hub::HubTransportError> {
     match side {
-        HubSide::External { url, client_id } => match Transport::of(url) {
-            Transport::Mqtt => Ok(mqtt::external::start(url, client_id)),
+        HubSide::External {
+            url,
+            client_id,
+            login,
+        } => match Transport::of(url) {
+            Transport::Mqtt => Ok(mqtt::external::start(url, client_id, login.as_ref())),
         },
         #[cfg(feature = "embedded-broker")]
         HubSide::Embedded {

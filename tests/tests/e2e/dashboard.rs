@@ -346,3 +346,33 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         }
     }
 }
+
+/// A hub that asks for API tokens: the page asks for one, a wrong one is
+/// refused, a link with `#token=` signs in and the address forgets it.
+#[test]
+fn the_dashboard_asks_a_hub_with_tokens_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(browser) = Browser::start(dir.path(), 1024, 768) else {
+        return;
+    };
+    let hub = Hub::start_secure(dir.path(), "");
+    let viewer = hub.token("wall-screen", "viewer");
+    let origin = format!("http://{}", hub.http);
+    browser.goto(&format!("{origin}/"));
+    browser.wait_text("the sign-in page", "#view h1", |t| t == "Sign in");
+    browser.type_into("input[name=token]", "cvt_wrong");
+    browser.click("#login button[type=submit]");
+    browser.wait_text("a wrong token refused", "#login-error", |t| {
+        t.contains("unknown or revoked")
+    });
+    browser.goto(&format!("{origin}/#token={viewer}"));
+    browser.wait_text("the overview", "#devices-online", |t| t == "0");
+    let address = browser.js("return location.href");
+    assert!(
+        !address.as_str().unwrap().contains(&viewer),
+        "the token stays in the address: {address}"
+    );
+    // The cookie is HttpOnly: the page's own scripts cannot read it.
+    assert_eq!(browser.js("return document.cookie"), "");
+    browser.wait_text("the live stream", "#live", |t| t.starts_with("live"));
+}

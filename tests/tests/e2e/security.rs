@@ -379,3 +379,142 @@ fn a_device_that_floods_is_slowed_and_the_others_lose_nothing() {
         "{m}"
     );
 }
+
+/// The mosquitto configuration shipped in docs/mosquitto/, with a
+/// password file made by `mosquitto_passwd`: the same rules as the
+/// hub's own gate, for a fleet on an external broker.
+#[test]
+fn mosquitto_with_the_shipped_acl_keeps_each_device_to_its_own_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("ids");
+    let secrets = dir.path().join("secrets");
+    let add = |device: &str| {
+        let out = Command::new(hub_bin())
+            .args(["device", "add", device, "--out"])
+            .arg(&secrets)
+            .arg("--store")
+            .arg(&ids)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        secrets.join(format!("{device}.secret"))
+    };
+    let (victim_file, attacker_file, hub_file) =
+        (add("victim"), add("attacker"), add("conveyor-hub"));
+    let passwd = dir.path().join("conveyor.passwd");
+    for (i, (user, file)) in [
+        ("conveyor-hub", &hub_file),
+        ("victim", &victim_file),
+        ("attacker", &attacker_file),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = Command::new("mosquitto_passwd");
+        if i == 0 {
+            c.arg("-c");
+        }
+        let out = c
+            .arg("-b")
+            .arg(&passwd)
+            .args([user, &secret(file)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let port = free_port();
+    let shipped =
+        std::fs::read_to_string(repo_root().join("docs/mosquitto/conveyor.conf")).unwrap();
+    let conf = shipped
+        .replace(
+            "listener 1883 127.0.0.1",
+            &format!("listener {port} 127.0.0.1"),
+        )
+        .replace("/etc/mosquitto/conveyor.passwd", passwd.to_str().unwrap())
+        .replace(
+            "/etc/mosquitto/conveyor.acl",
+            repo_root()
+                .join("docs/mosquitto/conveyor.acl")
+                .to_str()
+                .unwrap(),
+        );
+    assert_ne!(conf, shipped);
+    let conf_path = dir.path().join("conveyor.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c").arg(&conf_path);
+    let _mosquitto = Proc::spawn("mosquitto", cmd, dir.path().join("mosquitto.log"));
+    wait_for("mosquitto to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    });
+    let hub = &Hub::start_external_with_login(dir.path(), port, "conveyor-hub", &hub_file);
+    assert_eq!(hub.mqtt_port, port);
+
+    let forged_victim = forged(dir.path(), "victim", 0..100);
+    let out = publish(
+        hub,
+        false,
+        None,
+        "conveyor/v1/victim/up/records",
+        &forged_victim,
+    );
+    assert!(!out.status.success(), "an anonymous client got in");
+    // The attacker's publish on the victim's topic is dropped by the ACL
+    // (mosquitto says nothing to the client); its subscriptions get nothing.
+    let attacker = secret(&attacker_file);
+    let _ = publish(
+        hub,
+        false,
+        Some(("attacker", &attacker)),
+        "conveyor/v1/victim/up/records",
+        &forged_victim,
+    );
+    let spy = subscribe(hub, "attacker", &attacker, "#", 6);
+    let mut a = start_agent(dir.path(), "victim", &agent(hub, "victim", &victim_file));
+    wait_for("300 of the victim's records", || {
+        (hub.records("victim") >= 300).then_some(())
+    });
+    let _ = publish(
+        hub,
+        true,
+        Some(("attacker", &attacker)),
+        "conveyor/v1/victim/up/records",
+        &forged_victim,
+    );
+    let got = String::from_utf8_lossy(&spy.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        !got.contains("victim"),
+        "the attacker read the victim's messages: {got}"
+    );
+    a.stop();
+    let records = hub.all_records("victim");
+    let n = records.len() as u64;
+    assert!(n >= 300);
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (0..n).collect::<Vec<_>>()
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["values"][0].as_f64() != Some(666.0)),
+        "a forged record was stored"
+    );
+}

@@ -38,9 +38,16 @@ impl Outbound for ClientOutbound {
     }
 }
 
-pub fn start(url: &BrokerUrl, client_id: &str) -> HubConnection {
+pub fn start(
+    url: &BrokerUrl,
+    client_id: &str,
+    login: Option<&(String, crate::edge::Password)>,
+) -> HubConnection {
     let mut options = super::options(client_id, url, KEEP_ALIVE);
     options.set_clean_session(false);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password.expose());
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
     let shown = url.to_string();
