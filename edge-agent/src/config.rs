@@ -416,6 +416,38 @@ mod tests {
     }
 
     #[test]
+    fn the_device_secret_is_read_from_its_file_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut u = UplinkConfig::new(BrokerUrl::parse("mqtt://127.0.0.1:1883").unwrap());
+        assert_eq!(u.secret().unwrap(), None);
+        u.password_file = Some(dir.path().join("missing.secret"));
+        let e = u.secret().unwrap_err().to_string();
+        assert!(e.starts_with("uplink.password_file: cannot read"), "{e}");
+        let f = dir.path().join("d.secret");
+        std::fs::write(&f, "\n  \n").unwrap();
+        u.password_file = Some(f.clone());
+        assert!(u
+            .secret()
+            .unwrap_err()
+            .to_string()
+            .contains("does not hold a secret"));
+        std::fs::write(&f, "cvd_abc\n").unwrap();
+        assert_eq!(u.secret().unwrap().as_deref(), Some("cvd_abc"));
+        // Relative to the config file.
+        let c = AgentConfig::load(&{
+            let p = dir.path().join("agent.toml");
+            std::fs::write(
+                &p,
+                GOOD.replace("[uplink]", "[uplink]\npassword_file = \"d.secret\""),
+            )
+            .unwrap();
+            p
+        })
+        .unwrap();
+        assert_eq!(c.uplink.password_file.as_deref(), Some(f.as_path()));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = err(&GOOD.replace("watch-01", "watch 01"));
         assert!(e.contains("device_id") && e.contains("' '"), "{e}");

@@ -26,6 +26,27 @@ fn forged(dir: &Path, device: &str, seqs: std::ops::Range<u64>) -> PathBuf {
     path
 }
 
+/// The hub holds `device`'s records from seq 0 on, none missing, none
+/// forged (value 666): at least 300.
+fn assert_all_genuine(hub: &Hub, device: &str) {
+    let records = hub.all_records(device);
+    let n = records.len() as u64;
+    assert!(n >= 300, "{n} records of {device}");
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (0..n).collect::<Vec<_>>()
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["values"][0].as_f64() != Some(666.0)),
+        "a forged record of {device} was stored"
+    );
+}
+
 fn secret(file: &Path) -> String {
     std::fs::read_to_string(file).unwrap().trim().to_string()
 }
@@ -157,21 +178,7 @@ fn no_one_but_a_device_itself_can_publish_as_it_or_read_what_is_its() {
     wait_for("300 of the victim's records", || {
         (hub.records("victim") >= 300).then_some(())
     });
-    let records = hub.all_records("victim");
-    let n = records.len() as u64;
-    assert_eq!(
-        records
-            .iter()
-            .map(|r| r["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        (0..n).collect::<Vec<_>>()
-    );
-    assert!(
-        records
-            .iter()
-            .all(|r| r["values"][0].as_f64() != Some(666.0)),
-        "a forged record was stored"
-    );
+    assert_all_genuine(&hub, "victim");
     for spy in spies {
         let out = spy.wait_with_output().unwrap();
         let got = String::from_utf8_lossy(&out.stdout);
@@ -501,20 +508,5 @@ fn mosquitto_with_the_shipped_acl_keeps_each_device_to_its_own_topics() {
         "the attacker read the victim's messages: {got}"
     );
     a.stop();
-    let records = hub.all_records("victim");
-    let n = records.len() as u64;
-    assert!(n >= 300);
-    assert_eq!(
-        records
-            .iter()
-            .map(|r| r["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        (0..n).collect::<Vec<_>>()
-    );
-    assert!(
-        records
-            .iter()
-            .all(|r| r["values"][0].as_f64() != Some(666.0)),
-        "a forged record was stored"
-    );
+    assert_all_genuine(hub, "victim");
 }

@@ -97,6 +97,14 @@ pub struct Attempts {
 impl Attempts {
     const WINDOW_US: i64 = 60_000_000;
 
+    /// Whether an attempt was made in the last minute (if not, the entry
+    /// can go: a fresh one says the same).
+    pub fn recent(&self, now_us: i64) -> bool {
+        self.at_us
+            .back()
+            .is_some_and(|t| now_us - t < Self::WINDOW_US)
+    }
+
     /// Records an attempt at `now_us`; false if it is one too many (it
     /// still counts: a device that keeps trying stays refused).
     pub fn attempt(&mut self, per_minute: u32, now_us: i64) -> bool {

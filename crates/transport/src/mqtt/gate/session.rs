@@ -20,7 +20,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{policy, AuthRefused, GateAuth, Shared};
+use super::{policy, AuthRefused, Devices, GateAuth, Shared};
+
+/// Keys (devices, or client ids on an open broker) kept before stale
+/// ones are dropped.
+const MAX_KEYS: usize = 10_000;
 
 /// A CONNECT must arrive this soon after the TCP connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,12 +50,27 @@ impl Codec {
         }
     }
 
+    /// Decodes one whole frame that a client sent. Only the packets a
+    /// client may send are decoded: rumqttd's v5 decoder panics on a
+    /// CONNACK or UNSUBACK from a client (found by the fuzz test below),
+    /// and a frame the gate cannot decode never reaches the broker, which
+    /// decodes it with the same code. A panic in the codec all the same is
+    /// a malformed packet, not a lost task.
     fn decode(self, frame: &[u8], max: usize) -> Result<Packet, Error> {
-        let mut b = BytesMut::from(frame);
-        match self {
-            Codec::V4 => V4.read_mut(&mut b, max),
-            Codec::V5 => V5.read_mut(&mut b, max),
+        let kind = frame.first().map_or(0, |b| b >> 4);
+        // CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE,
+        // UNSUBSCRIBE, PINGREQ, DISCONNECT.
+        if !matches!(kind, 1 | 3..=8 | 10 | 12 | 14) {
+            return Err(Error::InvalidPacketType(kind));
         }
+        let decode = || {
+            let mut b = BytesMut::from(frame);
+            match self {
+                Codec::V4 => V4.read_mut(&mut b, max),
+                Codec::V5 => V5.read_mut(&mut b, max),
+            }
+        };
+        std::panic::catch_unwind(decode).unwrap_or(Err(Error::MalformedPacket))
     }
 
     fn encode(self, packet: Packet) -> Result<BytesMut, Error> {
@@ -273,11 +292,23 @@ fn admit(
         .as_ref()
         .map_or_else(|| client_id.to_string(), DeviceId::to_string);
     let mut d = shared.devices();
+    let now = now_us();
+    // Bounded with clients that each use a new id (an open broker): an
+    // entry with no attempt in the last minute, or a rate with no live
+    // connection (its bucket refills within a second), says nothing a
+    // fresh one would not.
+    if d.attempts.len() > MAX_KEYS {
+        d.attempts.retain(|_, a| a.recent(now));
+    }
+    if d.rates.len() > MAX_KEYS {
+        let Devices { rates, live, .. } = &mut *d;
+        rates.retain(|k, _| live.contains_key(k));
+    }
     let ok = d
         .attempts
         .entry(key.clone())
         .or_default()
-        .attempt(shared.limits.connects_per_minute, now_us());
+        .attempt(shared.limits.connects_per_minute, now);
     if !ok {
         return Err((
             Refusal::Rate,
@@ -317,8 +348,11 @@ async fn relay_up(
             }
         };
         let frame = buf.split_to(n);
+        // Decoded whatever the auth: what the gate cannot decode does not
+        // reach the broker.
+        let packet = codec.decode(&frame, max).map_err(Closed::Malformed)?;
         if let Some(device) = device {
-            match codec.decode(&frame, max).map_err(Closed::Malformed)? {
+            match packet {
                 Packet::Publish(p, _) => {
                     policy::publish(device, &String::from_utf8_lossy(&p.topic))
                         .map_err(Closed::Denied)?;
@@ -377,6 +411,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_packet_only_a_server_sends_is_refused_not_a_panic() {
+        // A CONNACK from a client (rumqttd's v5 decoder hits
+        // `unreachable!()` on it), a SUBACK, a PINGRESP.
+        for frame in [
+            &b"\x20\x03\x00\x00\x00"[..],
+            b"\x90\x03\x00\x01\x00",
+            b"\xd0\x00",
+        ] {
+            for codec in [Codec::V4, Codec::V5] {
+                assert!(
+                    matches!(codec.decode(frame, 4096), Err(Error::InvalidPacketType(_))),
+                    "{codec:?} {frame:?}"
+                );
+            }
+        }
+        // What a client does send still decodes.
+        assert!(matches!(
+            Codec::V4.decode(b"\xc0\x00", 4096),
+            Ok(Packet::PingReq(_))
+        ));
     }
 
     #[test]
