@@ -18,7 +18,8 @@
 //! The OTA routes (keys, artifacts, desired states, agents' reports) are
 //! listed in `api_artifacts.rs` and `api_desired.rs`, the rollouts' in
 //! `api_rollouts.rs`, the fleet's (the dashboard's data) in `api_fleet.rs`;
-//! `GET /` is the dashboard (`dashboard.rs`).
+//! `GET /` is the dashboard (`dashboard.rs`); devices and tokens (admin)
+//! are in `api_identities.rs`.
 //!
 //! Every route but `/healthz`, `/metrics` and the dashboard's files asks
 //! for an API token (`api_auth.rs`) unless `[http] auth = "none"`.
@@ -113,6 +114,23 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route(
             "/api/v1/rollouts/{id}/{verb}",
             post(crate::api_rollouts::command),
+        )
+        .route("/api/v1/identities", get(crate::api_identities::list))
+        .route(
+            "/api/v1/identities/devices",
+            post(crate::api_identities::add_device),
+        )
+        .route(
+            "/api/v1/identities/devices/{id}/revoke",
+            post(crate::api_identities::revoke_device),
+        )
+        .route(
+            "/api/v1/identities/tokens",
+            post(crate::api_identities::create_token),
+        )
+        .route(
+            "/api/v1/identities/tokens/{name}/revoke",
+            post(crate::api_identities::revoke_token),
         )
         .route(
             "/api/v1/session",

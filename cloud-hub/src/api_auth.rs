@@ -13,7 +13,7 @@
 //! | device | `GET /api/v1/keys`, `GET /api/v1/artifacts/{id}/manifest`, `.../files/{name}` |
 //! | viewer | every `GET`, and `POST /api/v1/models/{id}/infer` |
 //! | operator | also every other `POST`/`PUT` (push, deploy, desired, tags, rollouts) |
-//! | admin | also what needs admin (devices and tokens are managed with the CLI on the hub's store today) |
+//! | admin | also devices and tokens (`/api/v1/identities...`, `api_identities.rs`; or the CLI on the hub's store) |
 //!
 //! 401 names what to send; 403 names the role needed. The caller's name
 //! goes into the request (a [`Caller`]) for the audit log.
@@ -57,6 +57,9 @@ pub fn need(method: &Method, path: &str) -> Need {
         || path.starts_with("/dashboard/");
     if open {
         return Need::Nothing;
+    }
+    if path == "/api/v1/identities" || path.starts_with("/api/v1/identities/") {
+        return Need::Role(Role::Admin);
     }
     let ota_read = path == "/api/v1/keys"
         || (path.starts_with("/api/v1/artifacts/")
@@ -297,6 +300,13 @@ mod tests {
             need(&post, "/api/v1/rollouts/1/abort"),
             Need::Role(Role::Operator)
         );
+        for (m, p) in [
+            (&get, "/api/v1/identities"),
+            (&post, "/api/v1/identities/devices"),
+            (&post, "/api/v1/identities/tokens/x/revoke"),
+        ] {
+            assert_eq!(need(m, p), Need::Role(Role::Admin), "{p}");
+        }
     }
 
     #[test]

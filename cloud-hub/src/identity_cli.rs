@@ -8,12 +8,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use conveyor_shared::time::now_us;
 use conveyor_shared::DeviceId;
 
 use crate::config::HubConfig;
-use crate::identity::file;
-use crate::identity::{secret, ApiToken, DeviceIdentity, Role};
+use crate::identity::{change, file, Role};
 
 /// Which hub's store.
 #[derive(Debug, clap::Args)]
@@ -77,20 +75,11 @@ pub fn device_add(store: &StoreArg, id: &str, out: &Path, rotate: bool) -> Resul
             secret_file.display()
         );
     }
-    let s = secret::new("cvd");
-    file::update::<_, anyhow::Error>(&path, |ids| {
-        if ids.devices.contains_key(device.as_str()) && !rotate {
-            bail!("device {device} exists: give --rotate for a new secret (the old one stops working)");
-        }
-        ids.devices.insert(
-            device.to_string(),
-            DeviceIdentity {
-                secret_sha256: secret::hash(&s),
-                created_us: now_us(),
-                revoked_us: None,
-            },
-        );
-        Ok(())
+    let s = change::add_device(&path, &device, rotate).map_err(|e| match e {
+        change::ChangeError::DeviceExists(_) => anyhow!(
+            "device {device} exists: give --rotate for a new secret (the old one stops working)"
+        ),
+        e => e.into(),
     })?;
     std::fs::create_dir_all(out).ok();
     write_secret(&secret_file, &s)?;
@@ -118,14 +107,7 @@ pub fn device_list(store: &StoreArg) -> Result<()> {
 }
 
 pub fn device_revoke(store: &StoreArg, id: &str) -> Result<()> {
-    file::update::<_, anyhow::Error>(&store.path()?, |ids| {
-        let d = ids
-            .devices
-            .get_mut(id)
-            .ok_or_else(|| anyhow!("no device {id:?} (see `cloud-hub device list`)"))?;
-        d.revoked_us.get_or_insert(now_us());
-        Ok(())
-    })?;
+    change::revoke_device(&store.path()?, id)?;
     println!("device {id} revoked: refused at its next connect, and cut off within a second if a hub is running with this store");
     Ok(())
 }
@@ -155,40 +137,10 @@ pub enum TokenCommand {
     },
 }
 
-fn token_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-}
-
 pub fn token(cmd: TokenCommand) -> Result<()> {
     match cmd {
         TokenCommand::Create { name, role, store } => {
-            if !token_name_ok(&name) {
-                bail!("token name {name:?}: 1-64 letters, digits, '-', '_', '.' or '@'");
-            }
-            let t = secret::new("cvt");
-            file::update::<_, anyhow::Error>(&store.path()?, |ids| {
-                if ids
-                    .tokens
-                    .get(&name)
-                    .is_some_and(|t| t.revoked_us.is_none())
-                {
-                    bail!("a token named {name:?} exists: revoke it first, or pick another name");
-                }
-                ids.tokens.insert(
-                    name.clone(),
-                    ApiToken {
-                        role,
-                        token_sha256: secret::hash(&t),
-                        created_us: now_us(),
-                        revoked_us: None,
-                    },
-                );
-                Ok(())
-            })?;
+            let t = change::create_token(&store.path()?, &name, role)?;
             eprintln!("token {name} ({role}) made; it is shown this once:");
             println!("{t}");
         }
@@ -207,14 +159,7 @@ pub fn token(cmd: TokenCommand) -> Result<()> {
             }
         }
         TokenCommand::Revoke { name, store } => {
-            file::update::<_, anyhow::Error>(&store.path()?, |ids| {
-                let t = ids
-                    .tokens
-                    .get_mut(&name)
-                    .ok_or_else(|| anyhow!("no token named {name:?}"))?;
-                t.revoked_us.get_or_insert(now_us());
-                Ok(())
-            })?;
+            change::revoke_token(&store.path()?, &name)?;
             println!("token {name} revoked");
         }
     }

@@ -13,6 +13,7 @@ pub mod api_audit;
 pub mod api_auth;
 pub mod api_desired;
 pub mod api_fleet;
+pub mod api_identities;
 pub mod api_results;
 pub mod api_rollouts;
 pub mod api_tags;

@@ -42,6 +42,11 @@ impl LiveIdentities {
         })
     }
 
+    /// The file it reads.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub fn current(&self) -> Arc<Identities> {
         self.current
             .read()

@@ -9,10 +9,13 @@
 //!
 //! - [`config`]: `[broker] auth`, `[broker.limits]`, `[http] auth`,
 //!   `insecure`;
+//! - [`change`]: adding and revoking devices and tokens, one path for
+//!   the CLI and the admin API;
 //! - [`file`]: the file, its lock and its atomic rewrite;
 //! - [`secret`]: making and hashing secrets;
 //! - [`live`]: the hub's copy, and the broker gate's authenticator.
 
+pub mod change;
 pub mod config;
 pub mod file;
 pub mod live;
@@ -21,51 +24,6 @@ pub mod secret;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-/// Provisions `device` in the store at `store_dir` (a new secret if it
-/// had one): the secret, to hand to its agent. For programs that start
-/// their own agents (the demo, tests); people use `cloud-hub device add`.
-pub fn provision_device(
-    store_dir: &std::path::Path,
-    device: &conveyor_shared::DeviceId,
-) -> Result<String, file::IdentityError> {
-    let s = secret::new("cvd");
-    file::update::<_, file::IdentityError>(&file::path(store_dir), |ids| {
-        ids.devices.insert(
-            device.to_string(),
-            DeviceIdentity {
-                secret_sha256: secret::hash(&s),
-                created_us: conveyor_shared::time::now_us(),
-                revoked_us: None,
-            },
-        );
-        Ok(())
-    })?;
-    Ok(s)
-}
-
-/// Makes an API token named `name` of `role` in the store at
-/// `store_dir` (replacing one of that name): the token.
-pub fn make_token(
-    store_dir: &std::path::Path,
-    name: &str,
-    role: Role,
-) -> Result<String, file::IdentityError> {
-    let t = secret::new("cvt");
-    file::update::<_, file::IdentityError>(&file::path(store_dir), |ids| {
-        ids.tokens.insert(
-            name.to_string(),
-            ApiToken {
-                role,
-                token_sha256: secret::hash(&t),
-                created_us: conveyor_shared::time::now_us(),
-                revoked_us: None,
-            },
-        );
-        Ok(())
-    })?;
-    Ok(t)
-}
 
 /// What an API token may do.
 #[derive(

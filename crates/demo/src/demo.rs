@@ -509,8 +509,12 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             |device| {
                 let id = conveyor_shared::DeviceId::new(device).ok()?;
                 embedded.then(|| {
-                    let secret = cloud_hub::identity::provision_device(&config.store.path, &id)
-                        .expect("the demo's store is writable");
+                    let secret = cloud_hub::identity::change::add_device(
+                        &cloud_hub::identity::file::path(&config.store.path),
+                        &id,
+                        true,
+                    )
+                    .expect("the demo's store is writable");
                     let path = work.path().join(format!("{device}.secret"));
                     std::fs::write(&path, secret).expect("the demo's directory is writable");
                     path

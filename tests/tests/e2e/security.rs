@@ -316,6 +316,89 @@ fn the_api_asks_for_a_token_of_the_right_role() {
             == 401)
             .then_some(())
     });
+    // An admin provisions a device and makes a token over the API (an
+    // operator may not); the new ones work at once, and it is all in the
+    // audit log.
+    let admin = hub.token("root", "admin");
+    let add = r#"{"device": "store-9"}"#;
+    let (status, body) = http_as(
+        hub.http,
+        "POST",
+        "/api/v1/identities/devices",
+        Some(add),
+        Some(&operator),
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http_as(
+        hub.http,
+        "POST",
+        "/api/v1/identities/devices",
+        Some(add),
+        Some(&admin),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let secret: String = serde_json::from_str::<serde_json::Value>(&body).unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .into();
+    let (status, _) = http_as(
+        hub.http,
+        "POST",
+        "/api/v1/identities/devices",
+        Some(add),
+        Some(&admin),
+    )
+    .unwrap();
+    assert_eq!(status, 409, "a second add of the same device");
+    let file = dir.path().join("store-9.secret");
+    std::fs::write(&file, &secret).unwrap();
+    let own = forged(dir.path(), "store-9", 0..10);
+    let out = publish(
+        &hub,
+        false,
+        Some(("store-9", &secret)),
+        "conveyor/v1/store-9/up/records",
+        &own,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = http_as(
+        hub.http,
+        "POST",
+        "/api/v1/identities/tokens",
+        Some(r#"{"name": "ci", "role": "viewer"}"#),
+        Some(&admin),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let ci: String = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .into();
+    assert_eq!(
+        http_as(hub.http, "GET", "/api/v1/devices", None, Some(&ci))
+            .unwrap()
+            .0,
+        200
+    );
+    let (status, body) =
+        http_as(hub.http, "GET", "/api/v1/identities", None, Some(&admin)).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("store-9") && !body.contains(&secret) && !body.contains("sha256"),
+        "{body}"
+    );
+    let audit = hub.get("/api/v1/audit")["entries"].to_string();
+    assert!(
+        audit.contains("device.add") && audit.contains("token.create") && audit.contains("root"),
+        "{audit}"
+    );
+
     let m = hub.metrics();
     assert!(
         m.contains("conveyor_hub_api_refused_total{reason=\"bad_token\"}"),
