@@ -320,40 +320,21 @@ fn the_api_asks_for_a_token_of_the_right_role() {
     // operator may not); the new ones work at once, and it is all in the
     // audit log.
     let admin = hub.token("root", "admin");
+    let api = |method: &str, path: &str, body: Option<&str>, token: &str| {
+        let (status, body) = http_as(hub.http, method, path, body, Some(token)).unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+        )
+    };
     let add = r#"{"device": "store-9"}"#;
-    let (status, body) = http_as(
-        hub.http,
-        "POST",
-        "/api/v1/identities/devices",
-        Some(add),
-        Some(&operator),
-    )
-    .unwrap();
+    let (status, body) = api("POST", "/api/v1/identities/devices", Some(add), &operator);
     assert_eq!(status, 403, "{body}");
-    let (status, body) = http_as(
-        hub.http,
-        "POST",
-        "/api/v1/identities/devices",
-        Some(add),
-        Some(&admin),
-    )
-    .unwrap();
+    let (status, body) = api("POST", "/api/v1/identities/devices", Some(add), &admin);
     assert_eq!(status, 201, "{body}");
-    let secret: String = serde_json::from_str::<serde_json::Value>(&body).unwrap()["secret"]
-        .as_str()
-        .unwrap()
-        .into();
-    let (status, _) = http_as(
-        hub.http,
-        "POST",
-        "/api/v1/identities/devices",
-        Some(add),
-        Some(&admin),
-    )
-    .unwrap();
+    let secret = body["secret"].as_str().unwrap().to_string();
+    let (status, _) = api("POST", "/api/v1/identities/devices", Some(add), &admin);
     assert_eq!(status, 409, "a second add of the same device");
-    let file = dir.path().join("store-9.secret");
-    std::fs::write(&file, &secret).unwrap();
     let own = forged(dir.path(), "store-9", 0..10);
     let out = publish(
         &hub,
@@ -367,31 +348,17 @@ fn the_api_asks_for_a_token_of_the_right_role() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (status, body) = http_as(
-        hub.http,
-        "POST",
-        "/api/v1/identities/tokens",
-        Some(r#"{"name": "ci", "role": "viewer"}"#),
-        Some(&admin),
-    )
-    .unwrap();
+    let ci_token = r#"{"name": "ci", "role": "viewer"}"#;
+    let (status, body) = api("POST", "/api/v1/identities/tokens", Some(ci_token), &admin);
     assert_eq!(status, 201, "{body}");
-    let ci: String = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .into();
-    assert_eq!(
-        http_as(hub.http, "GET", "/api/v1/devices", None, Some(&ci))
-            .unwrap()
-            .0,
-        200
-    );
-    let (status, body) =
-        http_as(hub.http, "GET", "/api/v1/identities", None, Some(&admin)).unwrap();
+    let ci = body["token"].as_str().unwrap().to_string();
+    assert_eq!(api("GET", "/api/v1/devices", None, &ci).0, 200);
+    let (status, body) = api("GET", "/api/v1/identities", None, &admin);
     assert_eq!(status, 200);
+    let listed = body.to_string();
     assert!(
-        body.contains("store-9") && !body.contains(&secret) && !body.contains("sha256"),
-        "{body}"
+        listed.contains("store-9") && !listed.contains(&secret) && !listed.contains("sha256"),
+        "{listed}"
     );
     let audit = hub.get("/api/v1/audit")["entries"].to_string();
     assert!(
