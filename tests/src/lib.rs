@@ -322,12 +322,6 @@ pub fn hub_cli_ok(hub: &Hub, args: &[&str]) -> String {
     out
 }
 
-thread_local! {
-    /// `[broker]` lines for an external broker's login, while
-    /// [`Hub::start_external_with_login`] starts one.
-    static EXTERNAL_LOGIN: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
-
 /// A running `cloud-hub serve`.
 pub struct Hub {
     pub proc: Proc,
@@ -411,19 +405,25 @@ impl Hub {
         user: &str,
         password_file: &Path,
     ) -> Hub {
-        let lines = format!(
+        let login = format!(
             "username = {user:?}\npassword_file = {:?}\n",
             password_file.display().to_string()
         );
-        EXTERNAL_LOGIN.with(|l| *l.borrow_mut() = lines);
-        let hub = Self::start_with(dir, Some(port));
-        EXTERNAL_LOGIN.with(|l| l.borrow_mut().clear());
-        hub
+        let external = Some((port, login.as_str()));
+        for _ in 0..4 {
+            if let Ok(hub) =
+                Self::try_start_on(dir, external, free_port(), free_port(), None, "", false)
+            {
+                return hub;
+            }
+        }
+        Self::start_on(dir, external, free_port(), free_port(), None, "", false)
     }
 
     /// Starts a hub; with `external` it uses that broker port instead of
     /// the embedded one.
     pub fn start_with(dir: &Path, external: Option<u16>) -> Hub {
+        let external = external.map(|port| (port, ""));
         // A port found free can be taken (by any process's outgoing
         // connection) before the hub binds it; then the hub exits with
         // "address in use" and we try again on other ports.
@@ -473,7 +473,7 @@ impl Hub {
 
     fn start_on(
         dir: &Path,
-        external: Option<u16>,
+        external: Option<(u16, &str)>,
         http_port: u16,
         embedded_mqtt_port: u16,
         store: Option<&Path>,
@@ -496,7 +496,7 @@ impl Hub {
     /// and waits until it answers; `Err(its log)` if it exits first.
     fn try_start_on(
         dir: &Path,
-        external: Option<u16>,
+        external: Option<(u16, &str)>,
         http_port: u16,
         embedded_mqtt_port: u16,
         store: Option<&Path>,
@@ -505,10 +505,9 @@ impl Hub {
     ) -> Result<Hub, String> {
         let store = store.map_or_else(|| dir.join("hub-store"), Path::to_path_buf);
         let (broker, mqtt_port) = match external {
-            Some(port) => (
+            Some((port, login)) => (
                 format!(
-                    "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n{}",
-                    EXTERNAL_LOGIN.with(|l| l.borrow().clone())
+                    "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"hub-{http_port}\"\n{login}"
                 ),
                 port,
             ),
