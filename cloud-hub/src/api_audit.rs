@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /api/v1/audit?limit=N` | `{"entries": [{"at_us", "by", "action", "target", "detail"}, ...]}`, the newest N (default 200, at most 2000), oldest first |
+//! | `GET /api/v1/audit?limit=N` | `{"entries": [{"at_us", "by", "action", "target", "detail"}, ...]}`, the newest N (default 200, at most 2000), oldest first (the whole log is `<store>/audit.jsonl`) |
 
 use std::sync::Arc;
 

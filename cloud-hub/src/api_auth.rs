@@ -121,20 +121,17 @@ fn identify(s: &HubState, credential: &str) -> Option<Caller> {
 }
 
 fn identify_in(ids: &crate::identity::Identities, credential: &str) -> Option<Caller> {
-    if let Some((name, role)) = ids.token(credential) {
+    let hash = secret::hash(credential);
+    if let Some((name, role)) = ids.token_by_hash(&hash) {
         return Some(Caller {
             name: name.to_string(),
             role: Some(role),
         });
     }
-    let hash = secret::hash(credential);
-    ids.devices
-        .iter()
-        .find(|(_, d)| d.revoked_us.is_none() && secret::same(&d.secret_sha256, &hash))
-        .map(|(id, _)| Caller {
-            name: format!("device:{id}"),
-            role: None,
-        })
+    ids.device_by_hash(&hash).map(|id| Caller {
+        name: format!("device:{id}"),
+        role: None,
+    })
 }
 
 pub async fn check(State(s): State<Arc<HubState>>, mut req: Request, next: Next) -> Response {

@@ -25,7 +25,7 @@ use crate::api::error;
 use crate::api_auth::Caller;
 use crate::audit::AuditEntry;
 use crate::identity::change::{self, ChangeError};
-use crate::identity::{file, Role};
+use crate::identity::Role;
 use crate::ingest::HubState;
 
 fn path(s: &HubState) -> std::path::PathBuf {
@@ -58,10 +58,8 @@ fn done(s: &HubState, caller: &Caller, action: &str, target: &str, detail: Strin
 }
 
 pub async fn list(State(s): State<Arc<HubState>>) -> Response {
-    let ids = match file::read(&path(&s)) {
-        Ok(ids) => ids,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    // What the hub goes by now (read again within a second of a change).
+    let ids = s.identities.current();
     let devices: Vec<_> = ids
         .devices
         .iter()

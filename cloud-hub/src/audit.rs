@@ -6,7 +6,9 @@
 //! `by` is what the caller says it is today; with API tokens it becomes
 //! the token's name.
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,14 +29,21 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// Entries kept in memory for the API (the dashboard polls it).
+const RECENT: usize = 2000;
+
 pub struct Audit {
     journal: Journal,
+    /// The newest [`RECENT`] entries, read from the journal on first use
+    /// (not at start), then kept up to date by [`Audit::record`].
+    recent: Mutex<Option<VecDeque<AuditEntry>>>,
 }
 
 impl Audit {
     pub fn open(store_dir: &Path) -> Audit {
         Audit {
             journal: Journal::new(store_dir.join("audit.jsonl"), MAX_BYTES),
+            recent: Mutex::new(None),
         }
     }
 
@@ -45,10 +54,56 @@ impl Audit {
         if let Err(e) = self.journal.append(&entry) {
             tracing::error!(path = %self.journal.path().display(), "cannot write the audit log: {e}; lost: {entry:?}");
         }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = recent.as_mut() {
+            if r.len() == RECENT {
+                r.pop_front();
+            }
+            r.push_back(entry);
+        }
     }
 
-    /// The newest `limit` entries, oldest first.
+    /// The newest `limit` entries (at most [`RECENT`]), oldest first.
     pub fn last(&self, limit: usize) -> std::io::Result<Vec<AuditEntry>> {
-        self.journal.last(limit)
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.is_none() {
+            *recent = Some(self.journal.last(RECENT)?.into());
+        }
+        let r = recent.as_ref().expect("read above");
+        Ok(r.iter()
+            .skip(r.len().saturating_sub(limit))
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: i64) -> AuditEntry {
+        AuditEntry {
+            at_us: i,
+            by: "ops".into(),
+            action: "deploy".into(),
+            target: "d".into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_newest_are_served_from_memory_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Audit::open(dir.path());
+        a.record(entry(1));
+        assert_eq!(
+            a.last(10).unwrap(),
+            vec![entry(1)],
+            "read from the file on first use"
+        );
+        a.record(entry(2));
+        assert_eq!(a.last(1).unwrap(), vec![entry(2)], "kept up to date after");
+        let again = Audit::open(dir.path());
+        assert_eq!(again.last(10).unwrap(), vec![entry(1), entry(2)]);
     }
 }

@@ -99,11 +99,24 @@ impl Identities {
 
     /// The token `bearer` is, by name, if it is a live one.
     pub fn token(&self, bearer: &str) -> Option<(&str, Role)> {
-        let hash = secret::hash(bearer);
+        self.token_by_hash(&secret::hash(bearer))
+    }
+
+    /// The live token whose SHA-256 is `hash`.
+    pub fn token_by_hash(&self, hash: &str) -> Option<(&str, Role)> {
         self.tokens
             .iter()
-            .find(|(_, t)| t.revoked_us.is_none() && secret::same(&t.token_sha256, &hash))
+            .find(|(_, t)| t.revoked_us.is_none() && secret::same(&t.token_sha256, hash))
             .map(|(name, t)| (name.as_str(), t.role))
+    }
+
+    /// The live device whose secret's SHA-256 is `hash` (a device showing
+    /// its secret to the HTTP API, without its id).
+    pub fn device_by_hash(&self, hash: &str) -> Option<&str> {
+        self.devices
+            .iter()
+            .find(|(_, d)| d.revoked_us.is_none() && secret::same(&d.secret_sha256, hash))
+            .map(|(id, _)| id.as_str())
     }
 
     /// Devices revoked in `self` that were not in `before`.

@@ -72,6 +72,18 @@ fn publish(hub: &Hub, v5: bool, login: Option<(&str, &str)>, topic: &str, file: 
         .expect("mosquitto_pub must be installed (.ci/run installs mosquitto-clients)")
 }
 
+/// `device`, with its secret, publishes 10 records of its own: accepted.
+fn publish_as_itself(hub: &Hub, dir: &Path, v5: bool, device: &str, secret: &str) {
+    let own = forged(dir, device, 0..10);
+    let topic = format!("conveyor/v1/{device}/up/records");
+    let out = publish(hub, v5, Some((device, secret)), &topic, &own);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `mosquitto_sub` of `filter` for `seconds`, as `user`: what it received.
 fn subscribe(
     hub: &Hub,
@@ -189,19 +201,7 @@ fn no_one_but_a_device_itself_can_publish_as_it_or_read_what_is_its() {
     }
     // A device of its own, over MQTT 5, publishing as itself: stored.
     let v5_file = hub.provision("dev5");
-    let own = forged(dir.path(), "dev5", 0..10);
-    let out = publish(
-        &hub,
-        true,
-        Some(("dev5", &secret(&v5_file))),
-        "conveyor/v1/dev5/up/records",
-        &own,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_as_itself(&hub, dir.path(), true, "dev5", &secret(&v5_file));
     hub.wait_for_records("dev5", 10);
 
     // Revoked while connected: cut off within a second or so, and refused
@@ -335,19 +335,7 @@ fn the_api_asks_for_a_token_of_the_right_role() {
     let secret = body["secret"].as_str().unwrap().to_string();
     let (status, _) = api("POST", "/api/v1/identities/devices", Some(add), &admin);
     assert_eq!(status, 409, "a second add of the same device");
-    let own = forged(dir.path(), "store-9", 0..10);
-    let out = publish(
-        &hub,
-        false,
-        Some(("store-9", &secret)),
-        "conveyor/v1/store-9/up/records",
-        &own,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_as_itself(&hub, dir.path(), false, "store-9", &secret);
     let ci_token = r#"{"name": "ci", "role": "viewer"}"#;
     let (status, body) = api("POST", "/api/v1/identities/tokens", Some(ci_token), &admin);
     assert_eq!(status, 201, "{body}");
