@@ -30,6 +30,10 @@ pub struct HubConfig {
     /// Over-the-air updates: the signing key, artifact bounds.
     #[serde(default)]
     pub ota: crate::ota::OtaConfig,
+    /// The certificate of the listeners with `tls = true` (the hub's own
+    /// CA issues one when no files are given).
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
     /// Run listeners reachable beyond loopback without TLS or
     /// authentication (refused otherwise; warned about at start).
     #[serde(default)]
@@ -77,6 +81,14 @@ pub struct BrokerConfig {
     /// Embedded: what one device may send.
     #[serde(default)]
     pub limits: crate::identity::config::LimitsConfig,
+    /// Embedded: devices connect over TLS (`mqtts://`), with `[tls]`'s
+    /// certificate.
+    #[serde(default)]
+    pub tls: bool,
+    /// External, with an `mqtts://` url: the CA the broker's certificate
+    /// is checked against (PEM; relative to this file).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -91,6 +103,8 @@ impl Default for BrokerConfig {
             password_file: None,
             auth: Default::default(),
             limits: Default::default(),
+            tls: false,
+            ca_file: None,
         }
     }
 }
@@ -135,6 +149,9 @@ pub struct HttpConfig {
     /// anyone may read and change everything.
     #[serde(default)]
     pub auth: crate::identity::config::HttpAuth,
+    /// Serve HTTPS, with `[tls]`'s certificate.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl Default for HttpConfig {
@@ -142,6 +159,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_http_listen(),
             auth: Default::default(),
+            tls: false,
         }
     }
 }
@@ -204,11 +222,15 @@ impl HubConfig {
                 config.store.path = dir.join(&config.store.path);
             }
             config.inference.resolve_paths(dir);
-            if let Some(p) = &mut config.broker.password_file {
+            for p in [&mut config.broker.password_file, &mut config.broker.ca_file]
+                .into_iter()
+                .flatten()
+            {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
             }
+            config.tls.resolve_paths(dir);
             if let Some(k) = &mut config.ota.signing_key {
                 if k.is_relative() {
                     *k = dir.join(&*k);
@@ -225,24 +247,34 @@ impl HubConfig {
         Ok(config)
     }
 
-    /// Each listener, and what protection it lacks (TLS is not built
-    /// yet: every listener lacks it).
+    /// Each listener, and what protection it lacks.
     pub fn exposures(&self) -> Vec<(&'static str, SocketAddr, Vec<&'static str>)> {
         use crate::identity::config::{BrokerAuth, HttpAuth};
         let mut out = Vec::new();
         if self.broker.mode == BrokerMode::Embedded {
-            let mut missing = vec!["TLS"];
+            let mut missing = Vec::new();
+            if !self.broker.tls {
+                missing.push("TLS");
+            }
             if self.broker.auth == BrokerAuth::None {
                 missing.push("device authentication");
             }
             out.push(("broker.listen", self.broker.listen, missing));
         }
-        let mut missing = vec!["TLS"];
+        let mut missing = Vec::new();
+        if !self.http.tls {
+            missing.push("TLS");
+        }
         if self.http.auth == HttpAuth::None {
             missing.push("API tokens");
         }
         out.push(("http.listen", self.http.listen, missing));
         out
+    }
+
+    /// Whether a listener of the hub's serves TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.http.tls || (self.broker.mode == BrokerMode::Embedded && self.broker.tls)
     }
 
     /// Checks every field; reports all the problems found.
@@ -272,6 +304,12 @@ impl HubConfig {
                         "is only used with mode = \"external\"; remove it or set the mode",
                     ));
                 }
+                if b.ca_file.is_some() {
+                    found.push(ConfigError::invalid(
+                        "broker.ca_file",
+                        "is for an external broker's mqtts:// url; the embedded broker's TLS is `tls = true` with [tls]",
+                    ));
+                }
             }
             BrokerMode::External => {
                 if b.username.is_some() != b.password_file.is_some() {
@@ -280,15 +318,31 @@ impl HubConfig {
                         "give both broker.username and broker.password_file, or neither",
                     ));
                 }
-                if b.url.is_none() {
-                    found.push(ConfigError::invalid(
+                match &b.url {
+                    None => found.push(ConfigError::invalid(
                         "broker.url",
                         "is required with mode = \"external\", e.g. url = \"mqtt://127.0.0.1:1883\"",
+                    )),
+                    Some(u) if u.tls && b.ca_file.is_none() => found.push(ConfigError::invalid(
+                        "broker.ca_file",
+                        "is required with an mqtts:// url: the CA (PEM) that signed the broker's certificate",
+                    )),
+                    Some(u) if !u.tls && b.ca_file.is_some() => found.push(ConfigError::invalid(
+                        "broker.ca_file",
+                        "is only used with an mqtts:// url",
+                    )),
+                    Some(_) => {}
+                }
+                if b.tls {
+                    found.push(ConfigError::invalid(
+                        "broker.tls",
+                        "is for the embedded broker; to reach an external one over TLS, give its url as mqtts:// with broker.ca_file",
                     ));
                 }
             }
         }
         self.broker.limits.validate(&mut found);
+        self.tls.validate(self.serves_tls(), &mut found);
         for (field, addr, missing) in self.exposures() {
             crate::identity::config::check_exposure(
                 field,
@@ -321,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hub_exposed_beyond_loopback_needs_insecure_until_it_has_tls() {
+    fn a_hub_exposed_beyond_loopback_needs_insecure_without_tls_and_auth() {
         let e = HubConfig::from_toml("[broker]\nlisten = \"0.0.0.0:1883\"\nauth = \"none\"\n")
             .unwrap_err()
             .to_string();
@@ -344,6 +398,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("broker.limits.bytes_per_s"), "{e}");
+        // With TLS and authentication on both, no `insecure` is needed.
+        let c = HubConfig::from_toml(
+            "[broker]\nlisten = \"0.0.0.0:8883\"\ntls = true\n[http]\nlisten = \"0.0.0.0:8443\"\ntls = true\n",
+        )
+        .unwrap();
+        assert!(c.serves_tls() && !c.insecure);
+        let e = HubConfig::from_toml(
+            "[http]\nlisten = \"0.0.0.0:8443\"\ntls = true\nauth = \"none\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("has no API tokens") && !e.contains("TLS"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_together() {
+        let e = HubConfig::from_toml(
+            "[broker]\nmode = \"external\"\nurl = \"mqtts://127.0.0.1:8883\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("broker.ca_file: is required with an mqtts:// url"),
+            "{e}"
+        );
+        let c = HubConfig::from_toml(
+            "[broker]\nmode = \"external\"\nurl = \"mqtts://127.0.0.1:8883\"\nca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        assert!(c.broker.url.as_ref().unwrap().tls && !c.serves_tls());
+        let e = HubConfig::from_toml("[tls]\ncert_file = \"hub.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tls.key_file: give both") && e.contains("tls: no listener uses it"),
+            "{e}"
+        );
+        let e = HubConfig::from_toml("[broker]\nca_file = \"ca.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("broker.ca_file: is for an external broker"),
+            "{e}"
+        );
     }
 
     #[test]

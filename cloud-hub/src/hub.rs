@@ -40,6 +40,10 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
+    #[error("broker.ca_file: {0}")]
+    BrokerCa(#[source] conveyor_transport::tls::TlsError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
         addr: SocketAddr,
@@ -84,6 +88,16 @@ impl Hub {
             crate::identity::file::path(&config.store.path),
         )?);
         let b = &config.broker;
+        // One certificate for both listeners that serve TLS.
+        let server_tls = if config.serves_tls() {
+            Some(crate::tls::server_tls(
+                &config.tls,
+                &config.store.path,
+                &[b.listen, config.http.listen],
+            )?)
+        } else {
+            None
+        };
         let side = match (b.mode, &b.url) {
             (BrokerMode::External, Some(url)) => HubSide::External {
                 url: url.clone(),
@@ -103,6 +117,13 @@ impl Hub {
                     }
                     _ => None,
                 },
+                tls: match &b.ca_file {
+                    Some(ca) if url.tls => Some(
+                        conveyor_transport::tls::ClientTls::from_ca_file(ca)
+                            .map_err(HubError::BrokerCa)?,
+                    ),
+                    _ => None,
+                },
             },
             // validate() guarantees external mode has a url.
             _ => HubSide::Embedded {
@@ -115,6 +136,7 @@ impl Hub {
                     BrokerAuth::None => GateAuth::Open,
                 },
                 limits: b.limits.limits(),
+                tls: server_tls.clone().filter(|_| b.tls),
             },
         };
         for (field, addr, missing) in config.exposures() {
@@ -173,20 +195,45 @@ impl Hub {
         let mut stoppable = vec![tokio::spawn(housekeeping(state.clone(), stop_rx.clone()))];
         let app = crate::api::router(state.clone());
         let mut http_stop = stop_rx;
-        stoppable.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!("HTTP API stopped: {e}");
+        let https = server_tls.filter(|_| config.http.tls);
+        let http_scheme = if https.is_some() { "https" } else { "http" };
+        let shutdown = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        stoppable.push(match https {
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!("HTTP API stopped: {e}");
+                }
+            }),
+            Some(tls) => {
+                let failed = state.metrics.tls_failed("http");
+                let listener =
+                    crate::https::TlsListener::new(listener, &tls, failed).map_err(|source| {
+                        HubError::HttpBind {
+                            addr: config.http.listen,
+                            source,
+                        }
+                    })?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::error!("HTTPS API stopped: {e}");
+                    }
+                })
             }
-        }));
+        });
         tracing::info!(
             models = ?state.inference.model_ids(),
             device = %state.inference.device(),
             broker = connection.mode,
             mqtt = %connection.device_url,
-            http = %format!("http://{http_addr}"),
+            http = %format!("{http_scheme}://{http_addr}"),
             store = %config.store.path.display(),
             "hub running"
         );

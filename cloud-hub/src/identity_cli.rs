@@ -26,7 +26,12 @@ pub struct StoreArg {
 
 impl StoreArg {
     fn path(&self) -> Result<PathBuf> {
-        let dir = match (&self.config, &self.store) {
+        Ok(file::path(&self.dir()?))
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> Result<PathBuf> {
+        Ok(match (&self.config, &self.store) {
             (Some(c), _) => {
                 HubConfig::load(c)
                     .map_err(|e| anyhow!("{}: {e}", c.display()))?
@@ -35,8 +40,7 @@ impl StoreArg {
             }
             (None, Some(s)) => s.clone(),
             (None, None) => HubConfig::default().store.path,
-        };
-        Ok(file::path(&dir))
+        })
     }
 }
 
@@ -85,10 +89,22 @@ pub fn device_add(store: &StoreArg, id: &str, out: &Path, rotate: bool) -> Resul
     write_secret(&secret_file, &s)?;
     println!(
         "device {device} added; its secret is in {} (mode 0600, shown nowhere else).\n\
-         Give the agent that file, and in its agent.toml:\n\n  [uplink]\n  password_file = {:?}\n",
+         Give the agent that file, and in its agent.toml:\n\n  [uplink]\n  password_file = {:?}",
         secret_file.display(),
         secret_file.display().to_string()
     );
+    // With the hub's own CA: the file the agent pins, beside the secret.
+    let ca = crate::tls::ca_cert_path(&store.dir()?);
+    if ca.exists() {
+        let copy = out.join("hub-ca.pem");
+        std::fs::copy(&ca, &copy)
+            .with_context(|| format!("cannot copy the hub's CA to {}", copy.display()))?;
+        println!(
+            "  ca_file = {:?}    # the hub's CA; with url = \"mqtts://...\"",
+            copy.display().to_string()
+        );
+    }
+    println!();
     Ok(())
 }
 

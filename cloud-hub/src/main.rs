@@ -75,6 +75,12 @@ enum Command {
         #[command(flatten)]
         hub: cloud_hub::ota_cli::HubArg,
     },
+    /// The hub's own CA, which issues the certificate of its TLS listeners
+    /// (`[broker] tls`, `[http] tls`) and which agents pin.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// API tokens with a role (viewer, operator, admin), in the hub's store.
     Token {
         #[command(subcommand)]
@@ -129,6 +135,40 @@ enum KeysCommand {
         #[arg(long, default_value = "hub-signing.key")]
         key: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Make the hub's CA in its store (`<store>/tls/ca.pem`, and `ca.key`
+    /// of mode 0600) if there is none, and print where its certificate is:
+    /// agents pin that file (`uplink.ca_file`). `serve` makes it too, the
+    /// first time a listener has `tls = true`.
+    Init {
+        #[command(flatten)]
+        store: cloud_hub::identity_cli::StoreArg,
+    },
+}
+
+fn tls(command: TlsCommand) -> ExitCode {
+    let TlsCommand::Init { store } = command;
+    let made = store
+        .dir()
+        .and_then(|dir| cloud_hub::tls::init_ca(&dir).map_err(Into::into));
+    match made {
+        Ok((path, made)) => {
+            println!("{}", path.display());
+            eprintln!(
+                "cloud-hub: {} the hub's CA; agents pin {} (uplink.ca_file)",
+                if made { "made" } else { "kept" },
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cloud-hub tls: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `cloud-hub keys ...`.
@@ -214,6 +254,12 @@ fn load_config(path: Option<&PathBuf>, device: Option<Device>) -> Result<HubConf
     })?;
     if let Some(d) = device {
         config.inference.device = d;
+    }
+    // The TLS files named (or the hub's CA, where there is one) must load:
+    // a config error, before any port is bound.
+    if let Err(e) = cloud_hub::tls::check(&config) {
+        eprintln!("cloud-hub: invalid config: {e}");
+        return Err(ExitCode::from(EXIT_CONFIG));
     }
     Ok(config)
 }
@@ -320,8 +366,10 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "cloud-hub: HTTP API on http://{}, MQTT on {}",
-                    hub.http_addr, hub.state.device_url
+                    "cloud-hub: HTTP API on {}://{}, MQTT on {}",
+                    if config.http.tls { "https" } else { "http" },
+                    hub.http_addr,
+                    hub.state.device_url
                 );
                 conveyor_process::shutdown_signal().await;
                 tracing::info!("shutting down");
@@ -333,6 +381,7 @@ fn main() -> ExitCode {
             command: StoreCommand::Check { config, path },
         } => store_check(config, path),
         Command::Keys { command } => keys(command),
+        Command::Tls { command } => tls(command),
         Command::Artifact { command, hub } => cloud_hub::ota_cli::artifact(command, &hub.hub),
         Command::Deploy(args) => cloud_hub::ota_cli::deploy_command(args),
         Command::Device { command, hub } => cloud_hub::ota_cli::device::run(command, &hub.hub),

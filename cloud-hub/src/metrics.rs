@@ -55,6 +55,7 @@ pub struct HubMetrics {
     gate_throttled_seconds: Counter<f64, AtomicU64>,
     gate_malformed: Counter,
     api_refused: Family<Labels, Counter>,
+    tls_failed: Family<Labels, Counter>,
 }
 
 /// Latency quantiles in microseconds.
@@ -112,6 +113,12 @@ impl HubMetrics {
         let gate_throttled_seconds = Counter::<f64, AtomicU64>::default();
         let gate_malformed = Counter::default();
         let api_refused = Family::<Labels, Counter>::default();
+        let tls_failed = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by listener (mqtt, http)",
+            tls_failed.clone(),
+        );
         registry.register(
             "api_refused",
             "HTTP API calls refused, by reason (no_token, bad_token, forbidden)",
@@ -262,6 +269,7 @@ impl HubMetrics {
             gate_throttled_seconds,
             gate_malformed,
             api_refused,
+            tls_failed,
         }
     }
 
@@ -337,6 +345,13 @@ impl HubMetrics {
             .inc();
     }
 
+    /// The counter of failed TLS handshakes on `listener`.
+    pub fn tls_failed(&self, listener: &str) -> Counter {
+        self.tls_failed
+            .get_or_create(&vec![("listener".to_string(), listener.to_string())])
+            .clone()
+    }
+
     /// Takes the broker gate's counters into their families.
     pub fn observe_gate(&self, g: &conveyor_transport::mqtt::gate::GateCounters) {
         use std::sync::atomic::Ordering;
@@ -345,6 +360,10 @@ impl HubMetrics {
         };
         follow(&self.gate_accepted, g.accepted.load(Ordering::Relaxed));
         follow(&self.gate_malformed, g.malformed.load(Ordering::Relaxed));
+        let tls = g.tls_failed.load(Ordering::Relaxed);
+        if tls > 0 {
+            follow(&self.tls_failed("mqtt"), tls);
+        }
         let (n, us) = g.throttled();
         follow(&self.gate_throttled, n);
         let secs = us as f64 / 1e6;

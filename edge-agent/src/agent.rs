@@ -38,6 +38,8 @@ pub struct Agent {
     ota: Option<Arc<OtaShared>>,
     /// The device's secret (`uplink.password_file`).
     secret: Option<String>,
+    /// The CA the hub is checked against (`uplink.ca_file`).
+    tls: Option<conveyor_transport::tls::ClientTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,13 @@ impl Agent {
                 None
             }
         };
+        let tls = match config.uplink.tls() {
+            Ok(t) => t,
+            Err(e) => {
+                found.push(e);
+                None
+            }
+        };
         let ctx = StageContext::new(&config.data_dir);
         let storage = ctx.storage();
         let built = Pipeline::build(&config.stages, &ctx);
@@ -121,6 +130,7 @@ impl Agent {
             storage,
             ota,
             secret,
+            tls,
         })
     }
 
@@ -154,6 +164,7 @@ impl Agent {
             reloader,
             ota,
             secret,
+            tls,
         } = self;
         let log = DurableLog::open(&config.data_dir.join("log"), config.log.clone())?;
         if log.stats().records > 0 {
@@ -200,6 +211,7 @@ impl Agent {
             sources: counters,
             storage,
             secret,
+            tls,
         };
         let summary = uplink.run(rx, shutdown).await?;
         for task in tasks {

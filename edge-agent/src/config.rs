@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use conveyor_shared::config_file::{parse_toml, read_toml};
 pub use conveyor_shared::config_file::{ConfigError, ConfigErrors};
 use conveyor_shared::{BrokerUrl, DeviceId};
+use conveyor_transport::tls::ClientTls;
 use serde::{Deserialize, Serialize};
 
 use crate::sources::SourceConfig;
@@ -54,7 +55,8 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
-    /// The hub's MQTT broker, e.g. `mqtt://127.0.0.1:1883`.
+    /// The hub's MQTT broker, e.g. `mqtt://127.0.0.1:1883`, or
+    /// `mqtts://hub.example:8883` over TLS (with `ca_file`).
     pub url: BrokerUrl,
     /// Flush a batch once it holds this many records.
     #[serde(default = "default_batch_max_records")]
@@ -81,6 +83,12 @@ pub struct UplinkConfig {
     /// key to the hub's artifact downloads. Relative to this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// The CA (PEM) the hub's certificate must be signed by, for an
+    /// `mqtts://` url and an `https://` `[ota] url`: the agent trusts this
+    /// file and nothing else (`cloud-hub device add` copies the hub's own
+    /// CA beside the secret). Relative to this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl UplinkConfig {
@@ -95,6 +103,7 @@ impl UplinkConfig {
             max_unacked_batches: default_max_unacked_batches(),
             ack_timeout_ms: default_ack_timeout_ms(),
             password_file: None,
+            ca_file: None,
         }
     }
 
@@ -119,6 +128,17 @@ impl UplinkConfig {
             ));
         }
         Ok(Some(secret.to_string()))
+    }
+
+    /// The CA in `ca_file`, if one is set: a missing file, or one without
+    /// a certificate, is a config error naming the field.
+    pub fn tls(&self) -> Result<Option<ClientTls>, ConfigError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        ClientTls::from_ca_file(path)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid("uplink.ca_file", e.to_string()))
     }
 }
 
@@ -168,7 +188,10 @@ impl AgentConfig {
         if self.data_dir.is_relative() {
             self.data_dir = base.join(&self.data_dir);
         }
-        if let Some(p) = &mut self.uplink.password_file {
+        for p in [&mut self.uplink.password_file, &mut self.uplink.ca_file]
+            .into_iter()
+            .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -224,6 +247,14 @@ impl AgentConfig {
                 format!("must be at least 100, got {}", u.ack_timeout_ms),
             );
         }
+        if u.url.tls && u.ca_file.is_none() {
+            invalid(
+                "uplink.ca_file",
+                "is required with an mqtts:// url: the CA (PEM) that signed the hub's certificate \
+                 (`cloud-hub device add` writes the hub's own beside the secret, hub-ca.pem)"
+                    .into(),
+            );
+        }
         ConfigErrors::gather(self.log.validate(), &mut found);
         if self.sources.is_empty() {
             found.push(ConfigError::invalid(
@@ -274,6 +305,12 @@ impl AgentConfig {
         }
         if let Some(ota) = &self.ota {
             ConfigErrors::gather(ota.validate("ota"), &mut found);
+            if ota.url.starts_with("https://") && self.uplink.ca_file.is_none() {
+                found.push(ConfigError::invalid(
+                    "ota.url",
+                    "an https:// hub needs uplink.ca_file: the CA (PEM) that signed the hub's certificate",
+                ));
+            }
         }
         ConfigErrors::check(found)
     }
@@ -315,6 +352,7 @@ impl AgentConfig {
             uplink: UplinkConfig::new(BrokerUrl {
                 host: "127.0.0.1".into(),
                 port: 1883,
+                tls: false,
             }),
             log: Default::default(),
             sources: Vec::new(),

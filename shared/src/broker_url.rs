@@ -1,21 +1,25 @@
-//! Broker addresses as users write them: `mqtt://host:port`.
+//! Broker addresses as users write them: `mqtt://host:port`, or
+//! `mqtts://host:port` for MQTT over TLS.
 
 use std::fmt;
 
 use thiserror::Error;
 
-/// A plain-TCP MQTT broker address. (`mqtts://` is reserved for TLS.)
+/// An MQTT broker address: plain TCP (`mqtt://`, `tcp://`; port 1883 by
+/// default) or TLS (`mqtts://`, `ssl://`; port 8883 by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    /// TLS: the client verifies the broker's certificate.
+    pub tls: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BrokerUrlError {
     #[error("{0:?} is not a URL: {1}")]
     Parse(String, String),
-    #[error("scheme {0:?} is not supported; use mqtt://host:port")]
+    #[error("scheme {0:?} is not supported; use mqtt://host:port, or mqtts://host:port for TLS")]
     Scheme(String),
     #[error("{0:?} names no host")]
     NoHost(String),
@@ -24,9 +28,11 @@ pub enum BrokerUrlError {
 impl BrokerUrl {
     pub fn parse(s: &str) -> Result<Self, BrokerUrlError> {
         let url = url::Url::parse(s).map_err(|e| BrokerUrlError::Parse(s.into(), e.to_string()))?;
-        if url.scheme() != "mqtt" && url.scheme() != "tcp" {
-            return Err(BrokerUrlError::Scheme(url.scheme().into()));
-        }
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => return Err(BrokerUrlError::Scheme(other.into())),
+        };
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
@@ -35,17 +41,19 @@ impl BrokerUrl {
             .to_string();
         Ok(BrokerUrl {
             host,
-            port: url.port().unwrap_or(1883),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            tls,
         })
     }
 }
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -75,9 +83,14 @@ mod tests {
             BrokerUrl::parse("mqtt://127.0.0.1:1884").unwrap(),
             BrokerUrl {
                 host: "127.0.0.1".into(),
-                port: 1884
+                port: 1884,
+                tls: false,
             }
         );
+        let tls = BrokerUrl::parse("mqtts://hub.example").unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.port, 8883);
+        assert!(BrokerUrl::parse("ssl://hub:1").unwrap().tls);
         assert_eq!(BrokerUrl::parse("mqtt://localhost").unwrap().port, 1883);
         assert_eq!(BrokerUrl::parse("mqtt://[::1]:9").unwrap().host, "::1");
         assert!(matches!(
@@ -93,6 +106,7 @@ mod tests {
             "mqtt://127.0.0.1:1884",
             "mqtt://localhost",
             "mqtt://[::1]:9",
+            "mqtts://hub.example:8883",
         ] {
             let url = BrokerUrl::parse(url).unwrap();
             let json = serde_json::to_string(&url).unwrap();

@@ -27,21 +27,65 @@ impl Body {
     }
 }
 
-/// `host:port` of `hub` (`http://host[:port][/]`).
-fn authority(hub: &str) -> Result<String> {
-    let rest = hub
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--hub must be http://HOST:PORT, got {hub:?}"))?;
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') {
-        bail!("--hub must be http://HOST:PORT, got {hub:?}");
+/// The hub's address from `--hub` (`http[s]://host[:port][/]`).
+#[derive(Debug, PartialEq, Eq)]
+struct HubAddr {
+    /// `host:port`, for the connection and the `Host` header.
+    authority: String,
+    /// The host alone, which an HTTPS hub's certificate must be for.
+    host: String,
+    tls: bool,
+}
+
+fn authority(hub: &str) -> Result<HubAddr> {
+    let bad = || anyhow!("--hub must be http://HOST:PORT or https://HOST:PORT, got {hub:?}");
+    let (rest, tls) = match (hub.strip_prefix("http://"), hub.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(bad()),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        return Err(bad());
     }
-    Ok(if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:80")
+    // `[::1]:8080`, `host:8080`, or a host alone.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') && (!h.contains(':') || h.ends_with(']')) => {
+            (h, p.to_string())
+        }
+        _ => (rest, if tls { "443" } else { "80" }.to_string()),
+    };
+    Ok(HubAddr {
+        authority: format!("{host}:{port}"),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        tls,
     })
 }
+
+/// The environment variable naming the CA an `https://` hub is checked
+/// against (a hub's own: `<store>/tls/ca.pem`).
+pub const CA_ENV: &str = "CONVEYOR_HUB_CA";
+
+/// The CA for an `https://` hub, from [`CA_ENV`].
+fn hub_ca() -> Result<conveyor_transport::tls::ClientTls> {
+    let path = std::env::var_os(CA_ENV)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            anyhow!(
+                "an https:// hub needs {CA_ENV}: the file of the CA its certificate is signed by \
+             (a hub's own CA is <store>/tls/ca.pem; `cloud-hub tls init` prints it)"
+            )
+        })?;
+    conveyor_transport::tls::ClientTls::from_ca_file(std::path::Path::new(&path))
+        .map_err(|e| anyhow!("{CA_ENV}: {e}"))
+}
+
+/// A connection to the hub: plain, or TLS with the hub's CA.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
 
 /// The environment variable the CLI takes its API token from.
 pub const TOKEN_ENV: &str = "CONVEYOR_TOKEN";
@@ -54,13 +98,24 @@ pub async fn request(
     path: &str,
     body: Option<Body>,
 ) -> Result<(u16, Value)> {
-    let authority = authority(hub)?;
+    let addr = authority(hub)?;
+    let authority = addr.authority.clone();
+    let ca = if addr.tls { Some(hub_ca()?) } else { None };
     let unreachable =
         || format!("cannot reach the hub at {hub} (is it running? --hub or CONVEYOR_HUB names it)");
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority))
         .await
         .map_err(|_| anyhow!("{} (timed out)", unreachable()))?
         .with_context(unreachable)?;
+    let stream: Box<dyn Connection> = match &ca {
+        None => Box::new(tcp),
+        Some(ca) => Box::new(ca.connect(&addr.host, tcp).await.map_err(|e| {
+            match conveyor_transport::tls::explain(&e, ca.source()) {
+                Some(why) => anyhow!("TLS with the hub at {hub}: {why}"),
+                None => anyhow!("TLS with the hub at {hub}: {e}"),
+            }
+        })?),
+    };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .with_context(unreachable)?;
@@ -141,11 +196,17 @@ mod tests {
     #[test]
     fn hub_urls_are_read_or_refused_clearly() {
         assert_eq!(
-            authority("http://127.0.0.1:8080").unwrap(),
+            authority("http://127.0.0.1:8080").unwrap().authority,
             "127.0.0.1:8080"
         );
-        assert_eq!(authority("http://hub/").unwrap(), "hub:80");
-        for bad in ["127.0.0.1:8080", "https://hub", "http://", "http://hub/api"] {
+        assert_eq!(authority("http://hub/").unwrap().authority, "hub:80");
+        let tls = authority("https://[::1]:8443").unwrap();
+        assert_eq!(
+            (tls.authority.as_str(), tls.host.as_str(), tls.tls),
+            ("[::1]:8443", "::1", true)
+        );
+        assert_eq!(authority("https://hub").unwrap().authority, "hub:443");
+        for bad in ["127.0.0.1:8080", "ftp://hub", "http://", "http://hub/api"] {
             assert!(
                 authority(bad).unwrap_err().to_string().contains("--hub"),
                 "{bad}"

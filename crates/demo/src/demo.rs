@@ -462,6 +462,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         http: HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port_or_free(args.http_port, "HTTP")?)),
             auth: cloud_hub::identity::config::HttpAuth::None,
+            tls: false,
         },
         store: StoreConfig {
             path: work.path().join("hub-store"),
@@ -469,6 +470,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         },
         inference,
         ota: Default::default(),
+        tls: Default::default(),
         insecure: false,
     };
     let embedded = args.broker_url.is_none();

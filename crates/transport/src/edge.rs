@@ -66,6 +66,8 @@ pub struct EdgeLinkOptions {
     /// The device's secret, presented at connect with its id as the
     /// username.
     pub password: Option<Password>,
+    /// The CA the hub's certificate is checked against (`mqtts://`).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// A secret that never shows in a log line or a `{:?}`.

@@ -24,6 +24,7 @@
 pub mod edge;
 pub mod hub;
 pub mod mqtt;
+pub mod tls;
 
 pub use conveyor_shared::topics::TopicError;
 use conveyor_shared::BrokerUrl;
@@ -32,7 +33,8 @@ use conveyor_shared::BrokerUrl;
 /// picks one from a URL, and [`connect_edge`] / [`start_hub`] dispatch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// `mqtt://` (and `tcp://`), MQTT 3.1.1 over plain TCP.
+    /// `mqtt://` (and `tcp://`), MQTT 3.1.1 over plain TCP; `mqtts://`
+    /// (and `ssl://`) over TLS.
     Mqtt,
 }
 
@@ -62,6 +64,8 @@ pub enum HubSide {
         url: BrokerUrl,
         client_id: String,
         login: Option<(String, edge::Password)>,
+        /// The CA the broker's certificate is checked against (`mqtts://`).
+        tls: Option<tls::ClientTls>,
     },
     /// The hub runs the broker itself, in process (MQTT, rumqttd).
     #[cfg(feature = "embedded-broker")]
@@ -71,6 +75,8 @@ pub enum HubSide {
         /// Who may connect, and what they may touch.
         auth: mqtt::gate::GateAuth,
         limits: mqtt::gate::Limits,
+        /// The devices' listener speaks TLS with this certificate.
+        tls: Option<tls::ServerTls>,
     },
 }
 
@@ -81,8 +87,14 @@ pub fn start_hub(side: &HubSide) -> Result<hub::HubConnection, hub::HubTransport
             url,
             client_id,
             login,
+            tls,
         } => match Transport::of(url) {
-            Transport::Mqtt => Ok(mqtt::external::start(url, client_id, login.as_ref())),
+            Transport::Mqtt => Ok(mqtt::external::start(
+                url,
+                client_id,
+                login.as_ref(),
+                tls.as_ref(),
+            )),
         },
         #[cfg(feature = "embedded-broker")]
         HubSide::Embedded {
@@ -90,6 +102,13 @@ pub fn start_hub(side: &HubSide) -> Result<hub::HubConnection, hub::HubTransport
             max_connections,
             auth,
             limits,
-        } => mqtt::embedded::start(*listen, *max_connections, auth.clone(), *limits),
+            tls,
+        } => mqtt::embedded::start(
+            *listen,
+            *max_connections,
+            auth.clone(),
+            *limits,
+            tls.clone(),
+        ),
     }
 }

@@ -14,7 +14,8 @@ pub struct OtaConfig {
     /// rotated.
     pub trusted_keys: Vec<PublicKey>,
     /// The hub's HTTP API, where artifacts are downloaded from, e.g.
-    /// `http://127.0.0.1:8080`.
+    /// `http://127.0.0.1:8080`, or `https://hub.example:8443` (checked
+    /// against `uplink.ca_file`).
     pub url: String,
     /// Disk the artifact cache may take, MiB. The artifacts running now
     /// and the ones they replaced are never evicted.
@@ -50,21 +51,25 @@ fn default_max_artifact_mb() -> u64 {
 pub struct HubHttp {
     pub host: String,
     pub port: u16,
+    /// HTTPS: the hub's certificate is checked against `uplink.ca_file`.
+    pub tls: bool,
 }
 
 impl HubHttp {
     pub fn parse(url: &str) -> Result<HubHttp, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                "https is not supported yet (the hub serves plain HTTP; manifests and files are verified by signature and digest either way)".to_string()
-            } else {
-                format!("must be http://HOST:PORT, got {url:?}")
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => {
+                return Err(format!(
+                    "must be http://HOST:PORT or https://HOST:PORT, got {url:?}"
+                ))
             }
-        })?;
+        };
         let authority = rest.trim_end_matches('/');
         if authority.contains('/') {
             return Err(format!(
-                "must be http://HOST:PORT without a path, got {url:?}"
+                "must be http[s]://HOST:PORT without a path, got {url:?}"
             ));
         }
         let (host, port) = match authority.rsplit_once(':') {
@@ -74,7 +79,7 @@ impl HubHttp {
                     format!("port {p:?} in {url:?} is not a number from 1 to 65535")
                 })?,
             ),
-            None => (authority, 80),
+            None => (authority, if tls { 443 } else { 80 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || port == 0 {
@@ -83,6 +88,7 @@ impl HubHttp {
         Ok(HubHttp {
             host: host.to_string(),
             port,
+            tls,
         })
     }
 
@@ -149,7 +155,8 @@ mod tests {
             HubHttp::parse("http://127.0.0.1:8080/").unwrap(),
             HubHttp {
                 host: "127.0.0.1".into(),
-                port: 8080
+                port: 8080,
+                tls: false,
             }
         );
         assert_eq!(
@@ -157,7 +164,11 @@ mod tests {
             "[::1]:9"
         );
         assert_eq!(HubHttp::parse("http://hub").unwrap().port, 80);
-        assert!(HubHttp::parse("https://hub").unwrap_err().contains("https"));
+        let tls = HubHttp::parse("https://hub").unwrap();
+        assert!(tls.tls && tls.port == 443);
+        assert!(HubHttp::parse("ftp://hub")
+            .unwrap_err()
+            .contains("https://HOST:PORT"));
         assert!(HubHttp::parse("hub:80").is_err());
         assert!(HubHttp::parse("http://hub:x").is_err());
         assert!(HubHttp::parse("http://hub:80/api").is_err());

@@ -62,6 +62,8 @@ impl FetchError {
 #[derive(Clone)]
 pub struct HubClient {
     hub: HubHttp,
+    /// The CA an `https://` hub is checked against (`uplink.ca_file`).
+    tls: Option<conveyor_transport::tls::ClientTls>,
     /// The device's secret, sent as a bearer token (a hub with API tokens
     /// lets a device read artifacts and keys with it).
     secret: Option<String>,
@@ -77,9 +79,23 @@ impl std::fmt::Debug for HubClient {
 
 type Response = hyper::Response<hyper::body::Incoming>;
 
+/// A connection to the hub: plain TCP, or TLS over it.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
 impl HubClient {
     pub fn new(hub: HubHttp) -> Self {
-        HubClient { hub, secret: None }
+        HubClient {
+            hub,
+            tls: None,
+            secret: None,
+        }
+    }
+
+    /// Checks an `https://` hub's certificate against `tls`'s CA.
+    pub fn with_tls(mut self, tls: Option<conveyor_transport::tls::ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Sends `secret` with every request.
@@ -101,6 +117,21 @@ impl HubClient {
             .await
             .map_err(|_| self.unreachable("connect timed out"))?
             .map_err(|e| self.unreachable(e))?;
+        let stream: Box<dyn Connection> = match (&self.tls, self.hub.tls) {
+            (_, false) => Box::new(stream),
+            (None, true) => return Err(self.unreachable("an https:// hub needs uplink.ca_file")),
+            (Some(ca), true) => Box::new(
+                tokio::time::timeout(CONNECT_TIMEOUT, ca.connect(&self.hub.host, stream))
+                    .await
+                    .map_err(|_| self.unreachable("the TLS handshake timed out"))?
+                    .map_err(|e| {
+                        self.unreachable(
+                            conveyor_transport::tls::explain(&e, ca.source())
+                                .map_or_else(|| format!("TLS: {e}"), |why| format!("TLS: {why}")),
+                        )
+                    })?,
+            ),
+        };
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -137,7 +137,8 @@ impl Reconciler {
             // A secret that no longer reads was reported by `check`/start;
             // downloads then go without it.
             client: HubClient::new(shared.config.hub())
-                .with_secret(base.uplink.secret().ok().flatten()),
+                .with_secret(base.uplink.secret().ok().flatten())
+                .with_tls(base.uplink.tls().ok().flatten()),
             data_dir: base.data_dir.clone(),
             device: base.device_id.to_string(),
             tags: base.tags.clone(),

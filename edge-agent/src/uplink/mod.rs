@@ -90,6 +90,8 @@ pub struct Uplink {
     pub storage: StageStorage,
     /// The device's secret, to prove itself to the broker.
     pub secret: Option<String>,
+    /// The CA the hub's certificate is checked against (`mqtts://`).
+    pub tls: Option<conveyor_transport::tls::ClientTls>,
 }
 
 impl Uplink {
@@ -116,6 +118,7 @@ impl Uplink {
                     vec![TopicKind::Ack]
                 },
                 password: self.secret.clone().map(Password::new),
+                tls: self.tls.clone(),
             },
         );
         let mut ota = self.ota.take();

@@ -22,4 +22,5 @@ mod security;
 mod sources_and_brokers;
 mod storage_faults;
 mod third_party_clients;
+mod tls;
 mod wasm_transforms;

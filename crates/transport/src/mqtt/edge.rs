@@ -56,6 +56,9 @@ pub fn connect(url: &BrokerUrl, options: EdgeLinkOptions) -> EdgeLinkParts {
     if let Some(p) = &options.password {
         mqtt.set_credentials(options.device.as_str(), p.expose());
     }
+    if let Some(tls) = options.tls.as_ref().filter(|_| url.tls) {
+        super::use_tls(&mut mqtt, tls);
+    }
     mqtt.set_last_will(LastWill::new(
         &topics.status,
         options.status(DeviceState::Offline, false).encode(),
@@ -293,6 +296,7 @@ async fn drive_event_loop(
             }
             Ok(_) => {}
             Err(e) => {
+                let e = super::describe(&e, options.tls.as_ref());
                 tracing::warn!(%broker, "uplink connection: {e}; reconnecting in 1 s");
                 let _ = events.send(LinkEvent::Disconnected);
                 tokio::select! {

@@ -162,6 +162,7 @@ pub fn start(
     max_connections: usize,
     auth: GateAuth,
     limits: Limits,
+    tls: Option<crate::tls::ServerTls>,
 ) -> Result<HubConnection, BrokerError> {
     let listener = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
@@ -203,12 +204,18 @@ pub fn start(
     }
     wait_listening(inner.v4)?;
     wait_listening(inner.v5)?;
-    let gate = super::gate::start(listener, auth, limits, inner, super::MAX_PACKET_BYTES).map_err(
-        |source| BrokerError::Bind {
-            addr: bound,
-            source,
-        },
-    )?;
+    let gate = super::gate::start(
+        listener,
+        auth,
+        limits,
+        inner,
+        super::MAX_PACKET_BYTES,
+        tls.clone(),
+    )
+    .map_err(|source| BrokerError::Bind {
+        addr: bound,
+        source,
+    })?;
 
     let link_tx = Arc::new(Mutex::new(link_tx));
     let publisher = Publisher::new(LinkOutbound(link_tx.clone()));
@@ -248,7 +255,7 @@ pub fn start(
     Ok(HubConnection {
         inbound: rx,
         publisher,
-        device_url: format!("mqtt://{bound}"),
+        device_url: format!("{}://{bound}", if tls.is_some() { "mqtts" } else { "mqtt" }),
         mode: "embedded",
         gate: Some(gate),
     })

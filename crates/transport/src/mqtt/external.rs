@@ -42,8 +42,14 @@ pub fn start(
     url: &BrokerUrl,
     client_id: &str,
     login: Option<&(String, crate::edge::Password)>,
+    tls: Option<&crate::tls::ClientTls>,
 ) -> HubConnection {
     let mut options = super::options(client_id, url, KEEP_ALIVE);
+    let tls = tls.filter(|_| url.tls);
+    if let Some(tls) = tls {
+        super::use_tls(&mut options, tls);
+    }
+    let tls = tls.cloned();
     options.set_clean_session(false);
     if let Some((user, password)) = login {
         options.set_credentials(user, password.expose());
@@ -84,6 +90,7 @@ pub fn start(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    let e = super::describe(&e, tls.as_ref());
                     tracing::warn!(broker = %shown, "external broker connection: {e}; retrying in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

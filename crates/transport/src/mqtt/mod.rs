@@ -1,4 +1,4 @@
-//! MQTT 3.1.1, the one transport today: the client options and the
+//! MQTT 3.1.1 (and 5 at the gate), over TCP or TLS, the one transport today: the client options and the
 //! pkid-collision fix (written once, here), the edge link ([`edge`]), the
 //! hub's client of an external broker ([`external`]) and the hub's embedded
 //! rumqttd ([`embedded`], feature `embedded-broker`).
@@ -39,6 +39,21 @@ pub fn options(client_id: &str, url: &BrokerUrl, keep_alive: Duration) -> MqttOp
     options.set_keep_alive(keep_alive);
     options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     options
+}
+
+/// Makes `options` connect over TLS, trusting only `tls`'s CA; the
+/// broker's certificate must be for the URL's host.
+pub fn use_tls(options: &mut MqttOptions, tls: &crate::tls::ClientTls) {
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.config()),
+    ));
+}
+
+/// A connection error in words: a failed TLS handshake explained (see
+/// [`crate::tls::explain`]), anything else as rumqttc says it.
+pub fn describe(e: &rumqttc::ConnectionError, tls: Option<&crate::tls::ClientTls>) -> String {
+    tls.and_then(|t| crate::tls::explain(e, t.source()))
+        .map_or_else(|| e.to_string(), |why| format!("TLS: {why}"))
 }
 
 /// Call on every ConnAck. A reconnect with a fresh session clears

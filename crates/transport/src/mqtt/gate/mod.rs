@@ -31,6 +31,12 @@
 //! without a secret that exists only in this process; the hub's own
 //! client is an in-process link, not a connection.
 //!
+//! With TLS (`tls`), the gate is where it ends: each connection's
+//! handshake runs on its own task (bounded by a timeout, so a client that
+//! stalls mid-handshake holds nothing but its socket), and the session
+//! above then reads the decrypted stream exactly as it reads a plain one.
+//! A failed handshake is counted and logged with what the client said.
+//!
 //! With [`GateAuth::Open`] (a loopback hub, or `insecure = true`) no
 //! credentials are asked and no topic is checked, as with a bare broker;
 //! the limits still apply.
@@ -112,6 +118,8 @@ pub struct GateCounters {
     pub throttled_us: AtomicU64,
     /// Connections closed for a malformed or oversized packet.
     pub malformed: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failed: AtomicU64,
 }
 
 impl GateCounters {
@@ -207,13 +215,18 @@ impl GateHandle {
     }
 }
 
-/// Starts the gate on `listener`, forwarding to `inner`.
+/// A TLS handshake must be done this soon after the TCP connect.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts the gate on `listener`, forwarding to `inner`; over TLS with
+/// `tls`'s certificate.
 pub(crate) fn start(
     listener: std::net::TcpListener,
     auth: GateAuth,
     limits: Limits,
     inner: Inner,
     max_packet: usize,
+    tls: Option<crate::tls::ServerTls>,
 ) -> std::io::Result<GateHandle> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -226,12 +239,37 @@ pub(crate) fn start(
         devices: Mutex::default(),
     });
     let accepting = shared.clone();
+    let acceptor = tls.map(|t| t.acceptor());
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(session::run(stream, peer, accepting.clone()));
+                    let shared = accepting.clone();
+                    let Some(acceptor) = acceptor.clone() else {
+                        let (r, w) = stream.into_split();
+                        tokio::spawn(session::run(r, w, peer, shared));
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let handshake =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                        match handshake {
+                            Ok(Ok(tls)) => {
+                                let (r, w) = tokio::io::split(tls);
+                                session::run(r, w, peer, shared).await;
+                            }
+                            Ok(Err(e)) => {
+                                shared.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+                                let why = crate::tls::server_side(&e);
+                                tracing::warn!(%peer, "TLS handshake failed: {why}");
+                            }
+                            Err(_) => {
+                                shared.counters.tls_failed.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%peer, "TLS handshake timed out");
+                            }
+                        }
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait, go on.

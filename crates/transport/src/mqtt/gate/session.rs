@@ -15,8 +15,8 @@ use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error, Login, Packet, Protocol,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -115,13 +115,13 @@ fn protocol_level(frame: &[u8]) -> Option<u8> {
     (v[..6] == *b"\x00\x04MQTT").then_some(v[6])
 }
 
-async fn read_more(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<bool> {
+async fn read_more(r: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> std::io::Result<bool> {
     Ok(r.read_buf(buf).await? > 0)
 }
 
 /// Reads one whole frame (the first: framing is the same in 3.1.1 and 5).
 async fn read_frame(
-    r: &mut OwnedReadHalf,
+    r: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     codec: Codec,
     max: usize,
@@ -137,8 +137,13 @@ async fn read_frame(
     }
 }
 
-pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let (mut cr, mut cw) = stream.into_split();
+/// Serves one device connection: `cr` and `cw` are its two halves (of a
+/// TCP stream, or of a TLS session over one).
+pub(crate) async fn run<R, W>(mut cr: R, mut cw: W, peer: SocketAddr, shared: Arc<Shared>)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let max = shared.max_packet;
     let first = tokio::time::timeout(
@@ -331,7 +336,7 @@ enum Closed {
 /// Device -> broker: frame by frame, each decoded and checked, paced by
 /// the device's rate, then forwarded as it came.
 async fn relay_up(
-    cr: &mut OwnedReadHalf,
+    cr: &mut (impl AsyncRead + Unpin),
     iw: &mut OwnedWriteHalf,
     mut buf: BytesMut,
     codec: Codec,
