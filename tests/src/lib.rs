@@ -1008,18 +1008,67 @@ pub fn start_mosquitto_at(dir: &Path, port: u16) -> Proc {
         ),
     )
     .unwrap();
+    start_mosquitto_conf(dir, &conf, port)
+}
+
+/// mosquitto with the config file `conf`, listening on `port`.
+pub fn start_mosquitto_conf(dir: &Path, conf: &Path, port: u16) -> Proc {
     // Debian installs the broker in /usr/sbin, which a user's PATH may lack.
     let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or("mosquitto");
     let mut cmd = Command::new(bin);
-    cmd.arg("-c").arg(&conf);
+    cmd.arg("-c").arg(conf);
     let proc = Proc::spawn("mosquitto", cmd, dir.join("mosquitto.log"));
     wait_for("mosquitto to listen", || {
         TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     });
     proc
+}
+
+/// Users for a mosquitto with the shipped config: each of `users` gets a
+/// secret from `cloud-hub device add` (in `<dir>/secrets/`, a store of
+/// their own in `<dir>/ids`), and an entry in the password file
+/// `<dir>/conveyor.passwd` made with `mosquitto_passwd`. Returns each
+/// user's secret file, in order, and the password file.
+pub fn mosquitto_users(dir: &Path, users: &[&str]) -> (Vec<PathBuf>, PathBuf) {
+    let secrets = dir.join("secrets");
+    let passwd = dir.join("conveyor.passwd");
+    let mut files = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let out = Command::new(hub_bin())
+            .args(["device", "add", user, "--out"])
+            .arg(&secrets)
+            .arg("--store")
+            .arg(dir.join("ids"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = secrets.join(format!("{user}.secret"));
+        let secret = std::fs::read_to_string(&file).unwrap().trim().to_string();
+        let mut c = Command::new("mosquitto_passwd");
+        if i == 0 {
+            c.arg("-c");
+        }
+        let out = c
+            .arg("-b")
+            .arg(&passwd)
+            .args([*user, secret.as_str()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        files.push(file);
+    }
+    (files, passwd)
 }
 
 /// Decodes `payload` as protobuf `message` with `protoc` and nothing but

@@ -31,7 +31,9 @@ pub const DEFAULT_HUB: &str = "http://127.0.0.1:8080";
 #[derive(Debug, clap::Args)]
 pub struct HubArg {
     /// The hub's HTTP API (a hub with `[http] auth = "tokens"` also needs
-    /// `CONVEYOR_TOKEN`: a token from `cloud-hub token create`).
+    /// `CONVEYOR_TOKEN`: a token from `cloud-hub token create`; an
+    /// `https://` hub needs `CONVEYOR_HUB_CA`: the CA its certificate is
+    /// signed by, a hub's own being `<store>/tls/ca.pem`).
     #[arg(long, global = true, env = "CONVEYOR_HUB", default_value = DEFAULT_HUB)]
     pub hub: String,
 }

@@ -431,50 +431,8 @@ fn a_device_that_floods_is_slowed_and_the_others_lose_nothing() {
 #[test]
 fn mosquitto_with_the_shipped_acl_keeps_each_device_to_its_own_topics() {
     let dir = tempfile::tempdir().unwrap();
-    let ids = dir.path().join("ids");
-    let secrets = dir.path().join("secrets");
-    let add = |device: &str| {
-        let out = Command::new(hub_bin())
-            .args(["device", "add", device, "--out"])
-            .arg(&secrets)
-            .arg("--store")
-            .arg(&ids)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        secrets.join(format!("{device}.secret"))
-    };
-    let (victim_file, attacker_file, hub_file) =
-        (add("victim"), add("attacker"), add("conveyor-hub"));
-    let passwd = dir.path().join("conveyor.passwd");
-    for (i, (user, file)) in [
-        ("conveyor-hub", &hub_file),
-        ("victim", &victim_file),
-        ("attacker", &attacker_file),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut c = Command::new("mosquitto_passwd");
-        if i == 0 {
-            c.arg("-c");
-        }
-        let out = c
-            .arg("-b")
-            .arg(&passwd)
-            .args([user, &secret(file)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (files, passwd) = mosquitto_users(dir.path(), &["conveyor-hub", "victim", "attacker"]);
+    let (hub_file, victim_file, attacker_file) = (&files[0], &files[1], &files[2]);
     let port = free_port();
     let shipped =
         std::fs::read_to_string(repo_root().join("docs/mosquitto/conveyor.conf")).unwrap();
@@ -494,19 +452,8 @@ fn mosquitto_with_the_shipped_acl_keeps_each_device_to_its_own_topics() {
     assert_ne!(conf, shipped);
     let conf_path = dir.path().join("conveyor.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("mosquitto");
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c").arg(&conf_path);
-    let _mosquitto = Proc::spawn("mosquitto", cmd, dir.path().join("mosquitto.log"));
-    wait_for("mosquitto to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    });
-    let hub = &Hub::start_external_with_login(dir.path(), port, "conveyor-hub", &hub_file);
+    let _mosquitto = start_mosquitto_conf(dir.path(), &conf_path, port);
+    let hub = &Hub::start_external_with_login(dir.path(), port, "conveyor-hub", hub_file);
     assert_eq!(hub.mqtt_port, port);
 
     let forged_victim = forged(dir.path(), "victim", 0..100);
@@ -520,7 +467,7 @@ fn mosquitto_with_the_shipped_acl_keeps_each_device_to_its_own_topics() {
     assert!(!out.status.success(), "an anonymous client got in");
     // The attacker's publish on the victim's topic is dropped by the ACL
     // (mosquitto says nothing to the client); its subscriptions get nothing.
-    let attacker = secret(&attacker_file);
+    let attacker = secret(attacker_file);
     let _ = publish(
         hub,
         false,
@@ -529,7 +476,7 @@ fn mosquitto_with_the_shipped_acl_keeps_each_device_to_its_own_topics() {
         &forged_victim,
     );
     let spy = subscribe(hub, "attacker", &attacker, "#", 6);
-    let mut a = start_agent(dir.path(), "victim", &agent(hub, "victim", &victim_file));
+    let mut a = start_agent(dir.path(), "victim", &agent(hub, "victim", victim_file));
     wait_for("300 of the victim's records", || {
         (hub.records("victim") >= 300).then_some(())
     });

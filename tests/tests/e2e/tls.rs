@@ -385,19 +385,7 @@ fn mosquitto_with(
     );
     let conf_path = dir.join("conveyor-tls.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("mosquitto");
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c").arg(&conf_path);
-    let proc = Proc::spawn("mosquitto", cmd, dir.join("mosquitto.log"));
-    wait_for("mosquitto to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    });
-    proc
+    start_mosquitto_conf(dir, &conf_path, port)
 }
 
 /// The shipped `docs/mosquitto/conveyor-tls.conf` between an agent and
@@ -407,45 +395,8 @@ fn mosquitto_with(
 #[test]
 fn tls_through_mosquitto_with_the_shipped_config_and_an_expired_certificate_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let ids = dir.path().join("ids");
-    let secrets = dir.path().join("secrets");
-    let add = |device: &str| {
-        let out = Command::new(hub_bin())
-            .args(["device", "add", device, "--out"])
-            .arg(&secrets)
-            .arg("--store")
-            .arg(&ids)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        secrets.join(format!("{device}.secret"))
-    };
-    let (device_file, hub_file) = (add("victim"), add("conveyor-hub"));
-    let passwd = dir.path().join("conveyor.passwd");
-    for (i, (user, file)) in [("conveyor-hub", &hub_file), ("victim", &device_file)]
-        .into_iter()
-        .enumerate()
-    {
-        let mut c = Command::new("mosquitto_passwd");
-        if i == 0 {
-            c.arg("-c");
-        }
-        let out = c
-            .arg("-b")
-            .arg(&passwd)
-            .args([user, &secret(file)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (files, passwd) = mosquitto_users(dir.path(), &["conveyor-hub", "victim"]);
+    let (hub_file, device_file) = (&files[0], &files[1]);
     let ca = TestCa::new();
     let ca_file = dir.path().join("broker-ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
@@ -465,7 +416,7 @@ fn tls_through_mosquitto_with_the_shipped_config_and_an_expired_certificate_refu
     let mut a = start_agent(
         dir.path(),
         "victim",
-        &agent(&url, "victim", &device_file, &ca_file),
+        &agent(&url, "victim", device_file, &ca_file),
     );
     wait_for("the agent to refuse the expired certificate", || {
         a.log()
@@ -505,7 +456,7 @@ fn tls_through_mosquitto_with_the_shipped_config_and_an_expired_certificate_refu
         !out.status.success() && err.contains("not authori"),
         "{err}"
     );
-    let hub = Hub::start_external_tls(dir.path(), port, "conveyor-hub", &hub_file, &ca_file);
+    let hub = Hub::start_external_tls(dir.path(), port, "conveyor-hub", hub_file, &ca_file);
     wait_for(
         "300 of the device's records through mosquitto over TLS",
         || (hub.records("victim") >= 300).then_some(()),
