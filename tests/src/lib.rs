@@ -990,6 +990,32 @@ pub fn check_agent_file(path: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// A protobuf batch file `<dir>/<name>.bin` of `device`'s records `seqs`
+/// (stream `motion`, one value each: `value`), for a third-party client
+/// to publish.
+pub fn batch_file(
+    dir: &Path,
+    name: &str,
+    device: &str,
+    seqs: std::ops::Range<u64>,
+    value: f64,
+) -> PathBuf {
+    let records = seqs
+        .map(|seq| conveyor_shared::Record {
+            stream: "motion".into(),
+            seq,
+            source_ts_us: 1,
+            values: vec![value],
+            ..Default::default()
+        })
+        .collect();
+    let device = conveyor_shared::DeviceId::new(device).unwrap();
+    let b = conveyor_shared::RecordBatch::new(&device, 1, records);
+    let path = dir.join(format!("{name}.bin"));
+    std::fs::write(&path, b.encode_to_bytes()).unwrap();
+    path
+}
+
 /// A real mosquitto on a free loopback port, configured not to drop QoS 1
 /// messages (Debian's default queue limit of 1000 would).
 pub fn start_mosquitto(dir: &Path) -> (Proc, u16) {

@@ -83,10 +83,6 @@ fn hub_ca() -> Result<conveyor_transport::tls::ClientTls> {
         .map_err(|e| anyhow!("{CA_ENV}: {e}"))
 }
 
-/// A connection to the hub: plain, or TLS with the hub's CA.
-trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
-
 /// The environment variable the CLI takes its API token from.
 pub const TOKEN_ENV: &str = "CONVEYOR_TOKEN";
 
@@ -107,7 +103,7 @@ pub async fn request(
         .await
         .map_err(|_| anyhow!("{} (timed out)", unreachable()))?
         .with_context(unreachable)?;
-    let stream: Box<dyn Connection> = match &ca {
+    let stream: Box<dyn conveyor_transport::tls::Connection> = match &ca {
         None => Box::new(tcp),
         Some(ca) => Box::new(ca.connect(&addr.host, tcp).await.map_err(|e| {
             match conveyor_transport::tls::explain(&e, ca.source()) {

@@ -56,6 +56,11 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+/// A connection that is plain TCP or TLS over it, for code that speaks
+/// HTTP over either (the agent's downloads, the hub's CLI).
+pub trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
 /// What a client trusts: one CA (or a bundle of them), and nothing else.
 #[derive(Clone)]
 pub struct ClientTls {

@@ -79,10 +79,6 @@ impl std::fmt::Debug for HubClient {
 
 type Response = hyper::Response<hyper::body::Incoming>;
 
-/// A connection to the hub: plain TCP, or TLS over it.
-trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
-
 impl HubClient {
     pub fn new(hub: HubHttp) -> Self {
         HubClient {
@@ -117,7 +113,7 @@ impl HubClient {
             .await
             .map_err(|_| self.unreachable("connect timed out"))?
             .map_err(|e| self.unreachable(e))?;
-        let stream: Box<dyn Connection> = match (&self.tls, self.hub.tls) {
+        let stream: Box<dyn conveyor_transport::tls::Connection> = match (&self.tls, self.hub.tls) {
             (_, false) => Box::new(stream),
             (None, true) => return Err(self.unreachable("an https:// hub needs uplink.ca_file")),
             (Some(ca), true) => Box::new(

@@ -7,23 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use conveyor_e2e::*;
-use conveyor_shared::{DeviceId, Record, RecordBatch};
 
 /// A batch claiming seqs `seqs` of `device`, every value 666.
 fn forged(dir: &Path, device: &str, seqs: std::ops::Range<u64>) -> PathBuf {
-    let records = seqs
-        .map(|seq| Record {
-            stream: "motion".into(),
-            seq,
-            source_ts_us: 1,
-            values: vec![666.0],
-            ..Default::default()
-        })
-        .collect();
-    let b = RecordBatch::new(&DeviceId::new(device).unwrap(), 1, records);
-    let path = dir.join(format!("forged-{device}.bin"));
-    std::fs::write(&path, b.encode_to_bytes()).unwrap();
-    path
+    batch_file(dir, &format!("forged-{device}"), device, seqs, 666.0)
 }
 
 /// The hub holds `device`'s records from seq 0 on, none missing, none

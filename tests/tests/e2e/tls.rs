@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use conveyor_e2e::*;
-use conveyor_shared::{DeviceId, Record, RecordBatch};
 use edge_agent::ota::OtaConfig;
 
 use super::ota::{model, push};
@@ -27,19 +26,7 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 
 /// A batch of 10 records of `device`, seqs 0-9.
 fn batch(dir: &Path, device: &str) -> PathBuf {
-    let records = (0..10)
-        .map(|seq| Record {
-            stream: "motion".into(),
-            seq,
-            source_ts_us: 1,
-            values: vec![1.0],
-            ..Default::default()
-        })
-        .collect();
-    let b = RecordBatch::new(&DeviceId::new(device).unwrap(), 1, records);
-    let path = dir.join(format!("batch-{device}.bin"));
-    std::fs::write(&path, b.encode_to_bytes()).unwrap();
-    path
+    batch_file(dir, &format!("batch-{device}"), device, 0..10, 1.0)
 }
 
 /// `mosquitto_pub` of `file` to `device`'s records, over TLS checked
