@@ -16,7 +16,9 @@
 # machine's noise; the table then has a "build" column.
 #
 # SCENARIOS="10 0;3 100" (agents and records/s each, ';'-separated) and
-# BROKERS="embedded" pick a subset.
+# BROKERS="embedded" pick a subset. BROKERS="embedded embedded-tls" sets
+# the embedded broker against itself serving mqtts:// (the demo's --tls:
+# the agents verify the hub's certificate against its CA), in one run.
 #
 # Prints a Markdown table of medians. Needs mosquitto (apt: mosquitto).
 set -euo pipefail
@@ -44,6 +46,8 @@ run() { # demo-command broker agents rate -> json summary
     mosq_pid=$!
     sleep 0.5
     extra=(--broker-url "mqtt://127.0.0.1:$port")
+  elif [ "$broker" = embedded-tls ]; then
+    extra=(--tls)
   fi
   $demo --no-inference --agents "$agents" --rate "$rate" --duration "$secs" --json \
     --mqtt-port 0 --http-port 0 "${extra[@]}" 2>/dev/null

@@ -34,6 +34,9 @@ pub struct HubConfig {
     /// CA issues one when no files are given).
     #[serde(default)]
     pub tls: crate::tls::TlsConfig,
+    /// A Fluvio cluster devices may also stream through (a mixed fleet).
+    #[serde(default)]
+    pub fluvio: Option<crate::fluvio::FluvioConfig>,
     /// Run listeners reachable beyond loopback without TLS or
     /// authentication (refused otherwise; warned about at start).
     #[serde(default)]
@@ -354,6 +357,9 @@ impl HubConfig {
         }
         self.inference.validate(&mut found);
         self.ota.validate(&mut found);
+        if let Some(f) = &self.fluvio {
+            f.validate(&mut found);
+        }
         if self.store.path.as_os_str().is_empty() {
             found.push(ConfigError::invalid("store.path", "must not be empty"));
         }

@@ -149,6 +149,18 @@ impl Hub {
         }
         let ota = crate::ota::OtaHub::open(&config.ota, &config.store.path)?;
         let connection = conveyor_transport::start_hub(&side)?;
+        // validate() refuses [fluvio] in a build without it.
+        #[cfg(feature = "fluvio")]
+        let connection = match &config.fluvio {
+            Some(f) => {
+                tracing::info!(cluster = %f.url, records = %f.records, "devices may also stream through Fluvio");
+                conveyor_transport::hub::merge(vec![
+                    connection,
+                    conveyor_transport::fluvio::hub::start(f.hub_side()),
+                ])
+            }
+            None => connection,
+        };
         let state = Arc::new(HubState {
             store,
             registry: Mutex::new(Registry::restore(entries, &counts)),

@@ -22,6 +22,7 @@ pub mod cascade;
 pub mod config;
 pub mod dashboard;
 pub mod fleet;
+pub mod fluvio;
 pub mod https;
 pub mod hub;
 pub mod identity;

@@ -280,6 +280,24 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot start the tokio runtime")
 }
 
+/// `check` with `[fluvio]`: the cluster must answer; its topics are
+/// listed (the hub makes those that are missing when it starts).
+fn check_fluvio(c: &HubConfig) -> ExitCode {
+    let Some(f) = &c.fluvio else {
+        return ExitCode::SUCCESS;
+    };
+    match conveyor_transport::check_fluvio(&f.url, &[&f.records, &f.downlink]) {
+        Ok(lines) => {
+            lines.iter().for_each(|l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cloud-hub check: fluvio.url: {e}");
+            ExitCode::from(conveyor_process::EXIT_UNAVAILABLE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match conveyor_process::parse_or_exit_code(Cli::try_parse()) {
         Ok(cli) => cli,
@@ -296,17 +314,18 @@ fn main() -> ExitCode {
                         return Err(ExitCode::from(EXIT_CONFIG));
                     }
                 }
-                load_models(&c)
+                let models = load_models(&c)?;
+                Ok((c, models))
             });
             match checked {
-                Ok(models) => {
+                Ok((c, models)) => {
                     println!(
                         "{}: ok ({} models on {})",
                         config.display(),
                         models.model_ids().len(),
                         models.device()
                     );
-                    ExitCode::SUCCESS
+                    check_fluvio(&c)
                 }
                 Err(code) => code,
             }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use conveyor_process::{init_tracing, parse_or_exit_code, EXIT_CONFIG};
+use conveyor_process::{init_tracing, parse_or_exit_code, EXIT_CONFIG, EXIT_UNAVAILABLE};
 
 use crate::agent::Agent;
 use crate::config::AgentConfig;
@@ -138,6 +138,18 @@ where
                             m.stride,
                             m.labels.len()
                         );
+                    }
+                }
+                // A Fluvio uplink: the cluster must answer (the agent
+                // retries forever at run time; `check` says it now).
+                if let conveyor_shared::UplinkUrl::Fluvio(url) = &c.uplink.url {
+                    let f = &c.uplink.fluvio;
+                    match conveyor_transport::check_fluvio(url, &[&f.records, &f.downlink]) {
+                        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                        Err(e) => {
+                            eprintln!("edge-agent check: uplink.url: {e}");
+                            return ExitCode::from(EXIT_UNAVAILABLE);
+                        }
                     }
                 }
                 ExitCode::SUCCESS

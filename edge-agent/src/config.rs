@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use conveyor_shared::config_file::{parse_toml, read_toml};
 pub use conveyor_shared::config_file::{ConfigError, ConfigErrors};
-use conveyor_shared::{BrokerUrl, DeviceId};
+use conveyor_shared::uplink_url::{check_topic_name, FluvioTopics};
+use conveyor_shared::{BrokerUrl, DeviceId, UplinkUrl};
 use conveyor_transport::tls::ClientTls;
 use serde::{Deserialize, Serialize};
 
@@ -56,8 +57,10 @@ fn default_data_dir() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
     /// The hub's MQTT broker, e.g. `mqtt://127.0.0.1:1883`, or
-    /// `mqtts://hub.example:8883` over TLS (with `ca_file`).
-    pub url: BrokerUrl,
+    /// `mqtts://hub.example:8883` over TLS (with `ca_file`); or a Fluvio
+    /// cluster, `fluvio://127.0.0.1:9003` (a build with the `fluvio`
+    /// feature; its topics in `[uplink.fluvio]`).
+    pub url: UplinkUrl,
     /// Flush a batch once it holds this many records.
     #[serde(default = "default_batch_max_records")]
     pub batch_max_records: usize,
@@ -89,13 +92,21 @@ pub struct UplinkConfig {
     /// CA beside the secret). Relative to this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// With a `fluvio://` url: the records and downlink topics (the hub's
+    /// `[fluvio]` names the same).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub fluvio: FluvioTopics,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
 }
 
 impl UplinkConfig {
-    /// The uplink to the broker at `url`, every other setting at its default.
-    pub fn new(url: BrokerUrl) -> Self {
+    /// The uplink to the hub at `url`, every other setting at its default.
+    pub fn new(url: impl Into<UplinkUrl>) -> Self {
         UplinkConfig {
-            url,
+            url: url.into(),
             batch_max_records: default_batch_max_records(),
             batch_max_delay_ms: default_batch_max_delay_ms(),
             heartbeat_secs: default_heartbeat_secs(),
@@ -104,6 +115,7 @@ impl UplinkConfig {
             ack_timeout_ms: default_ack_timeout_ms(),
             password_file: None,
             ca_file: None,
+            fluvio: FluvioTopics::default(),
         }
     }
 
@@ -247,7 +259,34 @@ impl AgentConfig {
                 format!("must be at least 100, got {}", u.ack_timeout_ms),
             );
         }
-        if u.url.tls && u.ca_file.is_none() {
+        if let UplinkUrl::Fluvio(url) = &u.url {
+            if !conveyor_transport::FLUVIO {
+                invalid(
+                    "uplink.url",
+                    format!("{url} needs the Fluvio transport, which this edge-agent was built without (cargo feature `fluvio`)"),
+                );
+            }
+            if u.ca_file.is_some()
+                && self
+                    .ota
+                    .as_ref()
+                    .is_none_or(|o| !o.url.starts_with("https://"))
+            {
+                invalid(
+                    "uplink.ca_file",
+                    "a Fluvio link is plain TCP (its TLS is not built); remove ca_file or use mqtts://".into(),
+                );
+            }
+        }
+        for (field, name) in [
+            ("uplink.fluvio.records", &u.fluvio.records),
+            ("uplink.fluvio.downlink", &u.fluvio.downlink),
+        ] {
+            if let Err(e) = check_topic_name(name) {
+                invalid(field, format!("is not a Fluvio topic name: {e}"));
+            }
+        }
+        if u.url.tls() && u.ca_file.is_none() {
             invalid(
                 "uplink.ca_file",
                 "is required with an mqtts:// url: the CA (PEM) that signed the hub's certificate \
@@ -362,10 +401,10 @@ impl AgentConfig {
         }
     }
 
-    /// Sends to the broker at `url` (`mqtt://host:port`).
+    /// Sends to the hub at `url` (`mqtt://host:port`, `fluvio://host:port`).
     pub fn uplink(mut self, url: &str) -> Self {
         self.uplink.url =
-            BrokerUrl::parse(url).unwrap_or_else(|e| panic!("{url:?} is not a broker URL: {e}"));
+            UplinkUrl::parse(url).unwrap_or_else(|e| panic!("{url:?} is not an uplink URL: {e}"));
         self
     }
 
@@ -449,7 +488,7 @@ mod tests {
         let c = AgentConfig::from_toml(GOOD).unwrap();
         assert_eq!(c.device_id.as_str(), "watch-01");
         assert_eq!(c.uplink.batch_max_records, 200);
-        assert_eq!(c.uplink.url.port, 1883);
+        assert_eq!(c.uplink.url.mqtt().map(|u| u.port), Some(1883));
         assert_eq!(c.sources.len(), 1);
     }
 

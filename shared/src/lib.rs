@@ -20,6 +20,7 @@ pub mod records;
 pub mod results;
 pub mod time;
 pub mod topics;
+pub mod uplink_url;
 
 pub use broker_url::BrokerUrl;
 pub use config_file::{ConfigError, ConfigErrors};
@@ -27,3 +28,4 @@ pub use model_meta::ModelMetadata;
 pub use records::{Escalation, Prediction, Record, RecordBatch, WireError, WIRE_VERSION};
 pub use results::{Decider, FinalPrediction, ResultBatch};
 pub use topics::{DeviceId, Topic};
+pub use uplink_url::{FluvioUrl, UplinkUrl};

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod browser;
+pub mod fluvio;
 pub mod slow_link;
 pub mod tmpfs;
 // The agent's config types, so that tests write typed configs (rendered to
@@ -266,8 +267,22 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+    pub fn spawn(name: &str, cmd: Command, log: PathBuf) -> Proc {
         let file = std::fs::File::create(&log).unwrap();
+        Self::spawn_into(name, cmd, log, file)
+    }
+
+    /// [`Proc::spawn`], its output appended to `log` (a restarted process).
+    pub fn spawn_appending(name: &str, cmd: Command, log: PathBuf) -> Proc {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        Self::spawn_into(name, cmd, log, file)
+    }
+
+    fn spawn_into(name: &str, mut cmd: Command, log: PathBuf, file: std::fs::File) -> Proc {
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file);

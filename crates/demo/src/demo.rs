@@ -74,6 +74,10 @@ pub struct DemoArgs {
     /// Use this external broker instead of the embedded one.
     #[arg(long)]
     pub broker_url: Option<String>,
+    /// The embedded broker serves MQTT over TLS (`mqtts://`, with the
+    /// hub's own CA, which each agent pins as `uplink.ca_file`).
+    #[arg(long, conflicts_with = "broker_url")]
+    pub tls: bool,
     /// Folder with the data sets (default: the repository's models/data).
     #[arg(long, env = "CONVEYOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -210,7 +214,8 @@ fn agent_config(
     i: usize,
     args: &DemoArgs,
     data: &Path,
-    mqtt: &str,
+    // The hub's MQTT URL, and the CA its certificate is checked against.
+    (mqtt, ca_file): (&str, Option<&Path>),
     state_dir: &Path,
     ota: Option<&OtaConfig>,
     secret_file: impl Fn(&str) -> Option<PathBuf>,
@@ -247,6 +252,7 @@ fn agent_config(
             u.batch_max_delay_ms = args.batch_max_delay_ms;
             u.heartbeat_secs = 1.0;
             u.password_file = secret_file(&device);
+            u.ca_file = ca_file.map(Path::to_path_buf);
         })
         .source(ReplayConfig {
             rate: Some(args.rate),
@@ -441,10 +447,13 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             // earlier demo would replay that demo's backlog into this one.
             &format!("conveyor-demo-hub-{}", std::process::id()),
         ),
-        None => BrokerConfig::embedded(SocketAddr::from((
-            [127, 0, 0, 1],
-            port_or_free(args.mqtt_port, "MQTT")?,
-        ))),
+        None => BrokerConfig {
+            tls: args.tls,
+            ..BrokerConfig::embedded(SocketAddr::from((
+                [127, 0, 0, 1],
+                port_or_free(args.mqtt_port, "MQTT")?,
+            )))
+        },
     };
     let inference = if args.no_inference {
         HubInferenceConfig::default()
@@ -471,6 +480,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         inference,
         ota: Default::default(),
         tls: Default::default(),
+        fluvio: None,
         insecure: false,
     };
     let embedded = args.broker_url.is_none();
@@ -497,13 +507,17 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
     let hub_url = format!("http://{}", hub.http_addr);
     let update = !args.no_update && !args.no_inference;
     let ota = update.then(|| OtaConfig::new(vec![state.ota.public_key()], &hub_url));
+    // The hub made its CA at start; the agents pin it.
+    let ca_file = args
+        .tls
+        .then(|| cloud_hub::tls::ca_cert_path(&config.store.path));
     let mut agents = Vec::new();
     for i in 0..args.agents {
         let (device_id, stream, toml) = agent_config(
             i,
             &args,
             &data,
-            &state.device_url,
+            (&state.device_url, ca_file.as_deref()),
             &work.path().join("agents"),
             ota.as_ref(),
             // The embedded broker asks each device for its secret: the demo

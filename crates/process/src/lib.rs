@@ -22,6 +22,10 @@ pub use signal::shutdown_signal;
 /// Exit code for an invalid config or command line (BSD `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
 
+/// Exit code of a `check` that found the config valid but a service it
+/// names out of reach (`EX_UNAVAILABLE` from BSD's sysexits.h).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
 /// Logs to stderr, filtered by `CONVEYOR_LOG` or else by `default`.
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONVEYOR_LOG")

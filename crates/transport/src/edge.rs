@@ -137,3 +137,46 @@ pub struct EdgeLinkParts {
     /// Connections made so far (heartbeats report it).
     pub connects: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Decodes a downlink message into its event; `None` (logged) when it is
+/// malformed.
+pub(crate) fn downlink_event(kind: TopicKind, payload: &Bytes) -> Option<LinkEvent> {
+    match kind {
+        TopicKind::Ack => match Ack::decode(payload) {
+            Ok(ack) => Some(LinkEvent::Ack(ack)),
+            Err(e) => {
+                tracing::warn!("ignoring a malformed ack: {e}");
+                None
+            }
+        },
+        TopicKind::Results => match ResultBatch::decode_checked(payload) {
+            Ok(results) => Some(LinkEvent::Results(results)),
+            Err(e) => {
+                tracing::warn!("ignoring malformed results: {e}");
+                None
+            }
+        },
+        TopicKind::Desired => Some(LinkEvent::Desired(payload.clone())),
+        // Uplink topics are the agent's own; it does not subscribe to them.
+        TopicKind::Records | TopicKind::Status | TopicKind::Heartbeat | TopicKind::State => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downlinks_are_decoded_and_malformed_ones_dropped() {
+        let ack = Ack {
+            first_seq: 3,
+            last_seq: 9,
+            rejected: None,
+        };
+        let ok = downlink_event(TopicKind::Ack, &Bytes::from(ack.encode()));
+        assert!(matches!(ok, Some(LinkEvent::Ack(a)) if a == ack));
+        assert!(downlink_event(TopicKind::Ack, &Bytes::from_static(b"{")).is_none());
+        assert!(downlink_event(TopicKind::Results, &Bytes::from_static(b"\xff\xff")).is_none());
+        assert!(downlink_event(TopicKind::Records, &Bytes::new()).is_none());
+    }
+}

@@ -122,6 +122,90 @@ pub struct HubConnection {
     pub gate: Option<crate::mqtt::gate::GateHandle>,
 }
 
+/// Sends each device's messages the way it was last heard from; a device
+/// not heard from yet (a desired state published at start) gets them on
+/// every side.
+struct Routed {
+    sides: Vec<Publisher>,
+    heard: Arc<std::sync::Mutex<std::collections::HashMap<DeviceId, usize>>>,
+}
+
+impl Outbound for Routed {
+    fn try_publish(
+        &self,
+        topic: &Topic,
+        payload: Vec<u8>,
+        reliable: bool,
+        retain: bool,
+    ) -> Result<(), String> {
+        let side = {
+            let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            heard.get(&topic.device).copied()
+        };
+        match side.and_then(|i| self.sides.get(i)) {
+            Some(p) => p.0.try_publish(topic, payload, reliable, retain),
+            None => {
+                let mut result = Err("no transport".to_string());
+                for p in &self.sides {
+                    let r = p.0.try_publish(topic, payload.clone(), reliable, retain);
+                    if result.is_err() {
+                        result = r;
+                    }
+                }
+                result
+            }
+        }
+    }
+}
+
+/// One device side made of several (a mixed fleet: MQTT and Fluvio): their
+/// inbound messages merged into one channel, and each device answered on
+/// the transport it last spoke on. The first side's URL and gate describe
+/// the whole.
+pub fn merge(sides: Vec<HubConnection>) -> HubConnection {
+    let heard = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
+    let mut publishers = Vec::new();
+    let mut first: Option<(String, &'static str)> = None;
+    #[cfg(feature = "embedded-broker")]
+    let mut gate = None;
+    for (i, side) in sides.into_iter().enumerate() {
+        publishers.push(side.publisher);
+        first.get_or_insert((side.device_url, side.mode));
+        #[cfg(feature = "embedded-broker")]
+        if gate.is_none() {
+            gate = side.gate;
+        }
+        let (tx, heard) = (tx.clone(), heard.clone());
+        let mut inbound = side.inbound;
+        tokio::spawn(async move {
+            while let Some(m) = inbound.recv().await {
+                if let Ok(m) = &m {
+                    let mut h = heard.lock().unwrap_or_else(|e| e.into_inner());
+                    if h.get(&m.topic.device) != Some(&i) {
+                        h.insert(m.topic.device.clone(), i);
+                    }
+                }
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let (device_url, mode) = first.unwrap_or_default();
+    HubConnection {
+        inbound: rx,
+        publisher: Publisher::new(Routed {
+            sides: publishers,
+            heard,
+        }),
+        device_url,
+        mode,
+        #[cfg(feature = "embedded-broker")]
+        gate,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

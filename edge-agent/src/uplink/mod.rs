@@ -67,6 +67,8 @@ pub struct UplinkSummary {
 pub enum UplinkError {
     #[error("uplink: {0}")]
     Link(#[from] PublishError),
+    #[error("uplink: {0}")]
+    Transport(#[from] conveyor_transport::LinkError),
 }
 
 /// The uplink's part in over-the-air updates: desired states go to the
@@ -108,6 +110,7 @@ impl Uplink {
         // unbounded channel, bounded in practice by the unacked window.
         let parts = conveyor_transport::connect_edge(
             &self.config.url,
+            &self.config.fluvio,
             EdgeLinkOptions {
                 device: self.device.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -120,7 +123,7 @@ impl Uplink {
                 password: self.secret.clone().map(Password::new),
                 tls: self.tls.clone(),
             },
-        );
+        )?;
         let mut ota = self.ota.take();
         // A state report not yet taken by the link (its queue was full, or
         // it was down): offered again on every tick and connect.

@@ -13,6 +13,7 @@ mod edge_inference;
 mod edge_storage_faults;
 mod exactly_once;
 mod faults;
+mod fluvio;
 mod keys;
 mod ota;
 mod ota_faults;

@@ -11,15 +11,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use conveyor_shared::control::{Ack, DeviceState, Heartbeat};
+use conveyor_shared::control::{DeviceState, Heartbeat};
 use conveyor_shared::topics::TopicKind;
-use conveyor_shared::{BrokerUrl, RecordBatch, ResultBatch, Topic};
+use conveyor_shared::{BrokerUrl, RecordBatch, Topic};
 use rumqttc::{AsyncClient, ClientError, Event, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::edge::{BoxFuture, EdgeLink, EdgeLinkOptions, EdgeLinkParts, LinkEvent, PublishError};
+use crate::edge::{
+    downlink_event, BoxFuture, EdgeLink, EdgeLinkOptions, EdgeLinkParts, LinkEvent, PublishError,
+};
 
 /// Requests rumqttc queues before `try_publish` reports it full.
 const CLIENT_QUEUE: usize = 64;
@@ -203,30 +204,6 @@ impl EdgeLink for MqttEdgeLink {
     }
 }
 
-/// Decodes a downlink message into its event; `None` (logged) when it is
-/// malformed.
-fn downlink_event(kind: TopicKind, payload: &Bytes) -> Option<LinkEvent> {
-    match kind {
-        TopicKind::Ack => match Ack::decode(payload) {
-            Ok(ack) => Some(LinkEvent::Ack(ack)),
-            Err(e) => {
-                tracing::warn!("ignoring a malformed ack: {e}");
-                None
-            }
-        },
-        TopicKind::Results => match ResultBatch::decode_checked(payload) {
-            Ok(results) => Some(LinkEvent::Results(results)),
-            Err(e) => {
-                tracing::warn!("ignoring malformed results: {e}");
-                None
-            }
-        },
-        TopicKind::Desired => Some(LinkEvent::Desired(payload.clone())),
-        // Uplink topics are the agent's own; it does not subscribe to them.
-        TopicKind::Records | TopicKind::Status | TopicKind::Heartbeat | TopicKind::State => None,
-    }
-}
-
 /// Polls the MQTT connection. On every (re)connect it subscribes to the
 /// device's downlink topics and re-announces the device as online (the
 /// retained status may have been replaced by the last will while the link
@@ -305,24 +282,5 @@ async fn drive_event_loop(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn downlinks_are_decoded_and_malformed_ones_dropped() {
-        let ack = Ack {
-            first_seq: 3,
-            last_seq: 9,
-            rejected: None,
-        };
-        let ok = downlink_event(TopicKind::Ack, &Bytes::from(ack.encode()));
-        assert!(matches!(ok, Some(LinkEvent::Ack(a)) if a == ack));
-        assert!(downlink_event(TopicKind::Ack, &Bytes::from_static(b"{")).is_none());
-        assert!(downlink_event(TopicKind::Results, &Bytes::from_static(b"\xff\xff")).is_none());
-        assert!(downlink_event(TopicKind::Records, &Bytes::new()).is_none());
     }
 }
