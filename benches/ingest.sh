@@ -19,6 +19,8 @@
 # BROKERS="embedded" pick a subset. BROKERS="embedded embedded-tls" sets
 # the embedded broker against itself serving mqtts:// (the demo's --tls:
 # the agents verify the hub's certificate against its CA), in one run.
+# BROKERS="embedded fluvio" sets the embedded broker against a local Fluvio
+# cluster (the demo's --transport fluvio: an SC and one SPU on loopback).
 #
 # Prints a Markdown table of medians. Needs mosquitto (apt: mosquitto).
 set -euo pipefail
@@ -48,6 +50,11 @@ run() { # demo-command broker agents rate -> json summary
     extra=(--broker-url "mqtt://127.0.0.1:$port")
   elif [ "$broker" = embedded-tls ]; then
     extra=(--tls)
+  elif [ "$broker" = fluvio ]; then
+    # A local Fluvio cluster the demo starts (an SC and one SPU), fresh per
+    # run; every agent streams through it. Needs CONVEYOR_FLUVIO_DIR or
+    # ../shared/tools/fluvio.
+    extra=(--transport fluvio)
   fi
   $demo --no-inference --agents "$agents" --rate "$rate" --duration "$secs" --json \
     --mqtt-port 0 --http-port 0 "${extra[@]}" 2>/dev/null

@@ -359,6 +359,17 @@ impl HubConfig {
         self.ota.validate(&mut found);
         if let Some(f) = &self.fluvio {
             f.validate(&mut found);
+            if !f.url.is_loopback() && !self.insecure {
+                found.push(ConfigError::invalid(
+                    "fluvio.url",
+                    format!(
+                        "{} is beyond loopback, and a Fluvio link has no TLS and no device identity \
+                         (docs/security.md): anyone who reaches the cluster can produce as any device; \
+                         set insecure = true to accept that",
+                        f.url
+                    ),
+                ));
+            }
         }
         if self.store.path.as_os_str().is_empty() {
             found.push(ConfigError::invalid("store.path", "must not be empty"));
@@ -378,6 +389,20 @@ mod tests {
         let c = HubConfig::from_toml("[broker]\nlisten = \"127.0.0.1:1999\"\n").unwrap();
         assert_eq!(c.broker.listen.port(), 1999);
         assert_eq!(c.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn a_fluvio_cluster_beyond_loopback_needs_insecure() {
+        let far = "[fluvio]\nurl = \"fluvio://10.0.0.5:9003\"\n";
+        let e = HubConfig::from_toml(far).unwrap_err().to_string();
+        assert!(
+            e.contains("fluvio.url") && e.contains("insecure = true"),
+            "{e}"
+        );
+        HubConfig::from_toml(&format!("insecure = true\n{far}")).unwrap();
+        for near in ["127.0.0.1", "localhost", "[::1]"] {
+            HubConfig::from_toml(&format!("[fluvio]\nurl = \"fluvio://{near}:9003\"\n")).unwrap();
+        }
     }
 
     #[test]

@@ -147,6 +147,14 @@ impl Hub {
                 );
             }
         }
+        if let Some(f) = config.fluvio.as_ref().filter(|f| !f.url.is_loopback()) {
+            tracing::warn!(
+                field = "fluvio.url",
+                "insecure = true: {} is beyond loopback, without TLS or device identity; \
+                 anyone who reaches the cluster can produce as any device",
+                f.url
+            );
+        }
         let ota = crate::ota::OtaHub::open(&config.ota, &config.store.path)?;
         let connection = conveyor_transport::start_hub(&side)?;
         // validate() refuses [fluvio] in a build without it.

@@ -48,6 +48,17 @@ impl FluvioUrl {
         })
     }
 
+    /// Whether the cluster is on this machine (127.0.0.0/8, ::1,
+    /// localhost): a cluster elsewhere is reached without TLS and without
+    /// device identity.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// `host:port`, as Fluvio's client takes it.
     pub fn endpoint(&self) -> String {
         if self.host.contains(':') {

@@ -176,7 +176,8 @@ impl Cluster {
         }
     }
 
-    /// A topic of `partitions`, replicated `replication` times.
+    /// A topic of `partitions`, replicated `replication` times, with every
+    /// follower in sync ([`Cluster::wait_in_sync`]).
     pub fn create_topic(&self, name: &str, partitions: u32, replication: u32) {
         self.cli_ok(&[
             "topic",
@@ -187,20 +188,71 @@ impl Cluster {
             "--replication",
             &replication.to_string(),
         ]);
+        self.wait_in_sync(name);
+    }
+
+    /// `fluvio partition list` as JSON: one object per partition
+    /// (`name` "<topic>-<n>", `spec`, `status`).
+    fn partitions(&self) -> Vec<serde_json::Value> {
+        let out = self.cli_ok(&["partition", "list", "-O", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("fluvio partition list: {e}:\n{out}"))
+    }
+
+    /// `topic`'s partitions, in order.
+    fn partitions_of(&self, topic: &str) -> Vec<serde_json::Value> {
+        let prefix = format!("{topic}-");
+        let mut found: Vec<(u32, serde_json::Value)> = self
+            .partitions()
+            .into_iter()
+            .filter_map(|p| {
+                let n = p["name"].as_str()?.strip_prefix(&prefix)?.parse().ok()?;
+                Some((n, p))
+            })
+            .collect();
+        found.sort_by_key(|(n, _)| *n);
+        found.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Waits until every partition of `topic` is online with all its
+    /// followers replicating (a follower offset of 0 or more; the status's
+    /// `lsr` count flaps under traffic). Fluvio elects a new leader only
+    /// from followers that replicate, and a new replicated topic's follower
+    /// can miss its first sync (when it asks before the leader has made
+    /// the replica) and catch up only at its next reconciliation, about
+    /// 10 s later in Fluvio 0.18.1: a leader killed before that leaves its
+    /// partition `LeaderOffline`.
+    pub fn wait_in_sync(&self, topic: &str) {
+        wait_for(&format!("every replica of {topic} in sync"), || {
+            let parts = self.partitions_of(topic);
+            let synced = !parts.is_empty()
+                && parts.iter().all(|p| {
+                    let followers = p["spec"]["replicas"]
+                        .as_array()
+                        .map_or(0, |r| r.len().saturating_sub(1));
+                    let synced = p["status"]["replicas"].as_array().map_or(0, |r| {
+                        r.iter().filter(|f| f["leo"].as_i64() >= Some(0)).count()
+                    });
+                    p["status"]["resolution"] == "Online" && synced == followers
+                });
+            if !synced {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            synced.then_some(())
+        });
     }
 
     /// The leader SPU (index into this cluster's SPUs) of `topic`'s
-    /// `partition`, from `fluvio partition list`.
+    /// `partition`.
     pub fn leader(&self, topic: &str, partition: u32) -> usize {
-        let out = self.cli_ok(&["partition", "list"]);
-        for line in out.lines() {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 3 && cols[0] == topic && cols[1] == partition.to_string() {
-                let leader: i32 = cols[2].parse().unwrap();
-                return self.spus.iter().position(|s| s.id == leader).unwrap();
-            }
-        }
-        panic!("no partition {topic}-{partition} in:\n{out}");
+        let parts = self.partitions_of(topic);
+        let p = parts
+            .get(partition as usize)
+            .unwrap_or_else(|| panic!("no partition {topic}-{partition} in {parts:?}"));
+        let leader = p["spec"]["leader"].as_i64().unwrap();
+        self.spus
+            .iter()
+            .position(|s| i64::from(s.id) == leader)
+            .unwrap()
     }
 }
 

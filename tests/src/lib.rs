@@ -23,7 +23,7 @@ pub mod tmpfs;
 pub use edge_agent::config::{AgentConfig, UplinkConfig};
 pub use edge_agent::inference::InferenceConfig;
 pub use edge_agent::log::{FullPolicy, LogConfig};
-pub use edge_agent::sources::{HttpSourceConfig, MqttSourceConfig, ReplayConfig};
+pub use edge_agent::sources::{HttpSourceConfig, MqttSourceConfig, ReplayConfig, SourceConfig};
 pub use edge_agent::transform::{ChainEntry, OnDisabled, TransformStageConfig};
 
 /// Generous upper bound for anything a test waits for (CI is slow).

@@ -19,10 +19,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use conveyor_shared::BrokerUrl;
+use conveyor_shared::{BrokerUrl, FluvioUrl};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
+use crate::fluvio_cluster;
 use crate::update::{self, DeviceUpdate, UpdateSummary};
 
 use cloud_hub::config::{BrokerConfig, HttpConfig, HubConfig, StoreConfig};
@@ -78,6 +79,16 @@ pub struct DemoArgs {
     /// hub's own CA, which each agent pins as `uplink.ca_file`).
     #[arg(long, conflicts_with = "broker_url")]
     pub tls: bool,
+    /// How the agents reach the hub: mqtt; fluvio (a local Fluvio
+    /// cluster the demo starts: an SC and one SPU); or mixed (agents 1-2,
+    /// 5-6, ... on Fluvio, the others on MQTT, against the one hub).
+    #[arg(long, value_enum, default_value_t = Transport::Mqtt)]
+    pub transport: Transport,
+    /// Folder with Fluvio's cluster binaries (fluvio-run, fluvio) for
+    /// --transport fluvio|mixed (default: ../shared/tools/fluvio beside
+    /// the repository, or the PATH).
+    #[arg(long, env = "CONVEYOR_FLUVIO_DIR")]
+    pub fluvio_dir: Option<PathBuf>,
     /// Folder with the data sets (default: the repository's models/data).
     #[arg(long, env = "CONVEYOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -97,11 +108,31 @@ pub struct DemoArgs {
     pub no_update: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Mqtt,
+    Fluvio,
+    Mixed,
+}
+
+impl Transport {
+    /// Whether agent `i` (from 0) streams over Fluvio.
+    fn fluvio_for(self, i: usize) -> bool {
+        match self {
+            Transport::Mqtt => false,
+            Transport::Fluvio => true,
+            Transport::Mixed => i % 4 < 2,
+        }
+    }
+}
+
 /// The `--json` summary.
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub agents: usize,
     pub broker: &'static str,
+    pub transport: Transport,
     pub duration_s: f64,
     pub records_sent: u64,
     pub records_received: u64,
@@ -136,6 +167,8 @@ pub struct Summary {
 pub struct DeviceSummary {
     pub device_id: String,
     pub stream: String,
+    /// "mqtt" or "fluvio": how this agent reached the hub.
+    pub transport: &'static str,
     /// Records the agent accepted into its durable log.
     pub sent: u64,
     /// Distinct records the hub stored.
@@ -162,6 +195,7 @@ pub struct DeviceSummary {
 }
 
 struct DemoAgent {
+    transport: &'static str,
     device_id: String,
     stream: &'static str,
     /// The update reached it: seconds after start, or why it failed.
@@ -214,8 +248,9 @@ fn agent_config(
     i: usize,
     args: &DemoArgs,
     data: &Path,
-    // The hub's MQTT URL, and the CA its certificate is checked against.
-    (mqtt, ca_file): (&str, Option<&Path>),
+    // The uplink's URL (the hub's MQTT, or the Fluvio cluster), and the CA
+    // the hub's certificate is checked against (MQTT over TLS).
+    (uplink, ca_file): (&str, Option<&Path>),
     state_dir: &Path,
     ota: Option<&OtaConfig>,
     secret_file: impl Fn(&str) -> Option<PathBuf>,
@@ -246,7 +281,7 @@ fn agent_config(
     let device = format!("demo-{kind}-{}", i + 1);
     let mut config = AgentConfig::for_device(&device)
         .data_dir(state_dir.join(&device))
-        .uplink(mqtt)
+        .uplink(uplink)
         .uplink_with(|u| {
             u.batch_max_records = args.batch_max_records;
             u.batch_max_delay_ms = args.batch_max_delay_ms;
@@ -440,6 +475,29 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
     let work = tempfile::Builder::new()
         .prefix("conveyor-demo-")
         .tempdir()?;
+    let cluster = if args.transport == Transport::Mqtt {
+        None
+    } else {
+        let tools = fluvio_cluster::find_tools(args.fluvio_dir.as_deref())?;
+        let dir = work.path().join("fluvio");
+        eprintln!(
+            "Conveyor demo: starting a local Fluvio cluster ({})",
+            tools.display()
+        );
+        let cluster =
+            tokio::task::spawn_blocking(move || fluvio_cluster::LocalCluster::start(&tools, &dir))
+                .await?
+                .context("starting the local Fluvio cluster")?;
+        Some(cluster)
+    };
+    let fluvio = cluster
+        .as_ref()
+        .map(|c| {
+            FluvioUrl::parse(&c.url)
+                .map(cloud_hub::fluvio::FluvioConfig::new)
+                .map_err(|e| anyhow::anyhow!("the local cluster's url {}: {e}", c.url))
+        })
+        .transpose()?;
     let broker = match &args.broker_url {
         Some(url) => BrokerConfig::external(
             BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--broker-url: {e}"))?,
@@ -480,7 +538,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         inference,
         ota: Default::default(),
         tls: Default::default(),
-        fluvio: None,
+        fluvio,
         insecure: false,
     };
     let embedded = args.broker_url.is_none();
@@ -503,6 +561,9 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         "  MQTT      {} ({} broker)",
         state.device_url, state.broker_mode
     );
+    if let Some(c) = &cluster {
+        eprintln!("  Fluvio    {} (local cluster: an SC and one SPU)", c.url);
+    }
 
     let hub_url = format!("http://{}", hub.http_addr);
     let update = !args.no_update && !args.no_inference;
@@ -513,18 +574,24 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         .then(|| cloud_hub::tls::ca_cert_path(&config.store.path));
     let mut agents = Vec::new();
     for i in 0..args.agents {
+        let on_fluvio = cluster.as_ref().filter(|_| args.transport.fluvio_for(i));
+        let uplink = match on_fluvio {
+            // Plain TCP: Fluvio's TLS is not built (docs/security.md).
+            Some(c) => (c.url.as_str(), None),
+            None => (state.device_url.as_str(), ca_file.as_deref()),
+        };
         let (device_id, stream, toml) = agent_config(
             i,
             &args,
             &data,
-            (&state.device_url, ca_file.as_deref()),
+            uplink,
             &work.path().join("agents"),
             ota.as_ref(),
             // The embedded broker asks each device for its secret: the demo
             // provisions its own agents, as `cloud-hub device add` would.
             |device| {
                 let id = conveyor_shared::DeviceId::new(device).ok()?;
-                embedded.then(|| {
+                (embedded && on_fluvio.is_none()).then(|| {
                     let secret = cloud_hub::identity::change::add_device(
                         &cloud_hub::identity::file::path(&config.store.path),
                         &id,
@@ -542,6 +609,11 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         let log = work.path().join(format!("{device_id}.log"));
         let child = spawn_agent(&config_path, &log)?;
         agents.push(DemoAgent {
+            transport: if on_fluvio.is_some() {
+                "fluvio"
+            } else {
+                "mqtt"
+            },
             device_id,
             stream,
             updated: None,
@@ -771,6 +843,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
                 .map(|v| prediction_totals(std::slice::from_ref(v)))
                 .unwrap_or_default();
             DeviceSummary {
+                transport: a.transport,
                 device_id: a.device_id.clone(),
                 stream: a.stream.to_string(),
                 sent,
@@ -813,6 +886,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
     let summary = Summary {
         agents: args.agents,
         broker: state.broker_mode,
+        transport: args.transport,
         duration_s: run_time,
         records_sent: devices.iter().map(|d| d.sent).sum(),
         records_received: devices.iter().map(|d| d.received).sum(),
@@ -848,6 +922,7 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
         cascade_report: None,
     };
     hub.shutdown().await;
+    drop(cluster);
     let mut summary = summary;
     if !args.no_inference {
         let thresholds = cloud_hub::cascade::report::DEFAULT_THRESHOLDS;
@@ -907,6 +982,14 @@ pub fn print_summary(s: &Summary) {
         s.latency_p50_ms,
         s.latency_p99_ms
     );
+    if s.transport != Transport::Mqtt {
+        let over = |t: &str| s.devices.iter().filter(|d| d.transport == t).count();
+        eprintln!(
+            "  {} agents streamed over Fluvio, {} over MQTT, to the one hub",
+            over("fluvio"),
+            over("mqtt")
+        );
+    }
     for d in s.devices.iter().filter(|d| d.predictions > 0) {
         eprintln!(
             "  {}: {} edge predictions by {}, {}/{} right on labelled test windows; \

@@ -7,9 +7,9 @@
 use conveyor_e2e::fluvio::{self, Cluster};
 use conveyor_e2e::*;
 
-/// An agent replaying `limit` records of `file` to `url`, as fast as it
-/// can (`rate` 0) or at `rate` records/s.
-fn agent_at(device: &str, url: &str, file: &str, limit: u64, rate: f64) -> AgentConfig {
+/// An agent replaying `limit` records of `file` (without end: None) to
+/// `url`, as fast as it can (`rate` 0) or at `rate` records/s.
+fn agent_at(device: &str, url: &str, file: &str, limit: Option<u64>, rate: f64) -> AgentConfig {
     AgentConfig::for_device(device)
         .data_dir(format!("state-{device}"))
         .uplink(url)
@@ -20,13 +20,13 @@ fn agent_at(device: &str, url: &str, file: &str, limit: u64, rate: f64) -> Agent
         .source(ReplayConfig {
             rate: Some(rate),
             looping: true,
-            limit: Some(limit),
+            limit,
             ..ReplayConfig::new("replay", data_file(file))
         })
 }
 
 fn replay_agent(device: &str, url: &str, file: &str, limit: u64) -> AgentConfig {
-    agent_at(device, url, file, limit, 0.0)
+    agent_at(device, url, file, Some(limit), 0.0)
 }
 
 fn assert_exactly_once(hub: &Hub, device: &str, n: u64) {
@@ -104,15 +104,74 @@ fn a_mixed_fleet_streams_over_fluvio_and_mqtt_exactly_once() {
     assert!(!device["last_heartbeat"].is_null(), "{device}");
 }
 
-/// A paced agent: it streams for several seconds, so faults land mid-stream.
-fn paced_agent(device: &str, url: &str, file: &str, limit: u64) -> AgentConfig {
-    agent_at(device, url, file, limit, 400.0)
+/// A paced agent that streams until it is stopped, so every fault below
+/// lands mid-stream however long the cluster takes to settle.
+fn paced_agent(device: &str, url: &str, file: &str) -> AgentConfig {
+    agent_at(device, url, file, None, 400.0)
+}
+
+/// `text` without its terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Stops a streaming agent (SIGTERM), then starts it once more with
+/// nothing left to replay: it exits once its log is drained, that is once
+/// the hub has acknowledged every record as durable, and says its next
+/// seq. Then the hub holds every seq the agent ever gave, once, in order.
+fn drain_and_check(
+    dir: &std::path::Path,
+    hub: &Hub,
+    device: &str,
+    agent: &mut Proc,
+    config: &AgentConfig,
+) {
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait().success(), "{device} failed:\n{}", agent.log());
+    let mut drain = config.clone();
+    for s in &mut drain.sources {
+        if let SourceConfig::Replay(r) = s {
+            r.limit = Some(0);
+        }
+    }
+    let mut again = start_agent(dir, device, &drain);
+    assert!(again.wait().success(), "{device} failed:\n{}", again.log());
+    // The agent's last word: "edge agent stopped acked=.. left_in_log=0
+    // next_seq=N".
+    let log = strip_ansi(&again.log());
+    let stopped = log
+        .lines()
+        .rfind(|l| l.contains("edge agent stopped"))
+        .unwrap_or_else(|| panic!("{device}: no final line:\n{log}"));
+    assert!(stopped.contains("left_in_log=0"), "{stopped}");
+    let next_seq: u64 = stopped
+        .split("next_seq=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{device}: no next_seq in {stopped:?}"));
+    assert!(next_seq > 1_000, "{stopped}");
+    assert_exactly_once(hub, device, next_seq);
 }
 
 #[test]
-#[ignore = "fails today: after the SIGKILL of the partition's leader SPU, Fluvio's consumer \
-            streams (the hub's reader, the agent's downlink) keep reconnecting to the dead SPU \
-            instead of the new leader; the links must re-open their streams (issue 18)"]
+#[ignore = "unreliable against Fluvio 0.18.1 (issue 18): a leader SPU killed under traffic \
+            leaves its partition LeaderOffline in some runs (its follower is not taken as in \
+            sync); in one run every fault phase passed (SPU, hub, agent killed, the cluster away) \
+            and both agents streamed on after each, in others the failover never came"]
 fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
     if fluvio::skip("spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated") {
         return;
@@ -124,18 +183,17 @@ fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
     cluster.create_topic("conveyor-downlink", 2, 2);
     let mut hub = Hub::start_serving(dir.path(), &cluster.hub_toml(""));
     let (a, b) = ("flv-a", "flv-b");
-    let n = 6_000;
-    let mut agent_a = start_agent(
-        dir.path(),
-        a,
-        &paced_agent(a, &cluster.url(), "BasicMotions/BasicMotions_TRAIN.ts", n),
-    );
-    let config_b = paced_agent(b, &cluster.url(), "ACSF1/ACSF1_TRAIN.ts", n);
+    let config_a = paced_agent(a, &cluster.url(), "BasicMotions/BasicMotions_TRAIN.ts");
+    let config_b = paced_agent(b, &cluster.url(), "ACSF1/ACSF1_TRAIN.ts");
+    let mut agent_a = start_agent(dir.path(), a, &config_a);
     let mut agent_b = start_agent(dir.path(), b, &config_b);
 
     // SIGKILL of the SPU that leads agent A's partition: the other replica
     // takes over, and the SPU comes back later.
     wait_for("records of flv-a", || (hub.records(a) > 500).then_some(()));
+    // Fluvio fails over only to an in-sync follower.
+    cluster.wait_in_sync("conveyor-records");
+    cluster.wait_in_sync("conveyor-downlink");
     let partition = conveyor_transport::fluvio::partition_of(a, 2);
     let leader = cluster.leader("conveyor-records", partition);
     cluster.kill_spu(leader);
@@ -144,6 +202,7 @@ fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
         (hub.records(a) > before + 300).then_some(())
     });
     cluster.start_spu(leader);
+    cluster.wait_in_sync("conveyor-records");
 
     // SIGKILL of the hub: it resumes after its last committed offsets.
     let before = hub.records(a) + hub.records(b);
@@ -169,9 +228,53 @@ fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     cluster.start_spu(0);
     cluster.start_spu(1);
+    let before = (hub.records(a), hub.records(b));
+    wait_for("both agents to stream again after the outage", || {
+        (hub.records(a) > before.0 + 300 && hub.records(b) > before.1 + 300).then_some(())
+    });
 
-    for (device, agent) in [(a, &mut agent_a), (b, &mut agent_b)] {
-        assert!(agent.wait().success(), "{device} failed:\n{}", agent.log());
-        assert_exactly_once(&hub, device, n);
+    drain_and_check(dir.path(), &hub, a, &mut agent_a, &config_a);
+    drain_and_check(dir.path(), &hub, b, &mut agent_b, &config_b);
+}
+
+/// The demo's mixed fleet: two agents over a local Fluvio cluster the demo
+/// starts, two over the embedded MQTT broker, one hub; the watches' model
+/// update reaches the Fluvio watch as desired state through the downlink
+/// topic, and the MQTT watch as a retained message.
+#[test]
+fn the_demo_runs_a_mixed_fleet_and_updates_it_over_both_transports() {
+    if fluvio::skip("the_demo_runs_a_mixed_fleet_and_updates_it_over_both_transports") {
+        return;
     }
+    let out = std::process::Command::new(demo_bin())
+        .args(["--transport", "mixed", "--agents", "4", "--duration", "8"])
+        .args(["--rate", "200", "--update-after", "2", "--json"])
+        .args(["--mqtt-port", "0", "--http-port", "0"])
+        .arg("--fluvio-dir")
+        .arg(fluvio::tools().unwrap())
+        .arg("--data-dir")
+        .arg(repo_root().join("models/data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stderr}");
+    assert!(stderr.contains("Fluvio    fluvio://127.0.0.1:"), "{stderr}");
+    let s: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(s["transport"], "mixed", "{s}");
+    assert_eq!(s["agents_failed"], 0, "{s}");
+    let sent = s["records_sent"].as_u64().unwrap();
+    assert_eq!(s["records_received"].as_u64(), Some(sent), "{s}");
+    assert_eq!(s["records_lost"], 0, "{s}");
+    assert_eq!(s["records_duplicated"], 0, "{s}");
+    let devices = s["devices"].as_array().unwrap();
+    let over = |t: &str| devices.iter().filter(|d| d["transport"] == t).count();
+    assert_eq!((over("fluvio"), over("mqtt")), (2, 2), "{s}");
+    for d in devices {
+        assert!(d["received"].as_u64().unwrap() > 0, "{d}");
+        if d["stream"] == "motion" {
+            assert_eq!(d["running"], "basicmotions-edge@2.0.0-int8", "{d}");
+        }
+    }
+    assert_eq!(s["update"]["applied"], 2, "{s}");
 }

@@ -197,9 +197,11 @@ async fn run(
     mut down: mpsc::Receiver<(String, Vec<u8>)>,
     shared: Shared,
 ) {
+    // An outage is reported once, not once a second; a session that came
+    // up resets it.
     let mut reported = false;
     loop {
-        match session(&config, &tx, &mut down, &shared).await {
+        match session(&config, &tx, &mut down, &shared, &mut reported).await {
             Ok(()) => return, // ingest is gone: the hub is stopping
             Err(why) => {
                 if !reported {
@@ -219,6 +221,7 @@ async fn session(
     tx: &mpsc::Sender<Received>,
     down: &mut mpsc::Receiver<(String, Vec<u8>)>,
     shared: &Shared,
+    reported: &mut bool,
 ) -> Result<(), String> {
     let fluvio = super::connect(&config.url, &config.consumer_id).await?;
     let t = &config.topics;
@@ -248,6 +251,7 @@ async fn session(
         ));
     }
     tracing::info!(cluster = %config.url, topic = %t.records, partitions, "reading the Fluvio records topic");
+    *reported = false;
     loop {
         tokio::select! {
             msg = down.recv() => {
