@@ -484,10 +484,11 @@ pub async fn run(args: DemoArgs) -> Result<Summary> {
             "Conveyor demo: starting a local Fluvio cluster ({})",
             tools.display()
         );
-        let cluster =
-            tokio::task::spawn_blocking(move || fluvio_cluster::LocalCluster::start(&tools, &dir))
-                .await?
-                .context("starting the local Fluvio cluster")?;
+        // On this (the main) thread, nothing else running yet: the SC and
+        // SPU die with the thread that started them (PR_SET_PDEATHSIG), so
+        // not on a blocking-pool thread that ends when idle.
+        let cluster = fluvio_cluster::LocalCluster::start(&tools, &dir)
+            .context("starting the local Fluvio cluster")?;
         Some(cluster)
     };
     let fluvio = cluster

@@ -61,7 +61,8 @@ pub fn find_tools(dir: Option<&Path>) -> Result<PathBuf> {
 
 impl LocalCluster {
     /// Starts the SC and one SPU with `tools`, under `dir`; returns once the
-    /// SPU is online at the SC. Blocking (processes and polls).
+    /// SPU is online at the SC. Blocking (processes and polls); call it on
+    /// a thread that lives as long as the cluster should (see [`spawn`]).
     pub fn start(tools: &Path, dir: &Path) -> Result<LocalCluster> {
         std::fs::create_dir_all(dir)?;
         let ports: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_>>()?;
@@ -173,7 +174,8 @@ fn spawn(mut cmd: Command, log: &Path) -> Result<Child> {
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl in the child before exec; if the demo dies
-        // without cleaning up, the cluster goes with it.
+        // without cleaning up, the cluster goes with it. The signal comes
+        // when the *thread* that spawned it ends.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);

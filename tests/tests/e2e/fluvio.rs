@@ -240,14 +240,15 @@ fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
 /// The demo's mixed fleet: two agents over a local Fluvio cluster the demo
 /// starts, two over the embedded MQTT broker, one hub; the watches' model
 /// update reaches the Fluvio watch as desired state through the downlink
-/// topic, and the MQTT watch as a retained message.
+/// topic, and the MQTT watch as a retained message. Longer than tokio's
+/// blocking threads live idle (10 s): the cluster must outlive them.
 #[test]
 fn the_demo_runs_a_mixed_fleet_and_updates_it_over_both_transports() {
     if fluvio::skip("the_demo_runs_a_mixed_fleet_and_updates_it_over_both_transports") {
         return;
     }
     let out = std::process::Command::new(demo_bin())
-        .args(["--transport", "mixed", "--agents", "4", "--duration", "8"])
+        .args(["--transport", "mixed", "--agents", "4", "--duration", "15"])
         .args(["--rate", "200", "--update-after", "2", "--json"])
         .args(["--mqtt-port", "0", "--http-port", "0"])
         .arg("--fluvio-dir")
