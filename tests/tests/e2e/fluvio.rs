@@ -167,13 +167,15 @@ fn drain_and_check(
     assert_exactly_once(hub, device, next_seq);
 }
 
+/// SIGKILL of the SPU that leads agent A's partition of a topic
+/// replicated on two SPUs, mid-stream, and the SPU back a few seconds
+/// later. Whether Fluvio fails over to the follower in that time or the
+/// partition waits for its leader (Fluvio 0.18.1 does either, see
+/// decision 0046), the agents' logs hold what was not acknowledged:
+/// nothing is lost or stored twice.
 #[test]
-#[ignore = "unreliable against Fluvio 0.18.1 (issue 18): a leader SPU killed under traffic \
-            leaves its partition LeaderOffline in some runs (its follower is not taken as in \
-            sync); in one run every fault phase passed (SPU, hub, agent killed, the cluster away) \
-            and both agents streamed on after each, in others the failover never came"]
-fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
-    if fluvio::skip("spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated") {
+fn an_spu_killed_mid_stream_loses_and_duplicates_nothing() {
+    if fluvio::skip("an_spu_killed_mid_stream_loses_and_duplicates_nothing") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -181,28 +183,51 @@ fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
     // Both topics replicated on both SPUs (the hub finds them made).
     cluster.create_topic("conveyor-records", 2, 2);
     cluster.create_topic("conveyor-downlink", 2, 2);
-    let mut hub = Hub::start_serving(dir.path(), &cluster.hub_toml(""));
+    let hub = Hub::start_serving(dir.path(), &cluster.hub_toml(""));
     let (a, b) = ("flv-a", "flv-b");
     let config_a = paced_agent(a, &cluster.url(), "BasicMotions/BasicMotions_TRAIN.ts");
     let config_b = paced_agent(b, &cluster.url(), "ACSF1/ACSF1_TRAIN.ts");
     let mut agent_a = start_agent(dir.path(), a, &config_a);
     let mut agent_b = start_agent(dir.path(), b, &config_b);
 
-    // SIGKILL of the SPU that leads agent A's partition: the other replica
-    // takes over, and the SPU comes back later.
     wait_for("records of flv-a", || (hub.records(a) > 500).then_some(()));
-    // Fluvio fails over only to an in-sync follower.
     cluster.wait_in_sync("conveyor-records");
     cluster.wait_in_sync("conveyor-downlink");
     let partition = conveyor_transport::fluvio::partition_of(a, 2);
     let leader = cluster.leader("conveyor-records", partition);
     cluster.kill_spu(leader);
-    let before = hub.records(a);
-    wait_for("flv-a to keep streaming without its leader SPU", || {
-        (hub.records(a) > before + 300).then_some(())
-    });
+    // The SPU's time away, not a wait for something to happen.
+    std::thread::sleep(std::time::Duration::from_secs(3));
     cluster.start_spu(leader);
-    cluster.wait_in_sync("conveyor-records");
+    let before = (hub.records(a), hub.records(b));
+    wait_for("both agents to stream on after the SPU's return", || {
+        (hub.records(a) > before.0 + 300 && hub.records(b) > before.1 + 300).then_some(())
+    });
+
+    drain_and_check(dir.path(), &hub, a, &mut agent_a, &config_a);
+    drain_and_check(dir.path(), &hub, b, &mut agent_b, &config_b);
+}
+
+/// SIGKILL of the hub and of an agent mid-stream, then the cluster's SPU
+/// away for a while: the hub resumes after its committed offsets, the
+/// agent's log resends what was not acknowledged, and the logs hold
+/// everything through the outage and drain when the SPU is back.
+#[test]
+fn hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
+    if fluvio::skip("hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 1);
+    let mut hub = Hub::start_serving(dir.path(), &cluster.hub_toml(""));
+    let (a, b) = ("flv-a", "flv-b");
+    let config_a = paced_agent(a, &cluster.url(), "BasicMotions/BasicMotions_TRAIN.ts");
+    let config_b = paced_agent(b, &cluster.url(), "ACSF1/ACSF1_TRAIN.ts");
+    let mut agent_a = start_agent(dir.path(), a, &config_a);
+    let mut agent_b = start_agent(dir.path(), b, &config_b);
+    wait_for("records of both agents", || {
+        (hub.records(a) > 300 && hub.records(b) > 300).then_some(())
+    });
 
     // SIGKILL of the hub: it resumes after its last committed offsets.
     let before = hub.records(a) + hub.records(b);
@@ -220,14 +245,12 @@ fn spu_hub_and_agent_killed_and_the_cluster_away_nothing_lost_or_duplicated() {
         (hub.records(b) > before + 200).then_some(())
     });
 
-    // The whole cluster away for a while: the agents' logs hold everything
-    // and drain when it is back.
+    // The cluster's only SPU away: the agents' logs hold everything and
+    // drain when it is back.
     cluster.kill_spu(0);
-    cluster.kill_spu(1);
     // The outage's length, not a wait for something to happen.
     std::thread::sleep(std::time::Duration::from_secs(3));
     cluster.start_spu(0);
-    cluster.start_spu(1);
     let before = (hub.records(a), hub.records(b));
     wait_for("both agents to stream again after the outage", || {
         (hub.records(a) > before.0 + 300 && hub.records(b) > before.1 + 300).then_some(())
