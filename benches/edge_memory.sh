@@ -15,6 +15,7 @@
 #   benches/edge_memory.sh [SECONDS] [RATE]      (defaults: 30 s, 1000 readings/s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/rss.sh
 secs=${1:-30}
 rate=${2:-1000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
@@ -58,28 +59,20 @@ pids[acsf1-no-model]=$(agent acsf1-no-model ACSF1/ACSF1_TEST.ts "")
 pids[basicmotions-edge-int8]=$(agent basicmotions-edge-int8 BasicMotions/BasicMotions_TEST.ts "$(model_stage basicmotions/edge.int8.json)")
 pids[acsf1-edge-int8]=$(agent acsf1-edge-int8 ACSF1/ACSF1_TEST.ts "$(model_stage acsf1/edge.int8.json)")
 pids[basicmotions-wasm-features]=$(agent basicmotions-wasm-features BasicMotions/BasicMotions_TEST.ts "$(features_stage)")
-echo "sampling VmRSS for $secs s at $rate readings/s per agent ..." >&2
-for _ in $(seq "$secs"); do
-  sleep 1
-  for name in "${!pids[@]}"; do
-    awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2} END {print ""}' "/proc/${pids[$name]}/status" >> "$work/$name.rss"
-  done
-done
+args=(); for name in "${!pids[@]}"; do args+=("$name=${pids[$name]}"); done
+sample_rss "$secs" "$work" "${args[@]}"
 echo "| agent | model | VmRSS median | RssAnon | RssFile | VmRSS max | records at the hub | of which predictions |"
 echo "|---|---|---|---|---|---|---|---|"
 for name in basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features acsf1-no-model acsf1-edge-int8; do
-  python3 - "$name" "$work/$name.rss" "http://127.0.0.1:$http/api/v1/devices/$name" <<'PY'
-import json, statistics, sys, urllib.request
-name, rss_file, url = sys.argv[1:]
-rows = [list(map(int, l.split())) for l in open(rss_file) if l.strip()]
-rss, anon, file_ = (statistics.median(r[i] for r in rows) / 1024 for i in range(3))
-peak = max(r[0] for r in rows) / 1024
+  python3 - "$name" "$(rss_cells "$work/$name.rss")" "http://127.0.0.1:$http/api/v1/devices/$name" <<'PY'
+import json, sys, urllib.request
+name, cells, url = sys.argv[1:]
 d = json.load(urllib.request.urlopen(url))
 preds = sum(t["predictions"] for t in d.get("predictions", {}).values())
 stages = (d.get("last_heartbeat") or {}).get("stages", [])
 wasm = [t["transform"] for s in stages for t in s.get("transforms", [])]
 model = ", ".join(list(d.get("predictions", {})) + wasm) or "none"
-print(f"| {name} | {model} | {rss:.1f} MB | {anon:.1f} MB | {file_:.1f} MB | {peak:.1f} MB | {d['records']:,} | {preds:,} |")
+print(f"| {name} | {model} | {cells} | {d['records']:,} | {preds:,} |")
 PY
 done
 echo

@@ -18,6 +18,7 @@
 # ../shared/tools/fluvio beside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/rss.sh
 secs=${1:-30}
 rate=${2:-1000}
 F=${CONVEYOR_FLUVIO_DIR:-../shared/tools/fluvio}
@@ -71,24 +72,16 @@ declare -A pids
 pids[plain-build-mqtt]=$(agent plain-build-mqtt edge-agent-plain "mqtt://127.0.0.1:$mqtt")
 pids[fluvio-build-mqtt]=$(agent fluvio-build-mqtt edge-agent-fluvio "mqtt://127.0.0.1:$mqtt")
 pids[fluvio-build-fluvio]=$(agent fluvio-build-fluvio edge-agent-fluvio "fluvio://127.0.0.1:$sc")
-echo "sampling VmRSS for $secs s at $rate readings/s per agent ..." >&2
-for _ in $(seq "$secs"); do
-  sleep 1
-  for name in "${!pids[@]}"; do
-    awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2} END {print ""}' "/proc/${pids[$name]}/status" >> "$work/$name.rss"
-  done
-done
+args=(); for name in "${!pids[@]}"; do args+=("$name=${pids[$name]}"); done
+sample_rss "$secs" "$work" "${args[@]}"
 echo "| agent (build, transport) | VmRSS median | RssAnon | RssFile | VmRSS max | records at the hub |"
 echo "|---|---|---|---|---|---|"
 for name in plain-build-mqtt fluvio-build-mqtt fluvio-build-fluvio; do
-  python3 - "$name" "$work/$name.rss" "http://127.0.0.1:$http/api/v1/devices/$name" <<'PY'
-import json, statistics, sys, urllib.request
-name, rss_file, url = sys.argv[1:]
-rows = [list(map(int, l.split())) for l in open(rss_file) if l.strip()]
-rss, anon, file_ = (statistics.median(r[i] for r in rows) / 1024 for i in range(3))
-peak = max(r[0] for r in rows) / 1024
+  python3 - "$name" "$(rss_cells "$work/$name.rss")" "http://127.0.0.1:$http/api/v1/devices/$name" <<'PY'
+import json, sys, urllib.request
+name, cells, url = sys.argv[1:]
 d = json.load(urllib.request.urlopen(url))
-print(f"| {name} | {rss:.1f} MB | {anon:.1f} MB | {file_:.1f} MB | {peak:.1f} MB | {d['records']:,} |")
+print(f"| {name} | {cells} | {d['records']:,} |")
 PY
 done
 echo

@@ -129,6 +129,30 @@ pub fn demo_bin() -> &'static Path {
     &binaries().demo
 }
 
+/// Runs `conveyor-demo` with `args`, `--json`, the shipped data and
+/// ports the kernel picks; asserts that it succeeded and that its summary
+/// accounts for every record (no agent failed, every record sent received,
+/// none lost or duplicated). Returns the summary and the demo's stderr.
+pub fn run_demo(args: &[&str]) -> (Value, String) {
+    let out = Command::new(demo_bin())
+        .args(args)
+        .args(["--json", "--mqtt-port", "0", "--http-port", "0"])
+        .arg("--data-dir")
+        .arg(repo_root().join("models/data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "demo failed:\n{stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(s["agents_failed"], 0, "{s}");
+    let sent = s["records_sent"].as_u64().unwrap();
+    assert!(sent > 0, "{s}");
+    assert_eq!(s["records_received"].as_u64(), Some(sent), "{s}");
+    assert_eq!(s["records_lost"], 0, "{s}");
+    assert_eq!(s["records_duplicated"], 0, "{s}");
+    (s, stderr)
+}
+
 /// A port nobody listens on right now, on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -347,14 +347,7 @@ fn spawn_agent(config: &Path, log: &Path) -> Result<Child> {
         .stdout(Stdio::null())
         .stderr(log_file)
         .kill_on_drop(true);
-    #[cfg(target_os = "linux")]
-    unsafe {
-        // If the demo dies without cleaning up, its agents go with it.
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    crate::die_with_parent::die_with_parent(cmd.as_std_mut());
     Ok(cmd.spawn()?)
 }
 

@@ -170,19 +170,7 @@ fn spawn(mut cmd: Command, log: &Path) -> Result<Child> {
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl in the child before exec; if the demo dies
-        // without cleaning up, the cluster goes with it. The signal comes
-        // when the *thread* that spawned it ends.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-    }
+    crate::die_with_parent::die_with_parent(&mut cmd);
     Ok(cmd.spawn()?)
 }
 

@@ -7,6 +7,7 @@
 //! `cloud-hub` binary links neither the WASM runtime nor the agent's log.
 
 mod demo;
+mod die_with_parent;
 mod fluvio_cluster;
 mod update;
 
