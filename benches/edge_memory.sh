@@ -13,6 +13,9 @@
 # records and predictions the hub received, and the stripped binary's size.
 #
 #   benches/edge_memory.sh [SECONDS] [RATE]      (defaults: 30 s, 1000 readings/s)
+#
+# BASELINE=path/to/old/edge-agent (e.g. a build of an earlier commit) adds
+# the two agents without stages run by that binary, in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/rss.sh
@@ -20,7 +23,10 @@ secs=${1:-30}
 rate=${2:-1000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
 echo "building release binaries ..." >&2
-cargo build --release --quiet -p cloud-hub -p edge-agent
+# Apart: built together, cargo would unify their features and the agent
+# would carry the hub's (the Fluvio client, `embedded-broker`).
+cargo build --release --quiet -p cloud-hub
+cargo build --release --quiet -p edge-agent
 bin="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -35,8 +41,8 @@ features_stage() {
   printf '[[stages]]\ntype = "transform"\nstream = "s"\nchain = [{ wasm = "%s", config = { window = 100, sample_rate_hz = 10.0 } }]\n' \
     "$PWD/transforms/dist/window-features.wasm"
 }
-agent() { # name data stage-toml
-  local stage="$3"
+agent() { # name data stage-toml [binary]
+  local stage="$3" exe="${4:-$bin/edge-agent}"
   cat > "$work/$1.toml" <<TOML
 device_id = "$1"
 data_dir = "state-$1"
@@ -50,7 +56,7 @@ rate = $rate
 loop = true
 $stage
 TOML
-  "$bin/edge-agent" run --config "$work/$1.toml" > "$work/$1.log" 2>&1 &
+  "$exe" run --config "$work/$1.toml" > "$work/$1.log" 2>&1 &
   echo $!
 }
 declare -A pids
@@ -59,11 +65,17 @@ pids[acsf1-no-model]=$(agent acsf1-no-model ACSF1/ACSF1_TEST.ts "")
 pids[basicmotions-edge-int8]=$(agent basicmotions-edge-int8 BasicMotions/BasicMotions_TEST.ts "$(model_stage basicmotions/edge.int8.json)")
 pids[acsf1-edge-int8]=$(agent acsf1-edge-int8 ACSF1/ACSF1_TEST.ts "$(model_stage acsf1/edge.int8.json)")
 pids[basicmotions-wasm-features]=$(agent basicmotions-wasm-features BasicMotions/BasicMotions_TEST.ts "$(features_stage)")
+names=(basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features acsf1-no-model acsf1-edge-int8)
+if [ -n "${BASELINE:-}" ]; then
+  pids[basicmotions-no-model-baseline]=$(agent basicmotions-no-model-baseline BasicMotions/BasicMotions_TEST.ts "" "$BASELINE")
+  pids[acsf1-no-model-baseline]=$(agent acsf1-no-model-baseline ACSF1/ACSF1_TEST.ts "" "$BASELINE")
+  names+=(basicmotions-no-model-baseline acsf1-no-model-baseline)
+fi
 args=(); for name in "${!pids[@]}"; do args+=("$name=${pids[$name]}"); done
 sample_rss "$secs" "$work" "${args[@]}"
 echo "| agent | model | VmRSS median | RssAnon | RssFile | VmRSS max | records at the hub | of which predictions |"
 echo "|---|---|---|---|---|---|---|---|"
-for name in basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features acsf1-no-model acsf1-edge-int8; do
+for name in "${names[@]}"; do
   python3 - "$name" "$(rss_cells "$work/$name.rss")" "http://127.0.0.1:$http/api/v1/devices/$name" <<'PY'
 import json, sys, urllib.request
 name, cells, url = sys.argv[1:]

@@ -4,9 +4,13 @@
 //! are indistinguishable from a live sensor. Pacing is computed from the
 //! start instant (reading *n* is due at `n / rate`), so it does not drift
 //! however long the replay loops.
+//!
+//! The file is checked whole when the source is built and then streamed
+//! from disk, a line at a time, on every pass ([`Rows`]): a recording costs
+//! the agent one series of memory, not the file (a file changed for the
+//! worse after the check ends the source with the error).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use conveyor_shared::time::now_us;
@@ -14,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Source, SourceContext, SourceFuture, SourceOutput};
+use super::{Source, SourceContext, SourceError, SourceFuture, SourceOutput};
 use crate::config::ConfigError;
-use conveyor_model::recording::Recording;
+use conveyor_model::recording::{Recording, Rows};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -79,13 +83,13 @@ impl ReplayConfig {
         field: &str,
         _ctx: &SourceContext,
     ) -> Result<Box<dyn Source>, ConfigError> {
-        let recording = Recording::load(&self.path, self.sample_rate_hz)
+        let recording = Recording::scan(&self.path, self.sample_rate_hz)
             .map_err(|e| ConfigError::invalid(format!("{field}.path"), e.to_string()))?;
         let pace =
             match self.rate {
                 Some(0.0) => Pace::Unthrottled,
                 Some(rate) => Pace::Rate(rate),
-                None => match recording.span_us() {
+                None => match recording.span_us {
                     Some(span_us) => Pace::Recorded { span_us },
                     None => return Err(ConfigError::invalid(
                         format!("{field}.rate"),
@@ -96,7 +100,9 @@ impl ReplayConfig {
             };
         Ok(Box::new(ReplaySource {
             name: self.name.clone(),
-            recording: Arc::new(recording),
+            path: self.path.clone(),
+            sample_rate_hz: self.sample_rate_hz,
+            channels: recording.fields.len(),
             pace,
             looping: self.looping,
             limit: self.limit,
@@ -113,25 +119,31 @@ enum Pace {
 
 struct ReplaySource {
     name: String,
-    recording: Arc<Recording>,
+    path: PathBuf,
+    sample_rate_hz: Option<f64>,
+    channels: usize,
     pace: Pace,
     looping: bool,
     limit: Option<u64>,
 }
 
 impl ReplaySource {
-    /// When reading number `n` (row `row` of pass `pass`) is due, counted
-    /// from the start of the replay.
-    fn due(&self, n: u64, pass: u64, row: usize) -> Option<Duration> {
+    /// When reading number `n` (at `offset_us` in pass `pass`) is due,
+    /// counted from the start of the replay.
+    fn due(&self, n: u64, pass: u64, offset_us: Option<i64>) -> Option<Duration> {
         match self.pace {
             Pace::Unthrottled => None,
             Pace::Rate(rate) => Some(Duration::from_secs_f64(n as f64 / rate)),
-            Pace::Recorded { span_us } => {
-                let offset = self.recording.rows[row].offset_us.unwrap_or(0);
-                Some(Duration::from_micros(
-                    (pass as i64 * span_us + offset) as u64,
-                ))
-            }
+            Pace::Recorded { span_us } => Some(Duration::from_micros(
+                (pass as i64 * span_us + offset_us.unwrap_or(0)) as u64,
+            )),
+        }
+    }
+
+    fn failed(&self, message: String) -> SourceError {
+        SourceError {
+            source_name: self.name.clone(),
+            message,
         }
     }
 }
@@ -142,7 +154,7 @@ impl Source for ReplaySource {
     }
 
     fn channels(&self) -> Option<usize> {
-        Some(self.recording.fields.len())
+        Some(self.channels)
     }
 
     fn run(
@@ -152,28 +164,34 @@ impl Source for ReplaySource {
     ) -> SourceFuture {
         Box::pin(async move {
             let start = Instant::now();
-            let rows = self.recording.rows.len();
             let mut n: u64 = 0;
             'passes: for pass in 0.. {
-                for row in 0..rows {
+                let rows = Rows::open(&self.path, self.sample_rate_hz)
+                    .map_err(|e| self.failed(e.to_string()))?;
+                let at_pass_start = n;
+                for row in rows {
                     if self.limit.is_some_and(|l| n >= l) || *shutdown.borrow() {
                         break 'passes;
                     }
-                    if let Some(due) = self.due(n, pass, row) {
+                    let row = row.map_err(|e| self.failed(e.to_string()))?;
+                    if let Some(due) = self.due(n, pass, row.offset_us) {
                         tokio::select! {
                             _ = tokio::time::sleep_until(start + due) => {}
                             _ = shutdown.changed() => break 'passes,
                         }
                     }
-                    let r = &self.recording.rows[row];
                     if out
-                        .emit(now_us(), r.values.clone(), r.label.clone(), Vec::new())
+                        .emit(now_us(), row.values, row.label, Vec::new())
                         .await
                         .is_err()
                     {
                         break 'passes;
                     }
                     n += 1;
+                }
+                if n == at_pass_start && self.limit != Some(0) {
+                    // Emptied since the check: looping would spin.
+                    return Err(self.failed(format!("{}: holds no readings", self.path.display())));
                 }
                 if !self.looping {
                     break;
