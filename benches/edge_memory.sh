@@ -15,7 +15,9 @@
 #   benches/edge_memory.sh [SECONDS] [RATE]      (defaults: 30 s, 1000 readings/s)
 #
 # BASELINE=path/to/old/edge-agent (e.g. a build of an earlier commit) adds
-# the two agents without stages run by that binary, in the same run.
+# the two agents without stages run by that binary, in the same run. Build
+# it in its own CARGO_TARGET_DIR: built from a worktree into this one,
+# cargo may then take this checkout's agent as up to date and run the old.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/rss.sh
