@@ -4,6 +4,7 @@
 //! binaries once more). Run one scenario with
 //! `cargo test -p conveyor-e2e --test e2e faults::`.
 
+mod aarch64;
 mod bad_input;
 mod boundaries;
 mod cascade;
