@@ -97,7 +97,7 @@ impl Recording {
         Ok(Summary {
             fields: rows.fields,
             rows: n,
-            span_us: span(last.flatten(), prev, n),
+            span_us: span(last.flatten(), prev),
         })
     }
 
@@ -107,17 +107,17 @@ impl Recording {
         let n = self.rows.len();
         let last = self.rows.last()?.offset_us;
         let prev = (n >= 2).then(|| self.rows[n - 2].offset_us);
-        span(last, prev, n as u64)
+        span(last, prev)
     }
 }
 
 /// The span of rows whose last offset is `last` and the one before `prev`
 /// (`None` for a single row; `Some(None)` where it has no timestamp).
-fn span(last: Option<i64>, prev: Option<Option<i64>>, rows: u64) -> Option<i64> {
+fn span(last: Option<i64>, prev: Option<Option<i64>>) -> Option<i64> {
     let last = last?;
     let step = match prev {
-        Some(prev) if rows >= 2 => last - prev?,
-        _ => 0,
+        Some(prev) => last - prev?,
+        None => 0,
     };
     Some(last + step.max(1))
 }

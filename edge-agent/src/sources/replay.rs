@@ -166,6 +166,9 @@ impl Source for ReplaySource {
             let start = Instant::now();
             let mut n: u64 = 0;
             'passes: for pass in 0.. {
+                if self.limit.is_some_and(|l| n >= l) {
+                    break;
+                }
                 let rows = Rows::open(&self.path, self.sample_rate_hz)
                     .map_err(|e| self.failed(e.to_string()))?;
                 let at_pass_start = n;
@@ -189,7 +192,7 @@ impl Source for ReplaySource {
                     }
                     n += 1;
                 }
-                if n == at_pass_start && self.limit != Some(0) {
+                if n == at_pass_start {
                     // Emptied since the check: looping would spin.
                     return Err(self.failed(format!("{}: holds no readings", self.path.display())));
                 }
