@@ -10,7 +10,6 @@
 
 mod bench;
 mod engines;
-mod fastq;
 mod hub;
 mod profile;
 mod qdq;
@@ -89,11 +88,12 @@ struct BenchArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Also measure tract with the loader change this crate proposes
-    /// (QuantizeLinear->DequantizeLinear pairs fused into one branch-free
-    /// pass, vzeroupper after every node), interleaved with the others.
+    /// Also measure tract without the loader's fused quantize (each
+    /// QuantizeLinear->DequantizeLinear pair as tract runs it, the loader
+    /// before issue 19), interleaved with the others: the baseline of the
+    /// fusion, measured in the same rounds.
     #[arg(long)]
-    proposed: bool,
+    unfused: bool,
 }
 
 fn main() -> ExitCode {
@@ -265,7 +265,7 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
 
     for path in &paths {
         eprintln!("== {}", path.display());
-        let m = bench_model(path, ort_rt.as_ref(), &plan, args.proposed);
+        let m = bench_model(path, ort_rt.as_ref(), &plan, args.unfused);
         if let Some(e) = &m.error {
             eprintln!("   error: {e}");
         }
@@ -280,8 +280,8 @@ fn run_bench(args: &BenchArgs) -> Result<()> {
     print!("{}", report::latency_table(&report));
     println!();
     print!("{}", report::load_table(&report));
-    if let Some(t) = report::proposed_table(&report) {
-        println!("\nThe loader change proposed for the edge agent (benches/inference/src/fastq.rs + avx.rs), measured in the same rounds:\n");
+    if let Some(t) = report::unfused_table(&report) {
+        println!("\nThe loader's fused quantize (crates/model/src/fake_quant.rs) against tract's unfused plan, measured in the same rounds:\n");
         print!("{t}");
     }
 
@@ -299,13 +299,13 @@ fn bench_model(
     path: &Path,
     ort_rt: Option<&OrtRuntime>,
     plan: &bench::Plan,
-    proposed: bool,
+    unfused: bool,
 ) -> ModelReport {
     let mut m = ModelReport {
         metadata: path.display().to_string(),
         ..Default::default()
     };
-    if let Err(e) = bench_model_into(path, ort_rt, plan, proposed, &mut m) {
+    if let Err(e) = bench_model_into(path, ort_rt, plan, unfused, &mut m) {
         m.error = Some(error_chain(&e));
     }
     m
@@ -331,7 +331,7 @@ fn bench_model_into(
     path: &Path,
     ort_rt: Option<&OrtRuntime>,
     plan: &bench::Plan,
-    proposed: bool,
+    unfused: bool,
     m: &mut ModelReport,
 ) -> Result<()> {
     let meta = ModelMetadata::load(path)?;
@@ -374,10 +374,10 @@ fn bench_model_into(
         },
     };
 
-    let mut prop = if proposed {
-        let (e, took) = profile::proposed_engine(path).context("tract, proposed loader")?;
-        eprintln!("   tract (proposed loader): loaded in {:.1} ms", ms(took));
-        m.proposed = Some(EngineReport {
+    let mut prop = if unfused {
+        let (e, took) = profile::unfused_engine(path).context("tract, unfused plan")?;
+        eprintln!("   tract (unfused plan): loaded in {:.1} ms", ms(took));
+        m.unfused = Some(EngineReport {
             status: "ok".into(),
             load_ms: Some(ms(took)),
             ..Default::default()
@@ -422,11 +422,8 @@ fn bench_model_into(
         if let Some(p) = prop.as_mut() {
             let r = p
                 .run(c.input.clone())
-                .context("proposed loader on a reference window")?;
-            worst(
-                &mut agree.proposed_vs_tract,
-                reference::max_abs_diff(&t, &r),
-            );
+                .context("unfused plan on a reference window")?;
+            worst(&mut agree.unfused_vs_tract, reference::max_abs_diff(&t, &r));
         }
     }
     if ort.is_some() {
@@ -442,7 +439,7 @@ fn bench_model_into(
     m.agreement = Some(agree);
 
     let inputs: Vec<Vec<f32>> = cases.into_iter().map(|c| c.input).collect();
-    // tract first, then whichever of ORT and the proposed loader there are
+    // tract first, then whichever of ORT and the unfused plan there are
     let mut engines: Vec<&mut dyn Engine> = vec![&mut tract];
     let mut slots = vec![0usize];
     if let Some(o) = ort.as_mut() {
@@ -458,7 +455,7 @@ fn bench_model_into(
         let r = match slot {
             0 => &mut m.tract,
             1 => &mut m.ort,
-            _ => m.proposed.get_or_insert_with(Default::default),
+            _ => m.unfused.get_or_insert_with(Default::default),
         };
         r.latency = bench_stats::summarize(&timings.samples_ns[e]);
         r.round_p50_us = timings.rounds[e]
@@ -471,10 +468,10 @@ fn bench_model_into(
         m.ratio_p50 = bench_stats::ratio(t.p50_us, o.p50_us);
     }
     if let (Some(p), Some(o)) = (
-        m.proposed.as_ref().and_then(|p| p.latency.as_ref()),
+        m.unfused.as_ref().and_then(|p| p.latency.as_ref()),
         &m.ort.latency,
     ) {
-        m.ratio_proposed_p50 = bench_stats::ratio(p.p50_us, o.p50_us);
+        m.ratio_unfused_p50 = bench_stats::ratio(p.p50_us, o.p50_us);
     }
     eprintln!(
         "   p50: tract {} us{}",

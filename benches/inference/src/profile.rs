@@ -75,7 +75,7 @@ fn variants() -> Vec<Variant> {
     vec![
         Variant {
             name: "loader",
-            what: "the edge agent's plan: ignore value_info, input fact [1,C,W], into_typed, into_optimized; input copied as ModelRunner::run does",
+            what: "tract's plan of the loader's graph: ignore value_info, input fact [1,C,W], into_typed, into_optimized; input copied as ModelRunner::run does (the agent's plan adds the two fixes below: fused-fake-quant+vzeroupper)",
             input: InputMode::CopySlice,
             vzeroupper: false,
             build: |b, m| loader_typed(b, m)?.into_optimized(),
@@ -96,12 +96,12 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "fused-fake-quant+vzeroupper",
-            what: "both: Q->DQ pairs fused into one branch-free pass, and vzeroupper after every node",
+            what: "both: Q->DQ pairs fused into one branch-free pass, and vzeroupper after every node: the edge agent's plan since issue 19",
             input: InputMode::CopySlice,
             vzeroupper: true,
             build: |b, m| {
                 let mut model = loader_typed(b, m)?.into_optimized()?;
-                crate::fastq::fuse_fake_quant(&mut model)?;
+                conveyor_model::fake_quant::fuse_fake_quant(&mut model)?;
                 Ok(model)
             },
         },
@@ -112,7 +112,7 @@ fn variants() -> Vec<Variant> {
             vzeroupper: false,
             build: |b, m| {
                 let mut model = loader_typed(b, m)?.into_optimized()?;
-                crate::fastq::branchless_quantize(&mut model);
+                conveyor_model::fake_quant::branchless_quantize(&mut model);
                 Ok(model)
             },
         },
@@ -123,7 +123,7 @@ fn variants() -> Vec<Variant> {
             vzeroupper: false,
             build: |b, m| {
                 let mut model = loader_typed(b, m)?.into_optimized()?;
-                crate::fastq::fuse_fake_quant(&mut model)?;
+                conveyor_model::fake_quant::fuse_fake_quant(&mut model)?;
                 Ok(model)
             },
         },
@@ -184,18 +184,18 @@ pub fn loader_typed(bytes: &[u8], meta: &ModelMetadata) -> TractResult<TypedMode
     model.into_typed()
 }
 
-/// The loader change this crate proposes for the edge agent, as an
-/// engine: the loader's plan with the QuantizeLinear->DequantizeLinear
-/// pairs fused into one branch-free pass, run with `vzeroupper` after every
-/// node. Returns the engine and its load time (read, parse, optimise,
-/// patch; the loader's hash check is not included).
-pub fn proposed_engine(metadata_path: &Path) -> Result<(PlanEngine, std::time::Duration)> {
+/// tract's plan of the loader's graph without the fused quantize (the
+/// loader before issue 19), run with `vzeroupper` after every node as the
+/// loader does: the baseline `--unfused` measures the fusion against.
+/// Returns the engine and its load time (read, parse, optimise; the
+/// loader's hash check is not included).
+pub fn unfused_engine(metadata_path: &Path) -> Result<(PlanEngine, std::time::Duration)> {
     let t = Instant::now();
     let meta = ModelMetadata::load(metadata_path)?;
     let bytes = std::fs::read(meta.model_path(metadata_path))?;
-    let mut model = loader_typed(&bytes, &meta)?.into_optimized()?;
-    crate::fastq::fuse_fake_quant(&mut model)?;
-    let plan = model.into_runnable()?;
+    let plan = loader_typed(&bytes, &meta)?
+        .into_optimized()?
+        .into_runnable()?;
     let engine = PlanEngine::new(&plan, &meta, InputMode::CopySlice, true)?;
     Ok((engine, t.elapsed()))
 }

@@ -56,11 +56,11 @@ pub struct ModelReport {
     pub agreement: Option<Agreement>,
     /// tract p50 / ORT p50 (> 1: tract is slower).
     pub ratio_p50: Option<f64>,
-    /// With `--proposed`: tract with the loader change this crate proposes
-    /// (fused fake-quant passes, vzeroupper after every node).
-    pub proposed: Option<EngineReport>,
-    /// proposed p50 / ORT p50.
-    pub ratio_proposed_p50: Option<f64>,
+    /// With `--unfused`: tract's plan without the loader's fused quantize
+    /// (vzeroupper after every node, as the loader).
+    pub unfused: Option<EngineReport>,
+    /// unfused p50 / ORT p50.
+    pub ratio_unfused_p50: Option<f64>,
     /// Why the model could not be measured at all.
     pub error: Option<String>,
 }
@@ -88,8 +88,8 @@ pub struct Agreement {
     pub ort_vs_reference: Option<f32>,
     /// Cases where tract's and ORT's top class agree.
     pub same_class: Option<usize>,
-    /// max |proposed - tract|, with `--proposed`.
-    pub proposed_vs_tract: Option<f32>,
+    /// max |unfused - tract|, with `--unfused`.
+    pub unfused_vs_tract: Option<f32>,
 }
 
 impl EngineReport {
@@ -141,35 +141,37 @@ pub fn latency_table(r: &Report) -> String {
     out
 }
 
-/// With `--proposed`: the proposed loader next to today's and ORT, same run.
-pub fn proposed_table(r: &Report) -> Option<String> {
-    if r.models.iter().all(|m| m.proposed.is_none()) {
+/// With `--unfused`: the loader (fused quantize) against tract's unfused
+/// plan and ORT, same run.
+pub fn unfused_table(r: &Report) -> Option<String> {
+    if r.models.iter().all(|m| m.unfused.is_none()) {
         return None;
     }
     let mut out = String::new();
-    out.push_str("| model | precision | tract p50 us (loader today) | proposed p50 us | proposed p99 us | proposed windows/s | ORT p50 us | proposed/ORT p50 | proposed vs today | max abs diff vs today | proposed load ms |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| model | precision | unfused p50 us | unfused p99 us | loader (fused) p50 us | loader p99 us | ORT p50 us | unfused/ORT p50 | loader/ORT p50 | loader/unfused p50 | max abs diff | unfused load ms |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for m in r.models.iter().filter(|m| m.error.is_none()) {
-        let Some(p) = &m.proposed else { continue };
-        let speedup = match (&m.tract.latency, &p.latency) {
-            (Some(t), Some(p)) => bench_stats::ratio(p.p50_us, t.p50_us),
+        let Some(u) = &m.unfused else { continue };
+        let speedup = match (&m.tract.latency, &u.latency) {
+            (Some(t), Some(u)) => bench_stats::ratio(t.p50_us, u.p50_us),
             _ => None,
         };
-        let diff = m.agreement.as_ref().and_then(|a| a.proposed_vs_tract);
+        let diff = m.agreement.as_ref().and_then(|a| a.unfused_vs_tract);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             m.id,
             m.precision,
+            lat(u, |s| fmt_us(s.p50_us)),
+            lat(u, |s| fmt_us(s.p99_us)),
             lat(&m.tract, |s| fmt_us(s.p50_us)),
-            lat(p, |s| fmt_us(s.p50_us)),
-            lat(p, |s| fmt_us(s.p99_us)),
-            lat(p, |s| fmt_thousands(s.windows_per_s)),
+            lat(&m.tract, |s| fmt_us(s.p99_us)),
             lat(&m.ort, |s| fmt_us(s.p50_us)),
-            fmt_ratio(m.ratio_proposed_p50),
+            fmt_ratio(m.ratio_unfused_p50),
+            fmt_ratio(m.ratio_p50),
             fmt_ratio(speedup),
             diff.map_or("n/a".to_string(), |v| format!("{v:.2e}")),
-            p.load_ms
-                .map_or(p.status_short().to_string(), |v| format!("{v:.1}")),
+            u.load_ms
+                .map_or(u.status_short().to_string(), |v| format!("{v:.1}")),
         ));
     }
     Some(out)

@@ -9,10 +9,13 @@
 //!   metadata ([`OnnxModel`], [`load_checked`]), running it
 //!   ([`ModelRunner`]) and reading its answer ([`Scores`]).
 //! * [`avx`]: the `vzeroupper` after every node tract runs.
+//! * [`fake_quant`]: each QuantizeLinear -> DequantizeLinear pair of a QDQ
+//!   int8 model as one branch-free pass, same bits.
 //! * [`recording`]: the recorded data files (`.ts`, `.csv`) that replay
 //!   sources play back and the reports evaluate models on.
 
 pub mod avx;
+pub mod fake_quant;
 pub mod model;
 pub mod recording;
 

@@ -104,7 +104,12 @@ impl OnnxModel {
         let plan = checked
             .typed
             .into_optimized()
-            .and_then(|m| m.into_runnable())
+            .and_then(|mut m| {
+                // tract runs ORT's QDQ graph literally; the fused pass gives
+                // the same bits in one branch-free sweep (fake_quant.rs)
+                crate::fake_quant::fuse_fake_quant(&mut m)?;
+                m.into_runnable()
+            })
             .map_err(|e| ModelError::Optimise {
                 path: checked.metadata_path.clone(),
                 cause: format!("{e:#}"),

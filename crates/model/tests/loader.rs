@@ -126,6 +126,62 @@ fn tract_matches_onnx_runtime_reference_outputs() {
     }
 }
 
+/// The loader fuses each QuantizeLinear -> DequantizeLinear pair into one
+/// pass (`conveyor_model::fake_quant`); that must change no bit of any
+/// answer. tract's own plan of the same checked graph, unfused, is the
+/// reference, on every recorded window of every model; the int8 models
+/// must actually have had pairs to fuse (else this would prove nothing).
+#[test]
+fn the_fused_quantize_gives_tract_s_own_bits() {
+    use conveyor_model::{fake_quant, load_checked, BatchSize};
+    use tract_onnx::prelude::*;
+    use tract_onnx::tract_core::ops::quant::QuantizeLinearU8;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for path in all_models() {
+        let unfused = load_checked(&path, BatchSize::Fixed(1))
+            .unwrap()
+            .typed
+            .into_optimized()
+            .unwrap();
+        let quantizers = unfused
+            .nodes()
+            .iter()
+            .filter(|n| {
+                n.op_as::<tract_onnx::tract_core::ops::element_wise::ElementWiseOp>()
+                    .is_some_and(|e| e.0.downcast_ref::<QuantizeLinearU8>().is_some())
+            })
+            .count();
+        let mut fused = unfused.clone();
+        let (pairs, lone) = fake_quant::fuse_fake_quant(&mut fused).unwrap();
+        let meta = ModelMetadata::load(&path).unwrap();
+        if meta.precision == "int8" {
+            assert!(pairs > 0, "{}: no pair fused", path.display());
+        }
+        assert_eq!(pairs + lone, quantizers, "{}", path.display());
+
+        let mut plain = unfused.into_runnable().unwrap().spawn().unwrap();
+        let model = Arc::new(OnnxModel::load(&path, 1).unwrap());
+        let mut runner = model.runner().unwrap();
+        let shape = [1, meta.channels, meta.window];
+        for (i, case) in load_reference(&path).cases.iter().enumerate() {
+            let x = Tensor::from_shape(&shape, &case.input).unwrap();
+            let want = plain.run(tvec!(x.into_tvalue())).unwrap();
+            let want = want[0].try_as_plain_ram().unwrap();
+            let got = runner.run(case.input.clone()).unwrap().swap_remove(0);
+            assert_eq!(
+                bits(&got),
+                bits(want.as_slice::<f32>().unwrap()),
+                "{}: case {i}",
+                path.display()
+            );
+        }
+        eprintln!(
+            "{}@{}: {pairs} Q->DQ pairs fused, {lone} lone quantize(s) made branch-free, same bits",
+            meta.id, meta.version
+        );
+    }
+}
+
 /// The fault the parity test exists for: tract fuses `DequantizeLinear ->
 /// Softmax -> QuantizeLinear` into a lookup table that answers 1.0 for
 /// every class. A model quantised with its Softmax inside the int8 region
