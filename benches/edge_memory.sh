@@ -2,11 +2,13 @@
 # Edge agent memory while streaming, with and without a model or a WASM
 # transform loaded.
 #
-# Starts a release hub and, side by side in the same run, five release
+# Starts a release hub and, side by side in the same run, six release
 # edge agents replaying the BasicMotions / ACSF1 test splits in a loop at
 # RATE readings/s: for each data set one without stages (baseline) and one
 # running its int8 edge model on every window, and for BasicMotions one
-# running the window-features WASM transform (transforms/dist). Samples each agent's
+# running the window-features WASM transform (transforms/dist), and one
+# running both (two replays of BasicMotions at RATE each, one through the
+# model, one through the transform). Samples each agent's
 # resident memory once a second for SECONDS and prints medians of VmRSS
 # and of its two parts: RssAnon (private heap and stacks) and RssFile
 # (pages of the binary and other files, shared and reclaimable), the
@@ -43,6 +45,15 @@ features_stage() {
   printf '[[stages]]\ntype = "transform"\nstream = "s"\nchain = [{ wasm = "%s", config = { window = 100, sample_rate_hz = 10.0 } }]\n' \
     "$PWD/transforms/dist/window-features.wasm"
 }
+# The model and the transform in one agent: a second replay of the same
+# file at the same rate, stream "f", through the transform, while "s" goes
+# through the model (each stage passes the other's stream through).
+model_and_features() {
+  printf '[[sources]]\ntype = "replay"\nname = "f"\npath = "%s"\nrate = %s\nloop = true\n' \
+    "$PWD/models/data/BasicMotions/BasicMotions_TEST.ts" "$rate"
+  model_stage basicmotions/edge.int8.json | sed '$a stream = "s"'
+  features_stage | sed 's/stream = "s"/stream = "f"/'
+}
 agent() { # name data stage-toml [binary]
   local stage="$3" exe="${4:-$bin/edge-agent}"
   cat > "$work/$1.toml" <<TOML
@@ -67,7 +78,8 @@ pids[acsf1-no-model]=$(agent acsf1-no-model ACSF1/ACSF1_TEST.ts "")
 pids[basicmotions-edge-int8]=$(agent basicmotions-edge-int8 BasicMotions/BasicMotions_TEST.ts "$(model_stage basicmotions/edge.int8.json)")
 pids[acsf1-edge-int8]=$(agent acsf1-edge-int8 ACSF1/ACSF1_TEST.ts "$(model_stage acsf1/edge.int8.json)")
 pids[basicmotions-wasm-features]=$(agent basicmotions-wasm-features BasicMotions/BasicMotions_TEST.ts "$(features_stage)")
-names=(basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features acsf1-no-model acsf1-edge-int8)
+pids[basicmotions-int8-and-features]=$(agent basicmotions-int8-and-features BasicMotions/BasicMotions_TEST.ts "$(model_and_features)")
+names=(basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features basicmotions-int8-and-features acsf1-no-model acsf1-edge-int8)
 if [ -n "${BASELINE:-}" ]; then
   pids[basicmotions-no-model-baseline]=$(agent basicmotions-no-model-baseline BasicMotions/BasicMotions_TEST.ts "" "$BASELINE")
   pids[acsf1-no-model-baseline]=$(agent acsf1-no-model-baseline ACSF1/ACSF1_TEST.ts "" "$BASELINE")
