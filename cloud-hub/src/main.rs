@@ -62,6 +62,21 @@ enum Command {
         #[command(flatten)]
         hub: cloud_hub::ota_cli::HubArg,
     },
+    /// Compile a transform (.wasm) for agents built without the WASM
+    /// compiler, offline: the code for each target is written beside the
+    /// module as <stem>.<target>.cwasm, where such an agent looks for it.
+    /// (`artifact push` does this for every agent target by itself.)
+    Precompile {
+        /// The module.
+        module: PathBuf,
+        /// A target triple (repeatable; default: every agent target,
+        /// x86_64-unknown-linux-gnu and aarch64-unknown-linux-gnu).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Write the code here instead of beside the module.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Set what a stage runs on devices (by id or by tag): the hub signs
     /// and publishes their new desired state; agents verify, download,
     /// apply and report.
@@ -402,6 +417,25 @@ fn main() -> ExitCode {
         Command::Keys { command } => keys(command),
         Command::Tls { command } => tls(command),
         Command::Artifact { command, hub } => cloud_hub::ota_cli::artifact(command, &hub.hub),
+        Command::Precompile {
+            module,
+            targets,
+            out_dir,
+        } => {
+            match cloud_hub::ota::precompile::precompile_file(&module, &targets, out_dir.as_deref())
+            {
+                Ok(written) => {
+                    for (path, size) in written {
+                        println!("wrote {} ({size} bytes)", path.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cloud-hub precompile: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Deploy(args) => cloud_hub::ota_cli::deploy_command(args),
         Command::Device { command, hub } => cloud_hub::ota_cli::device::run(command, &hub.hub),
         Command::Rollout { command, hub } => cloud_hub::ota_cli::rollout::run(command, &hub.hub),

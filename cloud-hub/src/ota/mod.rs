@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: `[ota]` in hub.toml.
 //! - [`check`]: what a push is, checked as the agent will check it.
+//! - [`precompile`]: a pushed transform compiled for every agent target.
 //! - [`registry`]: artifacts signed and stored content-addressed, served
 //!   (with `Range`) to agents.
 //! - [`devices`]: desired states (signed, the generation only grows) and
@@ -22,6 +23,7 @@ pub mod deploy;
 pub mod devices;
 pub mod files;
 pub mod history;
+pub mod precompile;
 pub mod range;
 pub mod registry;
 pub mod reports;
@@ -30,7 +32,7 @@ pub mod republish;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use conveyor_shared::ota::{PublicKey, SecretKey, SignedManifest};
+use conveyor_shared::ota::{ArtifactKind, PublicKey, SecretKey, SignedManifest};
 
 pub use check::PushError;
 pub use config::OtaConfig;
@@ -171,7 +173,13 @@ impl OtaHub {
         files: &[StagedFile],
     ) -> Result<(SignedManifest, bool), PushError> {
         let checked = check::check(dir.path(), files)?;
+        let mut files = files.to_vec();
+        if checked.kind == ArtifactKind::Transform {
+            // Off the registry's lock: compiling takes a while.
+            let code = precompile::precompile(dir.path(), &files[0])?;
+            files.extend(code);
+        }
         self.registry()
-            .commit(dir.path(), files, checked, &self.key)
+            .commit(dir.path(), &files, checked, &self.key)
     }
 }

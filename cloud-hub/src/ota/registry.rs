@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use conveyor_shared::ota::{
-    ArtifactFile, ArtifactId, ArtifactManifest, PublicKey, SecretKey, SignedManifest,
+    is_precompiled, ArtifactFile, ArtifactId, ArtifactManifest, PublicKey, SecretKey,
+    SignedManifest,
 };
 use conveyor_shared::time::now_us;
 
@@ -196,11 +197,18 @@ impl ArtifactRegistry {
             .collect();
         let reference = format!("{}@{}", checked.name, checked.version);
         if let Some(existing) = self.find(&reference) {
-            let sorted = |mut v: Vec<ArtifactFile>| {
+            // What was pushed, not what the hub made of it: code from
+            // another compiler release does not make the push another.
+            let pushed = |v: &[ArtifactFile]| {
+                let mut v: Vec<ArtifactFile> = v
+                    .iter()
+                    .filter(|f| !is_precompiled(&f.name))
+                    .cloned()
+                    .collect();
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 v
             };
-            if sorted(existing.manifest.files.clone()) == sorted(entries) {
+            if pushed(&existing.manifest.files) == pushed(&entries) {
                 return Ok((existing.clone(), false));
             }
             return Err(refused(

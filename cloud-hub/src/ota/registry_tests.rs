@@ -126,6 +126,37 @@ fn the_same_push_again_is_the_same_artifact_and_other_contents_conflict() {
     assert_eq!(r.list().len(), 1);
 }
 
+/// A transform pushed again is the same artifact even when the code the
+/// hub compiled from it differs (another compiler release): the module is
+/// its identity, and what the hub made of it stays as first signed.
+#[test]
+fn a_transform_pushed_again_is_the_same_artifact_whatever_its_precompiled_code() {
+    let store = tempfile::tempdir().unwrap();
+    let (mut r, _) = open(store.path());
+    let commit = |r: &mut ArtifactRegistry, code: &[u8]| {
+        let (dir, mut staged) = stage(r, &wasm());
+        let checked = check(dir.path(), &staged).unwrap();
+        let name = "scale.x86_64-unknown-linux-gnu.cwasm";
+        std::fs::write(dir.path().join(name), code).unwrap();
+        staged.push(StagedFile {
+            name: name.into(),
+            sha256: hex::encode(Sha256::digest(code)),
+            size: code.len() as u64,
+        });
+        r.commit(dir.path(), &staged, checked, &key()).unwrap()
+    };
+    let (first, new) = commit(&mut r, b"code one");
+    assert!(new);
+    assert!(first
+        .manifest
+        .precompiled_file("x86_64-unknown-linux-gnu")
+        .is_some());
+    let (again, new) = commit(&mut r, b"code two");
+    assert!(!new);
+    assert_eq!(again.id, first.id);
+    assert_eq!(r.list().len(), 1);
+}
+
 #[test]
 fn a_tampered_or_invalid_artifact_is_refused_with_the_checkers_reason() {
     let store = tempfile::tempdir().unwrap();

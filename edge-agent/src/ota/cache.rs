@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use conveyor_shared::ota::{ArtifactFile, ArtifactId, PublicKey, SignedManifest};
+use conveyor_shared::ota::{
+    is_precompiled, ArtifactFile, ArtifactId, ArtifactManifest, PublicKey, SignedManifest,
+};
 use sha2::{Digest, Sha256};
 
 const MANIFEST: &str = ".manifest";
@@ -50,11 +52,24 @@ impl Cached {
     pub fn module(&self) -> Option<PathBuf> {
         self.manifest
             .manifest
-            .files
-            .iter()
-            .find(|f| f.name.ends_with(".wasm"))
+            .module_file()
             .map(|f| self.file(&f.name))
     }
+}
+
+/// The files of an artifact this agent downloads and keeps: all but the
+/// hub's precompiled code; without a compiler, also the code for this
+/// agent's own target (the module stays: its bytes are what the ABI checks
+/// read and what names it).
+pub fn wanted_files(manifest: &ArtifactManifest) -> impl Iterator<Item = &ArtifactFile> {
+    let own = (!cfg!(feature = "compiler"))
+        .then(|| manifest.precompiled_file(conveyor_wasm_engine::HOST_TARGET))
+        .flatten()
+        .map(|f| f.name.as_str());
+    manifest
+        .files
+        .iter()
+        .filter(move |f| !is_precompiled(&f.name) || Some(f.name.as_str()) == own)
 }
 
 /// SHA-256 of a file, hex, and its size.
@@ -154,7 +169,7 @@ impl ArtifactCache {
                     manifest.id
                 ));
             }
-            for f in &manifest.manifest.files {
+            for f in wanted_files(&manifest.manifest) {
                 check_file(&dir.join(&f.name), f)?;
             }
             Ok(Cached {
@@ -274,6 +289,56 @@ mod tests {
         std::fs::write(dir.join("t.wasm"), content).unwrap();
         check_file(&dir.join("t.wasm"), &m.manifest.files[0]).unwrap();
         cache.commit(&m.id).unwrap();
+    }
+
+    /// The hub's precompiled code is left on the hub by an agent that
+    /// compiles for itself; an agent without a compiler takes its own
+    /// target's (and never another's), and its entry verifies without the
+    /// files it did not take.
+    #[test]
+    fn an_agent_downloads_the_module_and_only_the_precompiled_code_it_runs() {
+        let file = |name: &str, content: &[u8]| ArtifactFile {
+            name: name.into(),
+            sha256: hex::encode(Sha256::digest(content)),
+            size: content.len() as u64,
+        };
+        let host = conveyor_wasm_engine::HOST_TARGET;
+        let other = if host.starts_with("x86_64") {
+            "aarch64-unknown-linux-gnu"
+        } else {
+            "x86_64-unknown-linux-gnu"
+        };
+        let own_name = conveyor_shared::ota::precompiled_file_name("t.wasm", host);
+        let m = ArtifactManifest {
+            kind: ArtifactKind::Transform,
+            name: "t".into(),
+            version: "1".into(),
+            files: vec![
+                file("t.wasm", b"module"),
+                file(&own_name, b"own code"),
+                file(
+                    &conveyor_shared::ota::precompiled_file_name("t.wasm", other),
+                    b"other code",
+                ),
+            ],
+            requires: Requires::default(),
+            created_at_us: 1,
+        }
+        .sign(&key())
+        .unwrap();
+        let wanted: Vec<&str> = wanted_files(&m.manifest).map(|f| f.name.as_str()).collect();
+        if cfg!(feature = "compiler") {
+            assert_eq!(wanted, ["t.wasm"]);
+        } else {
+            assert_eq!(wanted, ["t.wasm", own_name.as_str()]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path());
+        let partial = cache.begin(&m.id, &m.envelope.encode()).unwrap();
+        std::fs::write(partial.join("t.wasm"), b"module").unwrap();
+        std::fs::write(partial.join(&own_name), b"own code").unwrap();
+        cache.commit(&m.id).unwrap();
+        cache.verified(&m.id, &[key().public()]).unwrap();
     }
 
     #[test]

@@ -135,7 +135,20 @@ pub fn check_manifest(
             man.kind
         ));
     }
-    let size: u64 = man.files.iter().map(|f| f.size).sum();
+    if kind == ArtifactKind::Transform
+        && !cfg!(feature = "compiler")
+        && man
+            .precompiled_file(conveyor_wasm_engine::HOST_TARGET)
+            .is_none()
+    {
+        return Err(format!(
+            "transform {wanted} has no code precompiled for {}, and this agent is built without \
+             the WASM compiler (a hub that precompiles pushes for it, or an agent with the \
+             `compiler` feature, can run it)",
+            conveyor_wasm_engine::HOST_TARGET
+        ));
+    }
+    let size: u64 = super::cache::wanted_files(man).map(|f| f.size).sum();
     if size > max_bytes {
         return Err(format!(
             "{wanted} is {size} bytes, over this agent's bound of {max_bytes} (ota.max_artifact_mb)"

@@ -24,7 +24,7 @@ use conveyor_shared::time::now_us;
 use tokio::sync::{mpsc, watch};
 
 use super::applied::{overlay, stage_index, Applied, AppliedStage};
-use super::cache::{check_file, ArtifactCache};
+use super::cache::{check_file, wanted_files, ArtifactCache};
 use super::config::OtaConfig;
 use super::fetch::{FetchError, HubClient};
 use super::plan::{check_manifest, plan, Plan};
@@ -322,7 +322,7 @@ impl Reconciler {
         }
         let total: u64 = manifests
             .iter()
-            .flat_map(|(_, m)| m.manifest.files.iter().map(|f| f.size))
+            .flat_map(|(_, m)| wanted_files(&m.manifest).map(|f| f.size))
             .sum();
         if let Some(free) = conveyor_process::disk::free_bytes(&self.data_dir) {
             if free < total + DISK_MARGIN {
@@ -341,7 +341,7 @@ impl Reconciler {
                 Ok(d) => d,
                 Err(e) => return fail(format!("cannot write the artifact cache: {e}")),
             };
-            for file in &m.manifest.files {
+            for file in wanted_files(&m.manifest) {
                 let dest = dir.join(&file.name);
                 let before = done;
                 let mut added = 0;
@@ -398,7 +398,7 @@ impl Reconciler {
         self.phase(generation, Phase::Verifying, None);
         for (_, m) in &manifests {
             let dir = cache.partial_dir(&m.id);
-            for file in &m.manifest.files {
+            for file in wanted_files(&m.manifest) {
                 if let Err(e) = check_file(&dir.join(&file.name), file) {
                     cache.discard_partial(&m.id);
                     return fail(format!("{}@{}: {e}", m.manifest.name, m.manifest.version));

@@ -7,12 +7,21 @@
 //! module's bytes and a hash of the engine's settings: a restart, or the
 //! same module in another chain, loads it in milliseconds. Everything a
 //! module can get wrong is found here, before any of its code runs.
+//!
+//! An agent built without the `compiler` feature has no Cranelift: it
+//! loads the code the hub precompiled for its target, which sits beside
+//! the module (`<stem>.<target>.cwasm`: OTA downloads it with the module),
+//! and refuses a module without it, naming the file it looked for.
 
 use std::fs;
+#[cfg(feature = "compiler")]
 use std::hash::{Hash, Hasher};
+#[cfg(feature = "compiler")]
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+#[cfg(feature = "compiler")]
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +44,22 @@ pub enum ModuleError {
     Abi(#[from] AbiError),
     #[error("compiling: {0}")]
     Compile(String),
+    /// An agent without a compiler was given a module without code
+    /// precompiled for it.
+    #[error(
+        "this agent is built without the WASM compiler and runs only code the hub precompiled for \
+         {target}; {} is not there (deploy the transform through the hub, which precompiles it, or \
+         build the agent with the `compiler` feature)",
+        expected.display()
+    )]
+    NotPrecompiled {
+        target: &'static str,
+        expected: PathBuf,
+    },
+    /// Precompiled code that this agent's wasmtime cannot load (another
+    /// wasmtime release, target or setting), in wasmtime's words.
+    #[error("the precompiled code {} cannot be loaded: {why}", path.display())]
+    Precompiled { path: PathBuf, why: String },
 }
 
 /// A checked, compiled module.
@@ -46,7 +71,8 @@ pub struct TransformModule {
     pub module: Module,
     /// Whether it exports `conveyor_init`.
     pub has_init: bool,
-    /// How it was obtained: compiled now, or loaded from the cache.
+    /// How it was obtained: compiled now, or loaded from the cache (or,
+    /// without a compiler, the hub's precompiled code).
     pub from_cache: bool,
     pub load_time: Duration,
 }
@@ -66,20 +92,20 @@ impl std::fmt::Debug for TransformModule {
 #[derive(Clone)]
 pub struct TransformEngine {
     engine: Engine,
+    /// Without a compiler there is nothing to cache: the hub's code is
+    /// loaded from beside the module.
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     cache_dir: Option<PathBuf>,
     /// Compiled modules that could not be written to the cache (a full or
     /// read-only disk): counted, reported in heartbeats, never fatal.
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     cache_write_errors: Arc<AtomicU64>,
 }
 
 impl TransformEngine {
     /// `cache_dir` = `None` compiles every time (the `transform test` tool).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, ModuleError> {
-        let mut config = wasmtime::Config::new();
-        // Fuel is what stops an endless loop: deterministic, per call.
-        config.consume_fuel(true);
-        config.max_wasm_stack(512 << 10);
-        let engine = Engine::new(&config).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let engine = conveyor_wasm_engine::engine().map_err(ModuleError::Compile)?;
         Ok(TransformEngine {
             engine,
             cache_dir,
@@ -112,7 +138,10 @@ impl TransformEngine {
         let started = Instant::now();
         let meta = read_meta(bytes)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
+        #[cfg(feature = "compiler")]
         let (module, from_cache) = self.compile_cached(bytes, &sha256)?;
+        #[cfg(not(feature = "compiler"))]
+        let (module, from_cache) = (self.load_precompiled(path)?, true);
         // After compiling (which validates the code), so an invalid module
         // is reported as such rather than by its imports.
         let has_init = conveyor_wasm_abi::check_abi(bytes)?;
@@ -127,6 +156,32 @@ impl TransformEngine {
         })
     }
 
+    /// The hub's code for this agent's target, beside the module.
+    #[cfg(not(feature = "compiler"))]
+    fn load_precompiled(&self, module: &Path) -> Result<Module, ModuleError> {
+        let target = conveyor_wasm_engine::HOST_TARGET;
+        let name = module.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let path = module.with_file_name(conveyor_shared::ota::precompiled_file_name(name, target));
+        if !path.is_file() {
+            return Err(ModuleError::NotPrecompiled {
+                target,
+                expected: path,
+            });
+        }
+        // SAFETY: the code sits beside the module it was made from: from
+        // OTA, its digest is in the manifest the hub signed with the
+        // module's; in a local config, it is as trusted as the config.
+        // wasmtime checks its version, target and settings, and maps the
+        // file instead of copying it.
+        unsafe { Module::deserialize_file(&self.engine, &path) }.map_err(|e| {
+            ModuleError::Precompiled {
+                path,
+                why: format!("{e:#}"),
+            }
+        })
+    }
+
+    #[cfg(feature = "compiler")]
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
         let dir = self.cache_dir.as_ref()?;
         // SHA-256 rather than std's DefaultHasher, whose output may change
@@ -136,6 +191,7 @@ impl TransformEngine {
         Some(dir.join(format!("{sha256}-{:016x}.cwasm", h.finish())))
     }
 
+    #[cfg(feature = "compiler")]
     fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<(Module, bool), ModuleError> {
         let cache = self.cache_path(sha256);
         if let Some(path) = &cache {
@@ -161,6 +217,7 @@ impl TransformEngine {
 
     /// A cache file is a SHA-256 of the compiled code followed by the code;
     /// a file that does not match (torn write, disk error) is ignored.
+    #[cfg(feature = "compiler")]
     fn load_cached(&self, path: &Path) -> Option<Module> {
         let file = fs::read(path).ok()?;
         if file.len() < 32 || Sha256::digest(&file[32..])[..] != file[..32] {
@@ -182,8 +239,10 @@ impl TransformEngine {
 }
 
 /// A `Hasher` over SHA-256: a stable hash of wasmtime's engine settings.
+#[cfg(feature = "compiler")]
 struct Sha256Hasher(Sha256);
 
+#[cfg(feature = "compiler")]
 impl Hasher for Sha256Hasher {
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
@@ -195,6 +254,7 @@ impl Hasher for Sha256Hasher {
     }
 }
 
+#[cfg(feature = "compiler")]
 fn store_cached(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("cache files live in a directory");
     fs::create_dir_all(dir)?;

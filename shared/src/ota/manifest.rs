@@ -199,6 +199,37 @@ impl ArtifactManifest {
     pub fn file(&self, name: &str) -> Option<&ArtifactFile> {
         self.files.iter().find(|f| f.name == name)
     }
+
+    /// A transform's module: its one `.wasm` file.
+    pub fn module_file(&self) -> Option<&ArtifactFile> {
+        self.files.iter().find(|f| f.name.ends_with(".wasm"))
+    }
+
+    /// The hub's precompiled code of the module for `target`, if the hub
+    /// made it.
+    pub fn precompiled_file(&self, target: &str) -> Option<&ArtifactFile> {
+        let module = self.module_file()?;
+        self.file(&precompiled_file_name(&module.name, target))
+    }
+}
+
+/// The extension of a module's precompiled code.
+pub const PRECOMPILED_EXT: &str = ".cwasm";
+
+/// Where the hub puts a module's code precompiled for one target, beside
+/// the module: `<stem>.<target>.cwasm` (`filter.wasm` for aarch64 agents:
+/// `filter.aarch64-unknown-linux-gnu.cwasm`). The agent looks for this
+/// name beside the module it loads; a plain file name as long as the
+/// module's name and the target are.
+pub fn precompiled_file_name(module: &str, target: &str) -> String {
+    let stem = module.strip_suffix(".wasm").unwrap_or(module);
+    format!("{stem}.{target}{PRECOMPILED_EXT}")
+}
+
+/// Whether a manifest file is precompiled code (made by the hub, not
+/// pushed).
+pub fn is_precompiled(name: &str) -> bool {
+    name.ends_with(PRECOMPILED_EXT)
 }
 
 /// A manifest whose signature was checked (or just made).
@@ -258,6 +289,31 @@ pub(crate) mod tests {
             },
             created_at_us: 1,
         }
+    }
+
+    #[test]
+    fn a_transform_s_precompiled_code_is_found_by_target_and_its_name_is_valid() {
+        let file = |name: &str| ArtifactFile {
+            name: name.into(),
+            sha256: "c".repeat(64),
+            size: 10,
+        };
+        let target = "aarch64-unknown-linux-gnu";
+        let name = precompiled_file_name("filter.wasm", target);
+        assert_eq!(name, "filter.aarch64-unknown-linux-gnu.cwasm");
+        assert!(is_precompiled(&name) && !is_precompiled("filter.wasm"));
+        let m = ArtifactManifest {
+            kind: ArtifactKind::Transform,
+            name: "filter".into(),
+            version: "1".into(),
+            files: vec![file("filter.wasm"), file(&name)],
+            requires: Requires::default(),
+            created_at_us: 1,
+        };
+        m.validate().unwrap();
+        assert_eq!(m.module_file().unwrap().name, "filter.wasm");
+        assert_eq!(m.precompiled_file(target).unwrap().name, name);
+        assert!(m.precompiled_file("x86_64-unknown-linux-gnu").is_none());
     }
 
     #[test]

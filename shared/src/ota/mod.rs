@@ -23,8 +23,9 @@ pub use desired::{
     ArtifactRef, ChainLink, DesiredError, DesiredState, Opened, StageTarget, DESIRED_TYPE,
 };
 pub use manifest::{
-    ArtifactFile, ArtifactId, ArtifactKind, ArtifactManifest, ManifestError, ModelInput, Requires,
-    SignedManifest, MANIFEST_TYPE,
+    is_precompiled, precompiled_file_name, ArtifactFile, ArtifactId, ArtifactKind,
+    ArtifactManifest, ManifestError, ModelInput, Requires, SignedManifest, MANIFEST_TYPE,
+    PRECOMPILED_EXT,
 };
 pub use sign::{Envelope, KeyError, KeyId, PublicKey, SecretKey, VerifyError};
 pub use state::{

@@ -1,10 +1,14 @@
 //! The edge agent on the architecture it ships to: cross-compiled for
 //! 64-bit ARM (`aarch64-unknown-linux-gnu`, Raspberry Pi class) with
 //! Debian's cross toolchain and run under qemu-user against a hub on
-//! loopback. The agent replays the BasicMotions test split through a WASM
-//! transform (compiled by Cranelift for aarch64, under emulation) and the
-//! int8 edge model (tract's aarch64 kernels), and the hub must receive and
-//! score every window as the model card says.
+//! loopback. The agent is the small edge build, without the WASM compiler
+//! (`--no-default-features`): it replays the BasicMotions test split
+//! through a WASM transform whose aarch64 code `cloud-hub precompile` made
+//! on this x86_64 machine, and the int8 edge model (tract's aarch64
+//! kernels); mid-run the hub deploys another transform, which it
+//! precompiled at push, and the agent downloads the module and its aarch64
+//! code only and swaps it in. The hub must receive and score every window
+//! as the model card says.
 //!
 //! Needs `aarch64-linux-gnu-gcc`, `qemu-aarch64-static` and the Rust
 //! target (`.ci/run` installs all three; `.cargo/config.toml` names the
@@ -61,8 +65,9 @@ fn missing() -> Vec<&'static str> {
     out
 }
 
-/// `cargo build -p edge-agent --target aarch64-unknown-linux-gnu` in the
-/// profile the tests run in; the path of the binary.
+/// `cargo build -p edge-agent --no-default-features --target
+/// aarch64-unknown-linux-gnu` in the profile the tests run in (`.ci/run`
+/// builds the same beforehand); the path of the binary.
 fn cross_build() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -75,6 +80,7 @@ fn cross_build() -> PathBuf {
             "edge-agent",
             "--bin",
             "edge-agent",
+            "--no-default-features",
             "--target",
             TARGET,
             "--message-format=json",
@@ -135,33 +141,78 @@ fn the_agent_cross_built_for_aarch64_runs_under_qemu_and_the_hub_scores_every_wi
     let dir = tempfile::tempdir().unwrap();
     let hub = Hub::start(dir.path());
     let model = repo_root().join("models/basicmotions/edge.int8.json");
-    let passthrough = repo_root().join("transforms/dist/passthrough.wasm");
-    let config = AgentConfig::for_device("pi-1")
+    let modules = dir.path().join("modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    let passthrough = modules.join("passthrough.wasm");
+    std::fs::copy(
+        repo_root().join("transforms/dist/passthrough.wasm"),
+        &passthrough,
+    )
+    .unwrap();
+    // 40 series x 100 readings, replayed once at 200 readings/s: 20 s, in
+    // which the hub's deploy lands.
+    let mut config = AgentConfig::for_device("pi-1")
         .data_dir("state")
         .uplink(&hub.mqtt_url())
         .uplink_with(|u| u.heartbeat_secs = 0.5)
         .source(ReplayConfig {
-            rate: Some(0.0),
+            rate: Some(200.0),
             ..ReplayConfig::new("motion", data_file("BasicMotions/BasicMotions_TEST.ts"))
         })
         .stage(TransformStageConfig {
             name: Some("motion-prep".into()),
-            ..TransformStageConfig::new("motion", vec![ChainEntry::new(passthrough)])
+            ..TransformStageConfig::new("motion", vec![ChainEntry::new(&passthrough)])
         })
         .stage(InferenceConfig {
             name: Some("motion-classifier".into()),
             ..InferenceConfig::new(&model)
         });
+    config.ota = Some(edge_agent::ota::OtaConfig {
+        trusted_keys: vec![hub.signing_key().parse().unwrap()],
+        url: format!("http://{}", hub.http),
+        cache_max_mb: 64,
+        max_artifact_mb: 16,
+    });
     let config_path = write_agent_config(dir.path(), "pi-1", &config);
+    let check = || {
+        qemu(&bin)
+            .args(["check", "--config"])
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
 
-    // `check` first: every config check of the aarch64 build, the model's
-    // load and the module's compile included, passes.
-    let check = qemu(&bin)
-        .args(["check", "--config"])
-        .arg(&config_path)
-        .current_dir(dir.path())
+    // Without a compiler and without code for it, the module is refused
+    // by `check`, which names the file it looked for.
+    let refused = check();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned()
+        + &String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("built without the WASM compiler")
+            && said.contains("passthrough.aarch64-unknown-linux-gnu.cwasm"),
+        "{said}"
+    );
+
+    // `cloud-hub precompile` cross-compiles it on this machine, beside it.
+    let out = Command::new(hub_bin())
+        .args(["precompile", "--target", TARGET])
+        .arg(&passthrough)
         .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(modules
+        .join("passthrough.aarch64-unknown-linux-gnu.cwasm")
+        .is_file());
+
+    // `check`: every config check of the aarch64 build, the model's load
+    // and the precompiled module's load included, passes.
+    let check = check();
     assert!(
         check.status.success(),
         "{}{}",
@@ -169,10 +220,48 @@ fn the_agent_cross_built_for_aarch64_runs_under_qemu_and_the_hub_scores_every_wi
         String::from_utf8_lossy(&check.stderr)
     );
 
-    // 40 series x 100 readings, replayed once: 40 windows, 40 predictions.
+    // `scale` pushed: the hub precompiles it for every agent target.
+    let scale = repo_root().join("transforms/dist/scale.wasm");
+    hub_cli_ok(&hub, &["artifact", "push", &scale.display().to_string()]);
+    let artifact = &hub.get("/api/v1/artifacts")["artifacts"][0];
+    let files: Vec<&str> = artifact["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        files.contains(&"scale.aarch64-unknown-linux-gnu.cwasm")
+            && files.contains(&"scale.x86_64-unknown-linux-gnu.cwasm"),
+        "{files:?}"
+    );
+    let name = artifact["name"].as_str().unwrap();
+    let tag = format!("{name}@{}", artifact["version"].as_str().unwrap());
+    let scaled_by_one = format!(r#"{name}={{"scale": 1.0}}"#);
+
     let mut cmd = qemu(&bin);
     cmd.args(["run", "--config"]).arg(&config_path);
     let mut agent = Proc::spawn("pi-1", cmd, dir.path().join("pi-1.log"));
+    hub.wait_for_records("pi-1", 1);
+    // Scaled by 1: the same readings, so the same predictions.
+    let (code, out, err) = hub_cli(
+        &hub,
+        &[
+            "deploy",
+            "--device",
+            "pi-1",
+            "--stage",
+            "motion-prep",
+            "--artifact",
+            &tag,
+            "--config",
+            &scaled_by_one,
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}\n{}", agent.log());
     assert!(agent.wait().success(), "{}", agent.log());
     hub.wait_for_records("pi-1", 40);
     let records = hub.all_records("pi-1");
@@ -193,4 +282,26 @@ fn the_agent_cross_built_for_aarch64_runs_under_qemu_and_the_hub_scores_every_wi
     assert_eq!(stages[0]["name"], "motion-prep", "{device}");
     assert_eq!(stages[1]["name"], "motion-classifier", "{device}");
     assert_eq!(stages[1]["windows"], 40, "{device}");
+
+    // The agent downloaded the module and its own target's code, not the
+    // x86_64 code it cannot run.
+    let mut names = Vec::new();
+    let mut todo = vec![dir.path().join("state")];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                todo.push(e.path());
+            } else {
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(names.iter().any(|n| n == "scale.wasm"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "scale.aarch64-unknown-linux-gnu.cwasm"),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains("x86_64")), "{names:?}");
 }

@@ -492,4 +492,17 @@ fn a_deployed_transform_chain_with_its_config_is_swapped_in_between_batches() {
             "reading {i}"
         );
     }
+    // The hub precompiled `scale` for agents without a compiler; this one
+    // compiles for itself and downloaded the module alone.
+    let entry = std::fs::read_dir(dir.path().join("state/ota/artifacts"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("scale.wasm").is_file())
+        .expect("scale is in the agent's artifact cache");
+    let files: Vec<String> = std::fs::read_dir(entry.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!files.iter().any(|f| f.ends_with(".cwasm")), "{files:?}");
 }
