@@ -8,7 +8,9 @@
 # running its int8 edge model on every window, and for BasicMotions one
 # running the window-features WASM transform (transforms/dist), and one
 # running both (two replays of BasicMotions at RATE each, one through the
-# model, one through the transform). Samples each agent's
+# model, one through the transform), and the same two run by the small
+# agent (built `--no-default-features`: no WASM compiler, the transform
+# precompiled by `cloud-hub precompile`). Samples each agent's
 # resident memory once a second for SECONDS and prints medians of VmRSS
 # and of its two parts: RssAnon (private heap and stacks) and RssFile
 # (pages of the binary and other files, shared and reclaimable), the
@@ -30,10 +32,17 @@ echo "building release binaries ..." >&2
 # Apart: built together, cargo would unify their features and the agent
 # would carry the hub's (the Fluvio client, `embedded-broker`).
 cargo build --release --quiet -p cloud-hub
-cargo build --release --quiet -p edge-agent
 bin="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# The small agent first, copied aside: the default build then replaces it
+# in target/release.
+cargo build --release --quiet -p edge-agent --no-default-features
+cp "$bin/edge-agent" "$work/edge-agent-small"
+cargo build --release --quiet -p edge-agent
+mkdir "$work/modules"
+cp transforms/dist/window-features.wasm "$work/modules/"
+"$bin/cloud-hub" precompile --target "$(rustc -vV | sed -n 's/^host: //p')" "$work/modules/window-features.wasm" > /dev/null
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt=$(free_port); http=$(free_port)
 printf '[broker]\nlisten = "127.0.0.1:%s"\nauth = "none"\n[http]\nlisten = "127.0.0.1:%s"\nauth = "none"\n[store]\npath = "store"\n' "$mqtt" "$http" > "$work/hub.toml"
@@ -41,18 +50,18 @@ printf '[broker]\nlisten = "127.0.0.1:%s"\nauth = "none"\n[http]\nlisten = "127.
 until curl -sf "http://127.0.0.1:$http/healthz" > /dev/null; do sleep 0.1; done
 
 model_stage() { printf '[[stages]]\ntype = "inference"\nmodel = "%s"\n' "$PWD/models/$1"; }
-features_stage() {
+features_stage() { # [module]
   printf '[[stages]]\ntype = "transform"\nstream = "s"\nchain = [{ wasm = "%s", config = { window = 100, sample_rate_hz = 10.0 } }]\n' \
-    "$PWD/transforms/dist/window-features.wasm"
+    "${1:-$PWD/transforms/dist/window-features.wasm}"
 }
 # The model and the transform in one agent: a second replay of the same
 # file at the same rate, stream "f", through the transform, while "s" goes
 # through the model (each stage passes the other's stream through).
-model_and_features() {
+model_and_features() { # [module]
   printf '[[sources]]\ntype = "replay"\nname = "f"\npath = "%s"\nrate = %s\nloop = true\n' \
     "$PWD/models/data/BasicMotions/BasicMotions_TEST.ts" "$rate"
   model_stage basicmotions/edge.int8.json | sed '$a stream = "s"'
-  features_stage | sed 's/stream = "s"/stream = "f"/'
+  features_stage "${1:-}" | sed 's/stream = "s"/stream = "f"/'
 }
 agent() { # name data stage-toml [binary]
   local stage="$3" exe="${4:-$bin/edge-agent}"
@@ -79,7 +88,11 @@ pids[basicmotions-edge-int8]=$(agent basicmotions-edge-int8 BasicMotions/BasicMo
 pids[acsf1-edge-int8]=$(agent acsf1-edge-int8 ACSF1/ACSF1_TEST.ts "$(model_stage acsf1/edge.int8.json)")
 pids[basicmotions-wasm-features]=$(agent basicmotions-wasm-features BasicMotions/BasicMotions_TEST.ts "$(features_stage)")
 pids[basicmotions-int8-and-features]=$(agent basicmotions-int8-and-features BasicMotions/BasicMotions_TEST.ts "$(model_and_features)")
-names=(basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features basicmotions-int8-and-features acsf1-no-model acsf1-edge-int8)
+small="$work/edge-agent-small"
+pids[basicmotions-no-model-small]=$(agent basicmotions-no-model-small BasicMotions/BasicMotions_TEST.ts "" "$small")
+pids[basicmotions-int8-and-features-small]=$(agent basicmotions-int8-and-features-small BasicMotions/BasicMotions_TEST.ts \
+  "$(model_and_features "$work/modules/window-features.wasm")" "$small")
+names=(basicmotions-no-model basicmotions-edge-int8 basicmotions-wasm-features basicmotions-int8-and-features basicmotions-no-model-small basicmotions-int8-and-features-small acsf1-no-model acsf1-edge-int8)
 if [ -n "${BASELINE:-}" ]; then
   pids[basicmotions-no-model-baseline]=$(agent basicmotions-no-model-baseline BasicMotions/BasicMotions_TEST.ts "" "$BASELINE")
   pids[acsf1-no-model-baseline]=$(agent acsf1-no-model-baseline ACSF1/ACSF1_TEST.ts "" "$BASELINE")
@@ -102,4 +115,4 @@ print(f"| {name} | {model} | {cells} | {d['records']:,} | {preds:,} |")
 PY
 done
 echo
-echo "edge-agent binary (stripped): $(du -k "$bin/edge-agent" | cut -f1) KB"
+echo "edge-agent binary (stripped): $(du -k "$bin/edge-agent" | cut -f1) KB; small (no WASM compiler): $(du -k "$work/edge-agent-small" | cut -f1) KB"
