@@ -48,8 +48,8 @@ pub enum ModuleError {
     /// precompiled for it.
     #[error(
         "this agent is built without the WASM compiler and runs only code the hub precompiled for \
-         {target}; {} is not there (deploy the transform through the hub, which precompiles it, or \
-         build the agent with the `compiler` feature)",
+         {target}; {} is not there (deploy the transform through the hub, which precompiles it, \
+         run `cloud-hub precompile` on the module, or build the agent with the `compiler` feature)",
         expected.display()
     )]
     NotPrecompiled {
