@@ -19,6 +19,31 @@ use sha2::{Digest, Sha256};
 use super::check::{refused, PushError};
 use super::registry::StagedFile;
 
+/// Why code for one target could not be made.
+enum Failed {
+    /// The compiler refused the module (or the target).
+    Compile(String),
+    /// The code could not be written.
+    Write(String),
+}
+
+/// Compiles `wasm` (the module named `module`) for `target` and writes
+/// the code into `dir` under the name an agent looks for: its name and
+/// bytes, and how long the compile took.
+fn compile_into(
+    wasm: &[u8],
+    module: &str,
+    dir: &Path,
+    target: &str,
+) -> Result<(String, Vec<u8>, std::time::Duration), Failed> {
+    let (code, took) = conveyor_wasm_engine::precompile(wasm, target).map_err(Failed::Compile)?;
+    let name = precompiled_file_name(module, target);
+    let path = dir.join(&name);
+    std::fs::write(&path, &code)
+        .map_err(|e| Failed::Write(format!("cannot write {}: {e}", path.display())))?;
+    Ok((name, code, took))
+}
+
 /// Compiles the staged module `module` (in `dir`) for every agent target
 /// and stages the code beside it; the staged files to add.
 pub fn precompile(dir: &Path, module: &StagedFile) -> Result<Vec<StagedFile>, PushError> {
@@ -28,16 +53,17 @@ pub fn precompile(dir: &Path, module: &StagedFile) -> Result<Vec<StagedFile>, Pu
     for target in conveyor_wasm_engine::AGENT_TARGETS {
         // The module passed the ABI checks, which parse but do not
         // validate every function body; the compile does.
-        let (code, took) = conveyor_wasm_engine::precompile(&wasm, target).map_err(|e| {
-            refused(
-                422,
-                "bad_module",
-                format!("the module does not compile: {e}"),
-            )
-        })?;
-        let name = precompiled_file_name(&module.name, target);
-        std::fs::write(dir.join(&name), &code)
-            .map_err(|e| refused(500, "io", format!("staging the precompiled module: {e}")))?;
+        let (name, code, took) =
+            compile_into(&wasm, &module.name, dir, target).map_err(|e| match e {
+                Failed::Compile(e) => refused(
+                    422,
+                    "bad_module",
+                    format!("the module does not compile: {e}"),
+                ),
+                Failed::Write(e) => {
+                    refused(500, "io", format!("staging the precompiled module: {e}"))
+                }
+            })?;
         tracing::info!(
             module = %module.name,
             target,
@@ -77,18 +103,17 @@ pub fn precompile_file(
         Some(d) => d.to_path_buf(),
         None => module.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
-    let all: Vec<String> = conveyor_wasm_engine::AGENT_TARGETS
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
-    let targets = if targets.is_empty() { &all } else { targets };
+    let targets: Vec<&str> = if targets.is_empty() {
+        conveyor_wasm_engine::AGENT_TARGETS.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
     let mut written = Vec::new();
     for target in targets {
-        let (code, _) = conveyor_wasm_engine::precompile(&wasm, target)?;
-        let path = dir.join(precompiled_file_name(name, target));
-        std::fs::write(&path, &code)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        written.push((path, code.len()));
+        let (file, code, _) = compile_into(&wasm, name, &dir, target).map_err(|e| match e {
+            Failed::Compile(e) | Failed::Write(e) => e,
+        })?;
+        written.push((dir.join(file), code.len()));
     }
     Ok(written)
 }

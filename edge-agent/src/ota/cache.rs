@@ -62,7 +62,7 @@ impl Cached {
 /// agent's own target (the module stays: its bytes are what the ABI checks
 /// read and what names it).
 pub fn wanted_files(manifest: &ArtifactManifest) -> impl Iterator<Item = &ArtifactFile> {
-    let own = (!cfg!(feature = "compiler"))
+    let own = (!crate::transform::HAS_COMPILER)
         .then(|| manifest.precompiled_file(conveyor_wasm_engine::HOST_TARGET))
         .flatten()
         .map(|f| f.name.as_str());
@@ -327,7 +327,7 @@ mod tests {
         .sign(&key())
         .unwrap();
         let wanted: Vec<&str> = wanted_files(&m.manifest).map(|f| f.name.as_str()).collect();
-        if cfg!(feature = "compiler") {
+        if crate::transform::HAS_COMPILER {
             assert_eq!(wanted, ["t.wasm"]);
         } else {
             assert_eq!(wanted, ["t.wasm", own_name.as_str()]);

@@ -136,7 +136,7 @@ pub fn check_manifest(
         ));
     }
     if kind == ArtifactKind::Transform
-        && !cfg!(feature = "compiler")
+        && !crate::transform::HAS_COMPILER
         && man
             .precompiled_file(conveyor_wasm_engine::HOST_TARGET)
             .is_none()

@@ -22,5 +22,7 @@ pub mod test_tool;
 pub use chain::{OnDisabled, TransformCounters};
 pub use dead_letter::{DeadLetter, DeadLetterStore};
 pub use instance::{CallFailure, CallOutput, FailureKind, Limits, TransformInstance};
-pub use module::{read_meta, ModuleError, TransformEngine, TransformMeta, TransformModule};
+pub use module::{
+    read_meta, ModuleError, TransformEngine, TransformMeta, TransformModule, HAS_COMPILER,
+};
 pub use stage::{ChainEntry, ChainInfo, ChainSlot, TransformStageConfig};

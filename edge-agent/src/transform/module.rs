@@ -31,6 +31,10 @@ use wasmtime::{Engine, Module};
 
 pub use conveyor_wasm_abi::{read_meta, AbiError, TransformMeta};
 
+/// Whether this agent carries the WASM compiler (the `compiler` feature):
+/// without it, it runs only code the hub precompiled for its target.
+pub const HAS_COMPILER: bool = cfg!(feature = "compiler");
+
 /// Why a module was refused.
 #[derive(Debug, Error)]
 pub enum ModuleError {
